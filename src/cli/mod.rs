@@ -1,0 +1,43 @@
+//! Command-line interface: clap definitions, one file per subcommand. Each subcommand turns its
+//! raw arguments into a validated plan once, then runs it. `anyhow` lives here, not in the library.
+
+use clap::{Parser, Subcommand};
+
+mod convert;
+mod merge;
+
+#[derive(Parser, Debug)]
+#[command(name = "peft", version, about = "Parameter-efficient fine-tuning of Llama and ChatGLM models")]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Convert a model from another format (GGUF) into a Hugging Face folder.
+    #[command(subcommand)]
+    Convert(convert::ConvertCommand),
+    /// Fold adapters into a base checkpoint and write a merged model.
+    Merge(merge::MergeArgs),
+}
+
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PEFT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().try_init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Convert(cmd) => convert::run(cmd),
+        Command::Merge(args) => merge::run(args),
+    }
+}

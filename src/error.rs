@@ -1,0 +1,75 @@
+//! Library errors. Every message names the file, key or tensor it is about; the CLI adds context
+//! with `anyhow` and maps them to a non-zero exit code.
+
+use std::path::PathBuf;
+
+/// Shapes printed as `[64, 128]`.
+fn shape(s: &[usize]) -> String {
+    format!("{s:?}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: missing {what}", path.display())]
+    MissingFile { path: PathBuf, what: &'static str },
+    #[error("{}: invalid JSON: {message}", path.display())]
+    Json { path: PathBuf, message: String },
+    #[error("{}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+    #[error("{}: unsupported model_type `{model_type}` (supported: {supported})", path.display())]
+    UnknownModelType { path: PathBuf, model_type: String, supported: &'static str },
+    #[error("{}: only pytorch_model*.bin weights found; pickle checkpoints are not supported, convert them to safetensors (e.g. `model.save_pretrained(dir, safe_serialization=True)` in transformers)", dir.display())]
+    PickleCheckpoint { dir: PathBuf },
+    #[error("{}: not a valid safetensors file: {message}", path.display())]
+    Safetensors { path: PathBuf, message: String },
+    #[error("{}: tensor `{tensor}` appears twice", path.display())]
+    DuplicateTensor { path: PathBuf, tensor: String },
+    #[error("{}: the index maps `{tensor}` to `{file}`, but that file does not hold it", index.display())]
+    IndexMismatch { index: PathBuf, tensor: String, file: String },
+    #[error("tensor `{tensor}` is missing from the checkpoint")]
+    MissingTensor { tensor: String },
+    #[error("checkpoint is missing {} expected tensor(s): {}", tensors.len(), tensors.join(", "))]
+    MissingTensors { tensors: Vec<String> },
+    #[error("{}: tensor `{tensor}` has unsupported dtype {dtype} (expected F32, F16 or BF16)", path.display())]
+    UnsupportedDtype { path: PathBuf, tensor: String, dtype: String },
+    #[error("tensor `{tensor}`: expected shape {}, found {}", shape(expected), shape(actual))]
+    ShapeMismatch { tensor: String, expected: Vec<usize>, actual: Vec<usize> },
+    #[error("{}: {message}", path.display())]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("chat template: {message}")]
+    Template { message: String },
+    #[error("input of {len} tokens exceeds max_position_embeddings = {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("device `{name}`: {message}")]
+    Device { name: String, message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("target_modules {patterns} matched no module; available paths include: {}", sample_paths.join(", "))]
+    NoMatchingTarget { patterns: String, sample_paths: Vec<String> },
+    #[error("{}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+    #[error("unsupported adapter option: {0}")]
+    Unsupported(String),
+    #[error("invalid regex `{pattern}`: {message}")]
+    Regex { pattern: String, message: String },
+    #[error("adapter tensor `{tensor}`: expected shape {}, found {}", shape(expected), shape(actual))]
+    ShapeMismatch { tensor: String, expected: Vec<usize>, actual: Vec<usize> },
+    #[error("adapter tensor `{tensor}` names module `{module}`, which the model does not have (is the adapter for another architecture?)")]
+    UnknownModule { tensor: String, module: String },
+    #[error("adapter is missing tensor `{tensor}`")]
+    MissingTensor { tensor: String },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("writing {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}

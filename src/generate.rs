@@ -1,0 +1,1 @@
+//! Text generation (filled in by the foundation work).

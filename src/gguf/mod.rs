@@ -1,0 +1,1 @@
+//! GGUF import: read llama.cpp's GGUF files and write a Hugging Face model folder.

@@ -1,0 +1,17 @@
+//! `peft`: parameter-efficient fine-tuning of Llama- and ChatGLM-family models on burn.
+//!
+//! The library holds everything; the `peft` binary (`src/main.rs`) only parses arguments and maps
+//! errors to exit codes. Module paths and field names follow the Hugging Face checkpoint keys, so a
+//! PEFT `target_modules` list works unchanged.
+
+pub mod device;
+pub mod error;
+pub mod generate;
+pub mod gguf;
+pub mod io;
+pub mod merge;
+pub mod models;
+pub mod peft;
+pub mod tokenizer;
+
+pub use error::{AdapterError, LoadError};
