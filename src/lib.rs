@@ -13,5 +13,6 @@ pub mod merge;
 pub mod models;
 pub mod peft;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{AdapterError, LoadError};

@@ -5,7 +5,6 @@ use burn::nn::DropoutConfig;
 use burn::tensor::Device;
 use rand::rngs::StdRng;
 use rand::Rng;
-use rand_distr::{Distribution, Normal};
 
 use crate::error::AdapterError;
 use crate::models::tensor_util::{tensor1, tensor2, to_vec, trainable};
@@ -27,6 +26,13 @@ fn uniform(n: usize, bound: f32, rng: &mut StdRng) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-bound..=bound)).collect()
 }
 
+/// A standard normal sample (Box–Muller).
+fn normal(rng: &mut StdRng) -> f32 {
+    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+    let u2: f32 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+}
+
 /// Fresh values as PEFT initialises them (tuners/lora/layer.py `reset_lora_parameters`,
 /// ia3/layer.py): kaiming-uniform(a = √5) gives U(±1/√fan_in).
 pub fn init_values(target: &Target, init: LoraInit, rng: &mut StdRng) -> AdapterValues {
@@ -34,10 +40,7 @@ pub fn init_values(target: &Target, init: LoraInit, rng: &mut StdRng) -> Adapter
     match target.spec {
         Spec::Lora { r, .. } => {
             let lora_a = match init {
-                LoraInit::Gaussian => {
-                    let normal = Normal::new(0.0f32, 1.0 / r as f32).unwrap_or(Normal::new(0.0, 1.0).expect("unit normal"));
-                    (0..r * i).map(|_| normal.sample(rng)).collect()
-                }
+                LoraInit::Gaussian => (0..r * i).map(|_| normal(rng) / r as f32).collect(),
                 LoraInit::Default | LoraInit::Random => uniform(r * i, 1.0 / (i as f32).sqrt(), rng),
             };
             let lora_b = match init {

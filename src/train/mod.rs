@@ -1,0 +1,11 @@
+//! Training: the loss, torch's AdamW, learning-rate schedules, one optimizer step with gradient
+//! accumulation and global-norm clipping, and the explicit training loop (`run`).
+
+pub mod loss;
+pub mod optim;
+pub mod schedule;
+pub mod step;
+
+pub use optim::{AdamW, AdamWConfig};
+pub use schedule::{Schedule, ScheduleKind};
+pub use step::{train_step, Batch, StepStats};

@@ -1,0 +1,74 @@
+//! One optimizer step: forward and backward over each micro-batch (gradient accumulation), the
+//! loss normalised by the target tokens of the whole accumulated batch (as transformers'
+//! Trainer), global-norm clipping, then AdamW.
+
+use burn::optim::{GradientsAccumulator, GradientsParams};
+
+use crate::models::{CausalLm, Inputs};
+use crate::train::loss::{count_targets, token_loss_sum};
+use crate::train::optim::{clip_factor, global_grad_norm, AdamW};
+
+/// One micro-batch on the host: right-padded ids, attention mask and labels, all [batch, seq].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
+    pub labels: Vec<i64>,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+impl Batch {
+    pub fn inputs(&self) -> Inputs {
+        Inputs::with_mask(self.ids.clone(), &self.mask, self.batch, self.seq)
+    }
+
+    pub fn targets(&self) -> usize {
+        count_targets(&self.labels, self.batch, self.seq)
+    }
+
+    /// Real (non-padding) tokens.
+    pub fn tokens(&self) -> usize {
+        self.mask.iter().filter(|&&m| m != 0).count()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Mean token loss of this step's batch, before the update.
+    pub loss: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    pub tokens: usize,
+    pub targets: usize,
+}
+
+/// Extra loss terms a method adds (e.g. AdaLoRA's orthogonality penalty); none for most.
+pub type ExtraLoss<'a> = Option<&'a dyn Fn(&CausalLm) -> Option<burn::tensor::Tensor<1>>>;
+
+/// Runs one optimizer step over `micro_batches` and returns the updated model.
+pub fn train_step(
+    model: CausalLm,
+    optim: &mut AdamW,
+    micro_batches: &[Batch],
+    lr: f64,
+    max_grad_norm: Option<f64>,
+) -> (CausalLm, StepStats) {
+    let targets: usize = micro_batches.iter().map(Batch::targets).sum();
+    let denom = targets.max(1) as f64;
+    let mut accumulator = GradientsAccumulator::<CausalLm>::new();
+    let mut loss_sum = 0.0;
+    for batch in micro_batches {
+        let logits = model.forward(&batch.inputs(), None);
+        let loss = token_loss_sum(logits, &batch.labels, batch.batch, batch.seq).div_scalar(denom);
+        loss_sum += loss.clone().into_scalar().to_f64();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        accumulator.accumulate(&model, grads);
+    }
+    let grads = accumulator.grads();
+    let grad_norm = global_grad_norm(&model, &grads);
+    let scale = clip_factor(grad_norm, max_grad_norm);
+    let model = optim.step(model, grads, lr, scale);
+    let tokens = micro_batches.iter().map(Batch::tokens).sum();
+    (model, StepStats { loss: loss_sum, grad_norm, tokens, targets })
+}
