@@ -73,3 +73,39 @@ pub enum WriteError {
     #[error("writing {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }
+
+/// Errors of `peft merge`. Everything but `Io`/`Write` is raised while planning, before the first
+/// byte of output is written.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("{}: {}", path.display(), source)]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {peft_type} adapters cannot be merged: {reason}", dir.display())]
+    NotMergeable { dir: PathBuf, peft_type: String, reason: &'static str },
+    #[error("{}: adapter tensor `{key}` is not a LoRA, AdaLoRA, DoRA or IA3 parameter this merge understands", file.display())]
+    UnknownAdapterKey { file: PathBuf, key: String },
+    #[error("{}: module `{module}` is missing its `{missing}` tensor", file.display())]
+    IncompleteModule { file: PathBuf, module: String, missing: String },
+    #[error("{}: adapter tensor `{key}` adapts `{tensor}`, which the base checkpoint does not have (is the adapter for another model?)", file.display())]
+    MissingBaseTensor { file: PathBuf, key: String, tensor: String },
+    #[error("{}: adapter tensor `{key}` has shape {}, but base tensor `{tensor}` {} needs {} (is the adapter for another base model?)", file.display(), shape(actual), shape(base), shape(expected))]
+    ShapeMismatch { file: PathBuf, key: String, tensor: String, base: Vec<usize>, expected: Vec<usize>, actual: Vec<usize> },
+    #[error("{}: tensor `{tensor}` has dtype {dtype}; only F32, F16 and BF16 tensors can be merged", file.display())]
+    NotFloat { file: PathBuf, tensor: String, dtype: String },
+    #[error("merged tensor `{tensor}` has non-finite values (NaN or infinity); nothing was written")]
+    NonFinite { tensor: String },
+    #[error("--out {} is the base model folder; the input is never modified, choose another folder", path.display())]
+    OutIsBase { path: PathBuf },
+    #[error("--out {} is inside or contains the base folder {}; choose a folder outside it", out.display(), base.display())]
+    OutOverlapsBase { out: PathBuf, base: PathBuf },
+    #[error("--out {} already exists (pass --force to replace it)", path.display())]
+    OutExists { path: PathBuf },
+    #[error("invalid merge option: {0}")]
+    Option(String),
+}

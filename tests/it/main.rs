@@ -1,9 +1,11 @@
 //! The integration test binary: one module per capability.
 
 mod common;
+
 mod adapter_errors;
 mod adapters;
 mod bad_input;
 mod llama;
 mod matcher;
+mod merge;
 mod tokenizer;
