@@ -1,1 +1,151 @@
-//! Tokenizer and chat template.
+//! Tokenizer and chat template, from the files transformers saves: `tokenizer.json` (through the
+//! `tokenizers` crate), `tokenizer_config.json` (special tokens, `chat_template`) and
+//! `chat_template.jinja` (transformers ≥ 4.43 writes the template there). Templates are rendered
+//! with minijinja and HF's variables: `messages`, `add_generation_prompt`, `bos_token`,
+//! `eos_token`.
+
+use std::path::{Path, PathBuf};
+
+use minijinja::{Environment, ErrorKind};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::LoadError;
+
+/// One chat message, as in HF's `messages`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self { role: role.into(), content: content.into() }
+    }
+}
+
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub pad_token: Option<String>,
+}
+
+/// A special token in tokenizer_config.json: `"</s>"` or `{"content": "</s>", ...}`.
+fn token_string(value: Option<&Value>) -> Option<String> {
+    match value {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Object(m)) => m.get("content").and_then(Value::as_str).map(String::from),
+        _ => None,
+    }
+}
+
+/// `chat_template` may be a string or a list of `{name, template}` (the `default` one is used).
+fn template_from_config(value: Option<&Value>) -> Option<String> {
+    match value {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .or_else(|| items.first())
+            .and_then(|t| t.get("template"))
+            .and_then(Value::as_str)
+            .map(String::from),
+        _ => None,
+    }
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json` (+ `tokenizer_config.json`, `chat_template.jinja` when present).
+    pub fn load(dir: &Path) -> Result<Self, LoadError> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(LoadError::MissingFile { path, what: "tokenizer.json" });
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| LoadError::Tokenizer { path: path.clone(), message: e.to_string() })?;
+        let config_path = dir.join("tokenizer_config.json");
+        let config: serde_json::Map<String, Value> =
+            if config_path.is_file() { crate::io::json::read_json(&config_path)? } else { Default::default() };
+        let jinja = dir.join("chat_template.jinja");
+        let chat_template = if jinja.is_file() {
+            Some(std::fs::read_to_string(&jinja).map_err(|source| LoadError::Io { path: jinja, source })?)
+        } else {
+            template_from_config(config.get("chat_template"))
+        };
+        Ok(Self {
+            inner,
+            path,
+            chat_template,
+            bos_token: token_string(config.get("bos_token")),
+            eos_token: token_string(config.get("eos_token")),
+            pad_token: token_string(config.get("pad_token")),
+        })
+    }
+
+    fn err(&self, message: impl ToString) -> LoadError {
+        LoadError::Tokenizer { path: self.path.clone(), message: message.to_string() }
+    }
+
+    /// Encodes text; `add_special` adds the tokenizer's own specials (e.g. BOS), as transformers'
+    /// `tokenizer(text)` does.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, LoadError> {
+        self.inner.encode(text, add_special).map(|e| e.get_ids().to_vec()).map_err(|e| self.err(e))
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, LoadError> {
+        self.inner.decode(ids, skip_special).map_err(|e| self.err(e))
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The EOS id named in tokenizer_config.json, if any.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos_token.as_deref().and_then(|t| self.token_id(t))
+    }
+
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad_token.as_deref().and_then(|t| self.token_id(t))
+    }
+
+    /// Renders `messages` with the tokenizer's chat template.
+    pub fn apply_chat_template(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, LoadError> {
+        let template = self.chat_template.as_deref().ok_or_else(|| LoadError::Template {
+            message: format!("{}: the tokenizer has no chat template (no chat_template.jinja, no `chat_template` in tokenizer_config.json)", self.path.display()),
+        })?;
+        render_template(template, messages, add_generation_prompt, self.bos_token.as_deref(), self.eos_token.as_deref())
+    }
+}
+
+/// Renders a HF chat template with minijinja (Python string methods through `pycompat`).
+pub fn render_template(
+    template: &str,
+    messages: &[Message],
+    add_generation_prompt: bool,
+    bos_token: Option<&str>,
+    eos_token: Option<&str>,
+) -> Result<String, LoadError> {
+    let mut env = Environment::new();
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+    });
+    env.add_template("chat", template).map_err(|e| LoadError::Template { message: e.to_string() })?;
+    let tmpl = env.get_template("chat").map_err(|e| LoadError::Template { message: e.to_string() })?;
+    tmpl.render(minijinja::context! {
+        messages => messages,
+        add_generation_prompt => add_generation_prompt,
+        bos_token => bos_token.unwrap_or(""),
+        eos_token => eos_token.unwrap_or(""),
+    })
+    .map_err(|e| LoadError::Template { message: e.to_string() })
+}

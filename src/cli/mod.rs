@@ -3,7 +3,10 @@
 
 use clap::{Parser, Subcommand};
 
+mod common;
 mod convert;
+mod generate;
+mod inspect;
 mod merge;
 
 #[derive(Parser, Debug)]
@@ -18,6 +21,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Generate text from a prompt or a chat message.
+    Generate(generate::GenerateArgs),
+    /// Show a model's config, parameter count and module paths (the names `target_modules` uses).
+    Inspect(inspect::InspectArgs),
     /// Convert a model from another format (GGUF) into a Hugging Face folder.
     #[command(subcommand)]
     Convert(convert::ConvertCommand),
@@ -37,6 +44,8 @@ pub fn init_logging(verbose: u8) {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Inspect(args) => inspect::run(args),
         Command::Convert(cmd) => convert::run(cmd),
         Command::Merge(args) => merge::run(args),
     }

@@ -3,7 +3,14 @@
 //! - [`config`]: `adapter_config.json` in and out, with PEFT's defaults.
 //! - [`target`]: the `target_modules` matcher (PEFT's rules) and rank/alpha patterns.
 
+pub mod adapter;
+pub mod build;
 pub mod config;
+pub mod fold;
+pub mod format;
+pub mod ia3;
+pub mod lora;
 pub mod target;
+pub mod walker;
 
 pub use config::{AdapterConfig, Method, PeftType};

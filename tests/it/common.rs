@@ -1,1 +1,96 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the integration tests: fixture paths, reference tensors, comparisons, and
+//! running the `peft` binary.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use burn::tensor::Device;
+use peft::io::Checkpoint;
+use peft::models::{CausalLm, Inputs, ModelDir};
+
+/// Logits max abs diff allowed against the PyTorch references (f32 compute).
+pub const LOGITS_TOL: f32 = 1e-4;
+
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+
+pub fn device() -> Device {
+    Device::flex()
+}
+
+pub fn load_model(rel: &str) -> CausalLm {
+    let dir = ModelDir::open(&fixture(rel)).expect("fixture model opens");
+    dir.load(&device()).expect("fixture model loads")
+}
+
+/// A fixture `reference.safetensors`: input ids, attention mask and logits.
+pub struct Reference {
+    pub ids: Vec<i64>,
+    pub mask: Vec<i64>,
+    pub batch: usize,
+    pub seq: usize,
+    pub logits: Vec<f32>,
+    pub logits_shape: Vec<usize>,
+    pub file: Checkpoint,
+}
+
+pub fn reference(rel: &str) -> Reference {
+    let file = Checkpoint::open_files(&[fixture(rel).join("reference.safetensors")]).expect("reference opens");
+    let (ids, shape) = file.read_i64("input_ids").expect("input_ids");
+    let (mask, _) = file.read_i64("attention_mask").expect("attention_mask");
+    let (logits, logits_shape) = file.read_f32("logits").expect("logits");
+    Reference { ids, mask, batch: shape[0], seq: shape[1], logits, logits_shape, file }
+}
+
+impl Reference {
+    pub fn inputs(&self) -> Inputs {
+        Inputs::with_mask(self.ids.clone(), &self.mask, self.batch, self.seq)
+    }
+
+    /// Max |ours − reference| over positions with attention_mask == 1, comparing the last `seq`
+    /// positions of the reference (prompt methods prepend virtual tokens). Returns (diff, count).
+    pub fn compare(&self, ours: &[f32]) -> (f32, usize) {
+        let vocab = *self.logits_shape.last().expect("vocab dim");
+        let ref_seq = self.logits_shape[1];
+        let offset = ref_seq - self.seq;
+        let mut worst = 0.0f32;
+        let mut compared = 0;
+        for b in 0..self.batch {
+            for t in 0..self.seq {
+                if self.mask[b * self.seq + t] == 0 {
+                    continue;
+                }
+                let o = &ours[(b * self.seq + t) * vocab..][..vocab];
+                let r = &self.logits[(b * ref_seq + offset + t) * vocab..][..vocab];
+                for (x, y) in o.iter().zip(r) {
+                    worst = worst.max((x - y).abs());
+                }
+                compared += 1;
+            }
+        }
+        (worst, compared)
+    }
+}
+
+pub fn peft_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_peft"))
+}
+
+pub fn run_peft(args: &[&str]) -> Output {
+    peft_bin().args(args).output().expect("peft binary runs")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn path_str(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}

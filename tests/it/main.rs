@@ -1,4 +1,10 @@
 //! The integration test binary: one module per capability.
 
 mod common;
+mod adapter_errors;
+mod adapters;
+mod bad_input;
 mod gguf;
+mod llama;
+mod matcher;
+mod tokenizer;

@@ -1,0 +1,51 @@
+//! Options shared by the commands that load a model: `--model`, `--adapter` (repeatable) and
+//! `--device`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use peft::models::{CausalLm, ModelDir};
+use peft::peft::format::load_adapter;
+use peft::peft::walker::InjectionReport;
+use peft::peft::AdapterConfig;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Hugging Face model folder (config.json, model.safetensors or shards, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// PEFT adapter folder (adapter_config.json + adapter_model.safetensors). Repeat to stack
+    /// adapters: each earlier one is folded into the weights before the next is attached.
+    #[arg(long)]
+    pub adapter: Vec<PathBuf>,
+    /// Compute device: cpu (default CPU backend), flex, ndarray, or wgpu (needs `--features wgpu`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub struct Loaded {
+    pub dir: ModelDir,
+    pub model: CausalLm,
+    pub adapters: Vec<(PathBuf, AdapterConfig, InjectionReport)>,
+}
+
+impl ModelArgs {
+    /// Loads the model (inference only: no autodiff) and its adapters.
+    pub fn load(&self) -> anyhow::Result<Loaded> {
+        let device = peft::device::parse_device(&self.device)?;
+        let dir = ModelDir::open(&self.model)?;
+        let mut model = dir.load(&device).with_context(|| format!("loading {}", self.model.display()))?;
+        let mut adapters = Vec::new();
+        for (i, path) in self.adapter.iter().enumerate() {
+            if i > 0 {
+                for (_, linear) in model.linears_mut() {
+                    peft::peft::fold::fold(linear);
+                }
+            }
+            let (config, report) = load_adapter(&mut model, dir.model_type(), path, &device)
+                .with_context(|| format!("loading adapter {}", path.display()))?;
+            adapters.push((path.clone(), config, report));
+        }
+        Ok(Loaded { dir, model, adapters })
+    }
+}

@@ -1,0 +1,44 @@
+//! A linear layer with an adapter slot. Weights are stored in burn's orientation
+//! `weight: [in, out]` (PyTorch's `[out, in]` transposed once at load, see `tensor_util`).
+//! Adapters act on activations (`y = W·x + b + s·B(A(x))`), never by rebuilding a dense weight.
+
+use burn::module::{Module, Param};
+use burn::tensor::Tensor;
+
+use crate::peft::adapter::LinearAdapter;
+
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// [in, out]
+    pub weight: Param<Tensor<2>>,
+    /// [out]
+    pub bias: Option<Param<Tensor<1>>>,
+    pub adapter: Option<LinearAdapter>,
+}
+
+impl Linear {
+    pub fn new(weight: Param<Tensor<2>>, bias: Option<Param<Tensor<1>>>) -> Self {
+        Self { weight, bias, adapter: None }
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.lazy_shape().dims::<2>()[0]
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.lazy_shape().dims::<2>()[1]
+    }
+
+    /// The frozen base: x: [..., in] -> [..., out].
+    pub fn base_forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+    }
+
+    /// x: [..., in] -> [..., out], through the adapter when one is attached.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match &self.adapter {
+            None => self.base_forward(x),
+            Some(adapter) => adapter.forward(self, x),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Loading a Llama checkpoint: every expected key is read (memory-mapped, one tensor at a time),
+//! its shape checked, widened to f32 and, for linear weights, transposed from PyTorch's
+//! `[out, in]` to burn's `[in, out]`. Missing tensors are reported together; unexpected ones are
+//! listed in a warning.
+
+use std::collections::BTreeSet;
+
+use burn::tensor::Device;
+
+use crate::error::LoadError;
+use crate::io::Checkpoint;
+use crate::models::layers::{Embedding, RmsNorm};
+use crate::models::linear::Linear;
+use crate::models::rope::Rope;
+use crate::models::tensor_util::{frozen, tensor1, tensor2, transpose};
+
+use super::model::{Attention, DecoderLayer, LlamaModel, Mlp};
+use super::{LlamaConfig, LlamaForCausalLm};
+
+/// Reads tensors by name, remembering which were used and which were missing.
+pub struct Reader<'a> {
+    pub checkpoint: &'a Checkpoint,
+    pub device: &'a Device,
+    pub used: BTreeSet<String>,
+    pub missing: Vec<String>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(checkpoint: &'a Checkpoint, device: &'a Device) -> Self {
+        Self { checkpoint, device, used: BTreeSet::new(), missing: Vec::new() }
+    }
+
+    fn read(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f32>>, LoadError> {
+        if !self.checkpoint.contains(name) {
+            self.missing.push(name.to_string());
+            return Ok(None);
+        }
+        self.used.insert(name.to_string());
+        self.checkpoint.read_f32_shaped(name, shape).map(Some)
+    }
+
+    /// A `[out, in]` linear weight (+ optional bias) as a frozen burn `Linear`.
+    pub fn linear(&mut self, path: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear, LoadError> {
+        let w = self.read(&format!("{path}.weight"), &[d_out, d_in])?.unwrap_or_default();
+        let w = if w.is_empty() { vec![0.0; d_in * d_out] } else { transpose(&w, d_out, d_in) };
+        let weight = frozen(tensor2(w, [d_in, d_out], self.device));
+        let bias = if bias {
+            let b = self.read(&format!("{path}.bias"), &[d_out])?.unwrap_or_else(|| vec![0.0; d_out]);
+            Some(frozen(tensor1(b, self.device)))
+        } else {
+            None
+        };
+        Ok(Linear::new(weight, bias))
+    }
+
+    pub fn vector(&mut self, name: &str, n: usize) -> Result<burn::module::Param<burn::tensor::Tensor<1>>, LoadError> {
+        let v = self.read(name, &[n])?.unwrap_or_else(|| vec![0.0; n]);
+        Ok(frozen(tensor1(v, self.device)))
+    }
+
+    pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<burn::module::Param<burn::tensor::Tensor<2>>, LoadError> {
+        let v = self.read(name, &[rows, cols])?.unwrap_or_else(|| vec![0.0; rows * cols]);
+        Ok(frozen(tensor2(v, [rows, cols], self.device)))
+    }
+
+    /// Fails with every missing tensor; warns about tensors nobody read.
+    pub fn finish(self) -> Result<(), LoadError> {
+        if !self.missing.is_empty() {
+            return Err(LoadError::MissingTensors { tensors: self.missing });
+        }
+        let unused: Vec<&str> =
+            self.checkpoint.entries().map(|e| e.name.as_str()).filter(|n| !self.used.contains(*n)).collect();
+        if !unused.is_empty() {
+            tracing::warn!("ignoring {} unexpected tensor(s): {}", unused.len(), unused.join(", "));
+        }
+        Ok(())
+    }
+}
+
+fn layer(r: &mut Reader, c: &LlamaConfig, l: usize) -> Result<DecoderLayer, LoadError> {
+    let p = format!("model.layers.{l}");
+    let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+    let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+    let norm = |r: &mut Reader, name: String| -> Result<RmsNorm, LoadError> {
+        Ok(RmsNorm { weight: r.vector(&name, h)?, eps: c.rms_norm_eps })
+    };
+    Ok(DecoderLayer {
+        self_attn: Attention {
+            q_proj: r.linear(&format!("{p}.self_attn.q_proj"), h, q, c.qkv_bias)?,
+            k_proj: r.linear(&format!("{p}.self_attn.k_proj"), h, kv, c.qkv_bias)?,
+            v_proj: r.linear(&format!("{p}.self_attn.v_proj"), h, kv, c.qkv_bias)?,
+            o_proj: r.linear(&format!("{p}.self_attn.o_proj"), q, h, c.o_bias)?,
+        },
+        mlp: Mlp {
+            gate_proj: r.linear(&format!("{p}.mlp.gate_proj"), h, i, c.mlp_bias)?,
+            up_proj: r.linear(&format!("{p}.mlp.up_proj"), h, i, c.mlp_bias)?,
+            down_proj: r.linear(&format!("{p}.mlp.down_proj"), i, h, c.mlp_bias)?,
+        },
+        input_layernorm: norm(r, format!("{p}.input_layernorm.weight"))?,
+        post_attention_layernorm: norm(r, format!("{p}.post_attention_layernorm.weight"))?,
+    })
+}
+
+/// Builds the model from a checkpoint on `device`.
+pub fn load(config: LlamaConfig, checkpoint: &Checkpoint, device: &Device) -> Result<LlamaForCausalLm, LoadError> {
+    let mut r = Reader::new(checkpoint, device);
+    let embed_tokens = Embedding { weight: r.matrix("model.embed_tokens.weight", config.vocab_size, config.hidden_size)? };
+    let mut layers = Vec::with_capacity(config.num_hidden_layers);
+    for l in 0..config.num_hidden_layers {
+        layers.push(layer(&mut r, &config, l)?);
+    }
+    let norm = RmsNorm { weight: r.vector("model.norm.weight", config.hidden_size)?, eps: config.rms_norm_eps };
+    // Tied checkpoints usually omit lm_head.weight; when tied, transformers ignores it if present.
+    let lm_head = if config.tie_word_embeddings {
+        if checkpoint.contains("lm_head.weight") {
+            r.used.insert("lm_head.weight".into());
+        }
+        None
+    } else {
+        Some(r.linear("lm_head", config.hidden_size, config.vocab_size, false)?)
+    };
+    r.finish()?;
+    let rope = Rope::new(config.head_dim, config.rope_theta, &config.rope_scaling);
+    Ok(LlamaForCausalLm { model: LlamaModel { embed_tokens, layers, norm }, lm_head, config, rope })
+}

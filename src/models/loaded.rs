@@ -1,0 +1,223 @@
+//! A model folder as users have it (`config.json`, safetensors weights, tokenizer files) and the
+//! causal LM it holds: a closed enum over the supported families.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use serde_json::{Map, Value};
+
+use crate::error::LoadError;
+use crate::io::Checkpoint;
+use crate::models::cache::KvCache;
+use crate::models::linear::Linear;
+use crate::models::llama::{self, LlamaConfig, LlamaForCausalLm};
+use crate::models::mask::Inputs;
+
+/// A model folder with its parsed `config.json`.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    pub dir: PathBuf,
+    pub config_json: Map<String, Value>,
+    pub family: Family,
+}
+
+/// The family-specific config: a closed enum.
+#[derive(Debug, Clone)]
+pub enum Family {
+    Llama(LlamaConfig),
+}
+
+/// One module users can target: its path (the checkpoint key without `.weight`), kind and shape.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModulePath {
+    pub path: String,
+    pub kind: &'static str,
+    #[serde(rename = "in")]
+    pub d_in: usize,
+    #[serde(rename = "out")]
+    pub d_out: usize,
+}
+
+impl ModelDir {
+    pub fn open(dir: &Path) -> Result<Self, LoadError> {
+        if !dir.is_dir() {
+            return Err(LoadError::MissingFile { path: dir.to_path_buf(), what: "model folder" });
+        }
+        let path = dir.join("config.json");
+        if !path.is_file() {
+            return Err(LoadError::MissingFile { path, what: "config.json" });
+        }
+        let config_json: Map<String, Value> = crate::io::json::read_json(&path)?;
+        let model_type = config_json.get("model_type").and_then(Value::as_str).unwrap_or("");
+        let family = match model_type {
+            "llama" | "mistral" | "qwen2" => Family::Llama(LlamaConfig::from_json(&config_json, &path)?),
+            other => {
+                return Err(LoadError::UnknownModelType {
+                    path,
+                    model_type: other.to_string(),
+                    supported: llama::config::MODEL_TYPES,
+                })
+            }
+        };
+        Ok(Self { dir: dir.to_path_buf(), config_json, family })
+    }
+
+    pub fn model_type(&self) -> &str {
+        match &self.family {
+            Family::Llama(c) => &c.model_type,
+        }
+    }
+
+    /// EOS ids from config.json (`eos_token_id` may be a list).
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        match &self.family {
+            Family::Llama(c) => c.eos_token_ids.clone(),
+        }
+    }
+
+    /// Key facts of the config, for `peft inspect`.
+    pub fn summary(&self) -> Vec<(&'static str, String)> {
+        match &self.family {
+            Family::Llama(c) => vec![
+                ("vocab_size", c.vocab_size.to_string()),
+                ("hidden_size", c.hidden_size.to_string()),
+                ("intermediate_size", c.intermediate_size.to_string()),
+                ("num_hidden_layers", c.num_hidden_layers.to_string()),
+                ("num_attention_heads", c.num_attention_heads.to_string()),
+                ("num_key_value_heads", c.num_key_value_heads.to_string()),
+                ("head_dim", c.head_dim.to_string()),
+                ("rope_theta", c.rope_theta.to_string()),
+                ("rope_scaling", format!("{:?}", c.rope_scaling)),
+                ("max_position_embeddings", c.max_position_embeddings.to_string()),
+                ("tie_word_embeddings", c.tie_word_embeddings.to_string()),
+            ],
+        }
+    }
+
+    /// Loads the weights onto `device`.
+    pub fn load(&self, device: &Device) -> Result<CausalLm, LoadError> {
+        let checkpoint = Checkpoint::open_dir(&self.dir)?;
+        match &self.family {
+            Family::Llama(c) => Ok(CausalLm::Llama(llama::weights::load(c.clone(), &checkpoint, device)?)),
+        }
+    }
+
+    /// Every linear and embedding module, with shapes, in checkpoint order.
+    pub fn module_paths(&self) -> Vec<ModulePath> {
+        match &self.family {
+            Family::Llama(c) => {
+                let mut out = vec![ModulePath {
+                    path: "model.embed_tokens".into(),
+                    kind: "embedding",
+                    d_in: c.vocab_size,
+                    d_out: c.hidden_size,
+                }];
+                out.extend(c.linear_shapes().into_iter().map(|(path, d_in, d_out, _)| ModulePath { path, kind: "linear", d_in, d_out }));
+                if !c.tie_word_embeddings {
+                    out.push(ModulePath { path: "lm_head".into(), kind: "linear", d_in: c.hidden_size, d_out: c.vocab_size });
+                }
+                out
+            }
+        }
+    }
+
+    /// Total parameters as stored in the checkpoint (tied embeddings counted once).
+    pub fn num_parameters(&self) -> usize {
+        match &self.family {
+            Family::Llama(c) => {
+                let linear: usize = c
+                    .linear_shapes()
+                    .iter()
+                    .map(|(_, i, o, bias)| i * o + if *bias { *o } else { 0 })
+                    .sum();
+                let head = if c.tie_word_embeddings { 0 } else { c.hidden_size * c.vocab_size };
+                let norms = c.hidden_size * (2 * c.num_hidden_layers + 1);
+                c.vocab_size * c.hidden_size + linear + head + norms
+            }
+        }
+    }
+}
+
+/// A loaded causal language model.
+#[derive(Module, Debug)]
+pub enum CausalLm {
+    Llama(LlamaForCausalLm),
+}
+
+impl CausalLm {
+    /// Logits for every position: [batch, seq, vocab].
+    pub fn forward(&self, inputs: &Inputs, cache: Option<&mut KvCache>) -> Tensor<3> {
+        match self {
+            Self::Llama(m) => m.forward(inputs, cache),
+        }
+    }
+
+    /// Logits of the last position only: [batch, vocab] (generation never needs the others).
+    pub fn forward_last(&self, inputs: &Inputs, cache: Option<&mut KvCache>) -> Tensor<2> {
+        match self {
+            Self::Llama(m) => {
+                let hidden = m.hidden_states(inputs, cache);
+                let [b, s, h] = hidden.dims();
+                let last = hidden.slice([0..b, s - 1..s, 0..h]);
+                m.logits(last).squeeze_dim::<2>(1)
+            }
+        }
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        match self {
+            Self::Llama(m) => KvCache::new(m.config.num_hidden_layers),
+        }
+    }
+
+    pub fn max_positions(&self) -> usize {
+        match self {
+            Self::Llama(m) => m.config.max_position_embeddings,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Llama(m) => m.config.vocab_size,
+        }
+    }
+
+    /// The token embedding's module path.
+    pub fn embedding_path(&self) -> &'static str {
+        match self {
+            Self::Llama(_) => "model.embed_tokens",
+        }
+    }
+
+    /// The output head path, which `"all-linear"` never targets.
+    pub fn output_head(&self) -> &'static [&'static str] {
+        match self {
+            Self::Llama(_) => &["lm_head"],
+        }
+    }
+
+    /// Every linear layer with its module path, in checkpoint order.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        match self {
+            Self::Llama(m) => {
+                let mut out = Vec::new();
+                for (l, layer) in m.model.layers.iter_mut().enumerate() {
+                    let p = format!("model.layers.{l}");
+                    let (a, f) = (&mut layer.self_attn, &mut layer.mlp);
+                    out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+                    out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+                    out.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+                    out.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+                    out.push((format!("{p}.mlp.gate_proj"), &mut f.gate_proj));
+                    out.push((format!("{p}.mlp.up_proj"), &mut f.up_proj));
+                    out.push((format!("{p}.mlp.down_proj"), &mut f.down_proj));
+                }
+                if let Some(head) = &mut m.lm_head {
+                    out.push(("lm_head".into(), head));
+                }
+                out
+            }
+        }
+    }
+}

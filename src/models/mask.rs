@@ -1,0 +1,57 @@
+//! Model inputs on the host: token ids, which key positions are real (padding mask), and position
+//! ids. The causal + padding mask is built here as one boolean tensor (true = masked out).
+
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+
+/// One forward call's inputs. `key_mask` covers the cached and the new positions, as HF's
+/// `attention_mask` does; `positions` defaults to `past + i`.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// [batch, seq], row-major.
+    pub ids: Vec<i64>,
+    pub batch: usize,
+    pub seq: usize,
+    /// [batch, past + seq]: true where the key is a real token.
+    pub key_mask: Option<Vec<bool>>,
+    /// [batch, seq]
+    pub positions: Option<Vec<usize>>,
+}
+
+impl Inputs {
+    /// A batch without padding.
+    pub fn new(ids: Vec<i64>, batch: usize, seq: usize) -> Self {
+        Self { ids, batch, seq, key_mask: None, positions: None }
+    }
+
+    /// From HF-style `input_ids` and `attention_mask` (0/1) rows.
+    pub fn with_mask(ids: Vec<i64>, mask: &[i64], batch: usize, seq: usize) -> Self {
+        Self { ids, batch, seq, key_mask: Some(mask.iter().map(|&m| m != 0).collect()), positions: None }
+    }
+
+    /// Position ids: explicit, or `past + i` for every row.
+    pub fn positions(&self, past: usize) -> Vec<usize> {
+        match &self.positions {
+            Some(p) => p.clone(),
+            None => (0..self.batch).flat_map(|_| (0..self.seq).map(move |i| past + i)).collect(),
+        }
+    }
+
+    /// The attention mask [batch, 1, seq, prefix + past + seq], true = masked: a key is hidden when it
+    /// is padding or lies after the query (causal). `prefix` virtual keys (prefix tuning) are
+    /// always visible.
+    pub fn attention_mask(&self, past: usize, prefix: usize, device: &Device) -> Tensor<4, Bool> {
+        let keys = past + self.seq;
+        let total = prefix + keys;
+        let mut masked = Vec::with_capacity(self.batch * self.seq * total);
+        for b in 0..self.batch {
+            for q in 0..self.seq {
+                masked.extend(std::iter::repeat_n(false, prefix));
+                for k in 0..keys {
+                    let padding = self.key_mask.as_ref().is_some_and(|m| !m[b * keys + k]);
+                    masked.push(padding || k > past + q);
+                }
+            }
+        }
+        Tensor::from_data(TensorData::new(masked, [self.batch, 1, self.seq, total]), device)
+    }
+}

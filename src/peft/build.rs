@@ -1,0 +1,90 @@
+//! Building adapters: freshly initialised for training (PEFT's inits), or from the tensors of a
+//! PEFT `adapter_model.safetensors`.
+
+use burn::nn::DropoutConfig;
+use burn::tensor::Device;
+use rand::rngs::StdRng;
+use rand::Rng;
+use rand_distr::{Distribution, Normal};
+
+use crate::error::AdapterError;
+use crate::models::tensor_util::{tensor1, tensor2, to_vec, trainable};
+use crate::models::Linear;
+use crate::peft::adapter::LinearAdapter;
+use crate::peft::config::LoraInit;
+use crate::peft::ia3::Ia3;
+use crate::peft::lora::Lora;
+use crate::peft::walker::{Spec, Target};
+
+/// Host values of one adapter, in PEFT's orientation: `lora_a: [r, in]`, `lora_b: [out, r]`.
+#[derive(Debug, Clone)]
+pub enum AdapterValues {
+    Lora { lora_a: Vec<f32>, lora_b: Vec<f32>, magnitude: Option<Vec<f32>> },
+    Ia3 { ia3_l: Vec<f32> },
+}
+
+fn uniform(n: usize, bound: f32, rng: &mut StdRng) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-bound..=bound)).collect()
+}
+
+/// Fresh values as PEFT initialises them (tuners/lora/layer.py `reset_lora_parameters`,
+/// ia3/layer.py): kaiming-uniform(a = √5) gives U(±1/√fan_in).
+pub fn init_values(target: &Target, init: LoraInit, rng: &mut StdRng) -> AdapterValues {
+    let (i, o) = (target.d_in, target.d_out);
+    match target.spec {
+        Spec::Lora { r, .. } => {
+            let lora_a = match init {
+                LoraInit::Gaussian => {
+                    let normal = Normal::new(0.0f32, 1.0 / r as f32).unwrap_or(Normal::new(0.0, 1.0).expect("unit normal"));
+                    (0..r * i).map(|_| normal.sample(rng)).collect()
+                }
+                LoraInit::Default | LoraInit::Random => uniform(r * i, 1.0 / (i as f32).sqrt(), rng),
+            };
+            let lora_b = match init {
+                LoraInit::Random => uniform(o * r, 1.0 / (r as f32).sqrt(), rng),
+                _ => vec![0.0; o * r],
+            };
+            AdapterValues::Lora { lora_a, lora_b, magnitude: None }
+        }
+        Spec::Ia3 { feedforward } => AdapterValues::Ia3 { ia3_l: vec![1.0; if feedforward { i } else { o }] },
+    }
+}
+
+/// DoRA's magnitude at init: ‖W + s·B·A‖ per output row (PEFT `DoraLinearLayer.update_layer`).
+fn dora_magnitude(linear: &Linear, lora: &Lora) -> Vec<f32> {
+    let delta = lora.lora_a.val().matmul(lora.lora_b.val()).mul_scalar(lora.scale);
+    let w = linear.weight.val() + delta;
+    to_vec(w.powi_scalar(2).sum_dim(0).sqrt())
+}
+
+/// Builds the burn adapter for `target` from host values (PEFT orientation).
+pub fn build(target: &Target, linear: &Linear, values: AdapterValues, device: &Device) -> Result<LinearAdapter, AdapterError> {
+    let (i, o) = (target.d_in, target.d_out);
+    match (&target.spec, values) {
+        (Spec::Lora { r, scale, dora, dropout }, AdapterValues::Lora { lora_a, lora_b, magnitude }) => {
+            let r = *r;
+            let a = crate::models::tensor_util::transpose(&lora_a, r, i);
+            let b = crate::models::tensor_util::transpose(&lora_b, o, r);
+            let dropout = DropoutConfig::new(*dropout).init();
+            let mut lora = Lora {
+                lora_a: trainable(tensor2(a, [i, r], device)),
+                lora_b: trainable(tensor2(b, [r, o], device)),
+                magnitude: None,
+                scale: *scale,
+                dropout,
+            };
+            if *dora {
+                let m = match magnitude {
+                    Some(m) => m,
+                    None => dora_magnitude(linear, &lora),
+                };
+                lora.magnitude = Some(trainable(tensor1(m, device)));
+            }
+            Ok(LinearAdapter::Lora(lora))
+        }
+        (Spec::Ia3 { feedforward }, AdapterValues::Ia3 { ia3_l }) => {
+            Ok(LinearAdapter::Ia3(Ia3 { ia3_l: trainable(tensor1(ia3_l, device)), feedforward: *feedforward }))
+        }
+        _ => Err(AdapterError::Unsupported(format!("adapter values do not fit the method at `{}`", target.path))),
+    }
+}

@@ -1,0 +1,128 @@
+//! The module walker: decides which modules of a model an adapter config targets (PEFT's rules,
+//! `peft::target`), attaches adapters there, and reports what it did, as PEFT's
+//! `print_trainable_parameters`.
+
+use std::fmt;
+
+use burn::module::Module;
+
+use crate::error::AdapterError;
+use crate::models::CausalLm;
+use crate::peft::adapter::LinearAdapter;
+use crate::peft::config::{AdapterConfig, LoraOptions, Method};
+use crate::peft::target::{pattern_value, suffix_match, Matcher, Targets};
+
+/// PEFT's default `target_modules` per model type (utils/constants.py).
+pub fn default_targets(model_type: &str, method: &Method) -> &'static [&'static str] {
+    match (model_type, method) {
+        ("chatglm", _) => &["query_key_value"],
+        (_, Method::Ia3(_)) => &["k_proj", "v_proj", "down_proj"],
+        _ => &["q_proj", "v_proj"],
+    }
+}
+
+/// What to attach at one module.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    Lora { r: usize, scale: f64, dora: bool, dropout: f64 },
+    Ia3 { feedforward: bool },
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub path: String,
+    pub d_in: usize,
+    pub d_out: usize,
+    pub spec: Spec,
+}
+
+/// What an injection did.
+#[derive(Debug, Clone)]
+pub struct InjectionReport {
+    pub matched: Vec<String>,
+    pub trainable: usize,
+    pub total: usize,
+}
+
+impl fmt::Display for InjectionReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pct = if self.total == 0 { 0.0 } else { 100.0 * self.trainable as f64 / self.total as f64 };
+        write!(f, "trainable params: {} || all params: {} || trainable%: {:.4}", self.trainable, self.total, pct)
+    }
+}
+
+/// Per-module rank and scale from `r`/`lora_alpha` and the rank/alpha patterns.
+pub fn lora_spec(opts: &LoraOptions, path: &str) -> Result<Spec, AdapterError> {
+    let r = pattern_value(&opts.rank_pattern, path)?.unwrap_or(opts.r);
+    let alpha = pattern_value(&opts.alpha_pattern, path)?.unwrap_or(opts.lora_alpha);
+    if r == 0 {
+        return Err(AdapterError::Unsupported(format!("rank 0 for `{path}`")));
+    }
+    let scale = if opts.use_rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 };
+    Ok(Spec::Lora { r, scale, dora: opts.use_dora, dropout: opts.lora_dropout })
+}
+
+fn targets_match(targets: &Targets, path: &str) -> bool {
+    match targets {
+        Targets::Names(names) => names.iter().any(|n| suffix_match(path, n)),
+        Targets::Regex(re) => regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(path)),
+        Targets::AllLinear => true,
+    }
+}
+
+/// The modules `config` targets in `model`, with what to attach at each.
+pub fn plan(model: &mut CausalLm, model_type: &str, config: &AdapterConfig) -> Result<Vec<Target>, AdapterError> {
+    let matcher: Matcher = config.matcher(default_targets(model_type, &config.method), model.output_head())?;
+    let mut targets = Vec::new();
+    let mut all_paths = vec![model.embedding_path().to_string()];
+    if matcher.matches(model.embedding_path(), false) {
+        return Err(AdapterError::Unsupported(format!(
+            "target `{}` is an embedding; LoRA on embeddings is not supported yet",
+            model.embedding_path()
+        )));
+    }
+    for (path, linear) in model.linears_mut() {
+        all_paths.push(path.clone());
+        if !matcher.matches(&path, true) {
+            continue;
+        }
+        let spec = match &config.method {
+            Method::Lora(opts) => lora_spec(opts, &path)?,
+            Method::Ia3(opts) => Spec::Ia3 { feedforward: targets_match(&opts.feedforward_modules, &path) },
+            Method::AdaLora(..) | Method::PromptLearning(_) => {
+                return Err(AdapterError::Unsupported(format!("{} adapters are not supported yet", config.peft_type.as_str())))
+            }
+        };
+        targets.push(Target { path, d_in: linear.in_features(), d_out: linear.out_features(), spec });
+    }
+    if targets.is_empty() {
+        let patterns = config
+            .target_modules
+            .as_ref()
+            .map(Targets::describe)
+            .unwrap_or_else(|| format!("{:?}", default_targets(model_type, &config.method)));
+        let sample_paths = all_paths.into_iter().take(12).collect();
+        return Err(AdapterError::NoMatchingTarget { patterns, sample_paths });
+    }
+    Ok(targets)
+}
+
+/// Attaches one adapter per target, built by `build`, and reports parameter counts.
+pub fn attach(
+    model: &mut CausalLm,
+    targets: &[Target],
+    build: &mut dyn FnMut(&Target, &crate::models::Linear) -> Result<LinearAdapter, AdapterError>,
+) -> Result<InjectionReport, AdapterError> {
+    let base_params = model.num_params();
+    let mut trainable = 0;
+    let mut by_path: std::collections::HashMap<&str, &Target> = targets.iter().map(|t| (t.path.as_str(), t)).collect();
+    for (path, linear) in model.linears_mut() {
+        if let Some(target) = by_path.remove(path.as_str()) {
+            let adapter = build(target, linear)?;
+            trainable += adapter.num_params();
+            linear.adapter = Some(adapter);
+        }
+    }
+    let total = base_params + trainable;
+    Ok(InjectionReport { matched: targets.iter().map(|t| t.path.clone()).collect(), trainable, total })
+}
