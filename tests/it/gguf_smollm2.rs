@@ -69,6 +69,18 @@ fn smollm2_greedy_continuation_names_paris() {
 }
 
 #[test]
+fn smollm2_greedy_ids_match_transformers_on_the_converted_folder() {
+    let Some(dir) = smollm2_dir("smollm2_greedy_ids_match_transformers_on_the_converted_folder") else { return };
+    // Recorded by check_with_transformers.py: transformers 5.24, float32, CPU, from the GGUF itself.
+    let reference = read_json(&fixture("smollm2_transformers_check.json"))["greedy_prompt_transformers_gguf"].clone();
+    let run = peft(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "The capital of France is", "--greedy", "--max-new-tokens", "8", "--json"]);
+    assert!(run.status.success(), "stderr: {}", String::from_utf8_lossy(&run.stderr));
+    let ours: Json = serde_json::from_slice(&run.stdout).expect("generate --json prints one JSON object");
+    assert_eq!(ours["prompt_ids"], reference["prompt_ids"]);
+    assert_eq!(ours["new_ids"], reference["new_ids"], "ours: {:?}, transformers: {:?}", ours["text"], reference["text"]);
+}
+
+#[test]
 fn smollm2_chat_answer_names_paris() {
     let Some(dir) = smollm2_dir("smollm2_chat_answer_names_paris") else { return };
     let model = dir.to_str().unwrap();
