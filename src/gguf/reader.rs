@@ -284,10 +284,11 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
-    /// `count` items of at least `min_size` bytes each must fit in what is left of the file.
+    /// `count` items of at least `min_size` bytes each must fit in what is left of the file; the
+    /// capacity to reserve for them (capped, since a `Value` is larger than its encoding).
     fn bounded_capacity(&self, count: u64, min_size: u64, what: &str) -> Result<usize, GgufError> {
         match count.checked_mul(min_size) {
-            Some(n) if n <= self.remaining() as u64 => Ok(count as usize),
+            Some(n) if n <= self.remaining() as u64 => Ok(count.min(1 << 16) as usize),
             _ => Err(GgufError::Truncated {
                 path: self.path.to_path_buf(),
                 what: format!("{what} {count} does not fit in the {} bytes left", self.remaining()),

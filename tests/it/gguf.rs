@@ -223,6 +223,22 @@ fn bad_input_fails_clearly_and_writes_nothing(#[case] kind: Bad, #[case] expecte
 }
 
 #[test]
+fn a_file_cut_anywhere_is_an_error_never_a_panic() {
+    let good = std::fs::read(fixture("tiny_llama.gguf")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("cut.gguf"), dir.path().join("out"));
+    let mut tried = 0;
+    for len in (0..good.len()).step_by(37) {
+        std::fs::write(&input, &good[..len]).unwrap();
+        let result = convert_gguf(&input, &out, ConvertOptions { dtype: Dtype::F32, force: false });
+        assert!(result.is_err(), "a file cut at {len} bytes converted");
+        assert!(!out.exists(), "a file cut at {len} bytes wrote output");
+        tried += 1;
+    }
+    assert!(tried > 1000);
+}
+
+#[test]
 fn an_existing_output_is_replaced_only_with_force() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tiny");
