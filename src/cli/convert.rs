@@ -34,13 +34,13 @@ pub fn run(cmd: ConvertCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("converting {}", file.display()))?;
             let types: Vec<String> = report.source_types.iter().map(|(t, n)| format!("{n} {t}")).collect();
             println!(
-                "wrote {}: {} ({} tensors: {}; {:.1}M parameters; tokenizer pre `{}`)",
+                "wrote {}: {} ({} tensors: {}; {:.1}M parameters; tokenizer `{}`)",
                 report.out.display(),
                 report.architecture,
                 report.tensors,
                 types.join(", "),
                 report.parameters as f64 / 1e6,
-                report.tokenizer_pre,
+                report.tokenizer,
             );
             Ok(())
         }

@@ -36,7 +36,8 @@ pub struct ConvertReport {
     pub parameters: u64,
     /// ggml type name → tensor count, as found in the file.
     pub source_types: BTreeMap<String, usize>,
-    pub tokenizer_pre: String,
+    /// `tokenizer.ggml.model/tokenizer.ggml.pre`.
+    pub tokenizer: String,
 }
 
 /// One tensor, checked: its key, row handling, type and byte size.
@@ -83,7 +84,7 @@ pub fn convert_gguf(file: &Path, out: &Path, opts: ConvertOptions) -> Result<Con
         ("tokenizer_config.json", pretty(&tok.tokenizer_config)),
     ];
     write_folder(out, &files, &tensors)?;
-    let report = ConvertReport { out: out.to_path_buf(), architecture, tensors: tensors.len(), parameters, source_types, tokenizer_pre: tok.pre };
+    let report = ConvertReport { out: out.to_path_buf(), architecture, tensors: tensors.len(), parameters, source_types, tokenizer: tok.kind };
     Ok(report)
 }
 

@@ -281,5 +281,21 @@ fn tiny_tokenizer_encodes_like_transformers_gguf_conversion() {
     assert!(compared >= 10, "only {compared} parity cases");
 }
 
+
+#[test]
+fn sentencepiece_vocabulary_encodes_like_transformers_gguf_conversion() {
+    // A metadata-only GGUF: the tokenizer is built without a model (make_tiny_spm_tokenizer.py).
+    let path = fixture("tiny_spm_tokenizer.gguf");
+    let bytes = std::fs::read(&path).unwrap();
+    let gguf = peft::gguf::Gguf::parse(&path, &bytes).unwrap();
+    let files = peft::gguf::tokenizer::build(&gguf, 128).expect("llama-type tokenizer builds");
+    assert_eq!(files.tokenizer_config["add_bos_token"], true);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("tokenizer.json");
+    std::fs::write(&json, files.tokenizer.to_string()).unwrap();
+    let compared = check_tokenizer_parity(&json, &fixture("tiny_spm_tokenizer_parity.json"));
+    assert!(compared >= 10, "only {compared} parity cases");
+}
+
 #[path = "gguf_smollm2.rs"]
 mod smollm2;
