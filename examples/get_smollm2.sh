@@ -6,7 +6,8 @@
 #   $PEFT_CACHE/SmolLM2-135M-Instruct/{config.json, model.safetensors, tokenizer.json, ...}
 #
 # PEFT_CACHE defaults to ~/.cache/peft; keep it outside the repository. Idempotent: a finished
-# step is not redone. The `peft` binary is $PEFT_BIN, else `peft` on PATH, else `cargo run`.
+# step is not redone (PEFT_RECONVERT=1 converts again, e.g. in CI after the converter changed).
+# The `peft` binary is $PEFT_BIN, else `peft` on PATH, else `cargo run`.
 # Usage: examples/get_smollm2.sh [--dtype f32|bf16|f16]
 set -euo pipefail
 
@@ -47,7 +48,8 @@ PY
 fi
 check_sha256 "$GGUF" "$GGUF_SHA256"
 
-if [ -f "$OUT/config.json" ] && [ -f "$OUT/model.safetensors" ] && [ -f "$OUT/tokenizer.json" ]; then
+if [ -z "${PEFT_RECONVERT:-}" ] && [ -f "$OUT/config.json" ] && [ -f "$OUT/model.safetensors" ] \
+    && [ -f "$OUT/tokenizer.json" ]; then
     echo "get_smollm2: $OUT already converted" >&2
     exit 0
 fi
