@@ -77,8 +77,9 @@ pub enum WriteError {
 /// Errors of `peft convert gguf`: reading a llama.cpp GGUF file and writing a Hugging Face folder.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    /// `cause`, not `source`: the message already shows it, and `{:#}` would print it twice.
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("{}: not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")", path.display())]
     NotGguf { path: PathBuf, magic: Vec<u8> },
     #[error("{}: GGUF version {version} is not supported (supported: 2, 3)", path.display())]

@@ -30,8 +30,8 @@ pub fn run(cmd: ConvertCommand) -> anyhow::Result<()> {
     match cmd {
         ConvertCommand::Gguf { file, out, dtype, force } => {
             let dtype = parse_float_dtype(&dtype).with_context(|| format!("unknown dtype `{dtype}`"))?;
-            let report = convert_gguf(&file, &out, ConvertOptions { dtype, force })
-                .with_context(|| format!("converting {}", file.display()))?;
+            // Library errors already name the file, tensor or key.
+            let report = convert_gguf(&file, &out, ConvertOptions { dtype, force })?;
             let types: Vec<String> = report.source_types.iter().map(|(t, n)| format!("{n} {t}")).collect();
             println!(
                 "wrote {}: {} ({} tensors: {}; {:.1}M parameters; tokenizer `{}`)",

@@ -48,10 +48,15 @@ impl LlamaParams {
                 None => embedding_rows(gguf)?,
             },
         };
+        // Nine tensors per layer: a larger count is a corrupt file, and is not allowed to size anything.
+        let num_hidden_layers = req("llama.block_count")?;
+        if num_hidden_layers.saturating_mul(9) > gguf.tensors.len() as u64 {
+            return Err(gguf.invalid(format!("llama.block_count {num_hidden_layers} needs more than the {} tensors present", gguf.tensors.len())));
+        }
         Ok(Self {
             hidden_size,
             intermediate_size: req("llama.feed_forward_length")?,
-            num_hidden_layers: req("llama.block_count")?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,

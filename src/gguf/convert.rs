@@ -97,7 +97,7 @@ fn dtype_label(dtype: Dtype) -> &'static str {
 }
 
 fn map_file(file: &Path) -> Result<Mmap, GgufError> {
-    let io = |source| GgufError::Io { path: file.to_path_buf(), source };
+    let io = |cause| GgufError::Io { path: file.to_path_buf(), cause };
     let handle = File::open(file).map_err(io)?;
     // SAFETY: the map is read-only and lives only for this conversion; as with any memory-mapped
     // input, a concurrent truncation of the file by another process is outside our control.
@@ -117,10 +117,11 @@ fn check_output(out: &Path, force: bool) -> Result<(), GgufError> {
     Ok(())
 }
 
-/// Maps every tensor to its key and checks its type and extent against the file (`bytes`), before
-/// anything is dequantized.
+/// Maps every tensor to its key and checks its type, shape and extent against the parameters and
+/// the file (`bytes`), before anything is dequantized.
 fn plan_tensors<'a>(gguf: &'a Gguf, bytes: &[u8], params: &LlamaParams) -> Result<Vec<Plan<'a>>, GgufError> {
     let bad = |info: &TensorInfo, message: String| GgufError::BadTensor { path: gguf.path.clone(), tensor: info.name.clone(), message };
+    let mut expected = expected_shapes(params);
     let mut plans = Vec::with_capacity(gguf.tensors.len());
     for info in &gguf.tensors {
         let (key, rows) = hf_name(&info.name).ok_or_else(|| GgufError::UnknownTensor { path: gguf.path.clone(), tensor: info.name.clone() })?;
@@ -131,33 +132,47 @@ fn plan_tensors<'a>(gguf: &'a Gguf, bytes: &[u8], params: &LlamaParams) -> Resul
         })?;
         let n = info.n_elements().ok_or_else(|| bad(info, format!("dimensions {:?} overflow", info.dims)))?;
         let n_bytes = ty.n_bytes(n).ok_or_else(|| bad(info, format!("{n} elements are not whole {} blocks", type_name(info.ggml_type))))?;
-        if plans.iter().any(|p: &Plan| p.key == key) {
-            return Err(bad(info, "appears twice".into()));
-        }
         gguf.tensor_data(bytes, info, n_bytes)?;
+        // Each expected key is taken once: a second tensor with the same key is caught here too.
+        let shape = expected.remove(&key).ok_or_else(|| bad(info, format!("`{key}` is unexpected, twice present, or beyond {} layers", params.num_hidden_layers)))?;
+        let found: Vec<u64> = info.dims.iter().rev().copied().collect();
+        if found != shape {
+            return Err(bad(info, format!("shape {found:?} (as [out, in]), expected {shape:?} for `{key}`")));
+        }
         plans.push(Plan { info, key, rows, ty, n_bytes });
     }
-    let missing: Vec<String> = expected_keys(params).into_iter().filter(|k| !plans.iter().any(|p| &p.key == k)).collect();
-    if !missing.is_empty() {
-        return Err(GgufError::MissingTensors { path: gguf.path.clone(), tensors: missing });
+    if !expected.is_empty() {
+        return Err(GgufError::MissingTensors { path: gguf.path.clone(), tensors: expected.into_keys().collect() });
     }
     Ok(plans)
 }
 
-/// The keys a Llama checkpoint with these parameters must have.
-fn expected_keys(params: &LlamaParams) -> Vec<String> {
-    let mut keys = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
-    if !params.tie_word_embeddings {
-        keys.push("lm_head.weight".into());
+/// Every key a Llama checkpoint with these parameters has, with its transformers shape.
+fn expected_shapes(p: &LlamaParams) -> BTreeMap<String, Vec<u64>> {
+    let (hidden, vocab, ffn) = (p.hidden_size, p.vocab_size, p.intermediate_size);
+    let (q, kv) = (p.num_attention_heads.saturating_mul(p.head_dim), p.num_key_value_heads.saturating_mul(p.head_dim));
+    let mut shapes = BTreeMap::from([
+        ("model.embed_tokens.weight".to_string(), vec![vocab, hidden]),
+        ("model.norm.weight".to_string(), vec![hidden]),
+    ]);
+    if !p.tie_word_embeddings {
+        shapes.insert("lm_head.weight".into(), vec![vocab, hidden]);
     }
     let per_layer = [
-        "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-        "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+        ("input_layernorm", vec![hidden]),
+        ("self_attn.q_proj", vec![q, hidden]),
+        ("self_attn.k_proj", vec![kv, hidden]),
+        ("self_attn.v_proj", vec![kv, hidden]),
+        ("self_attn.o_proj", vec![hidden, q]),
+        ("post_attention_layernorm", vec![hidden]),
+        ("mlp.gate_proj", vec![ffn, hidden]),
+        ("mlp.up_proj", vec![ffn, hidden]),
+        ("mlp.down_proj", vec![hidden, ffn]),
     ];
-    for layer in 0..params.num_hidden_layers {
-        keys.extend(per_layer.iter().map(|m| format!("model.layers.{layer}.{m}.weight")));
+    for layer in 0..p.num_hidden_layers {
+        shapes.extend(per_layer.iter().map(|(m, s)| (format!("model.layers.{layer}.{m}.weight"), s.clone())));
     }
-    keys
+    shapes
 }
 
 /// Dequantizes one tensor, undoes the q/k row permutation and encodes it in `dtype`.
@@ -193,7 +208,7 @@ fn write_folder(out: &Path, files: &[(&str, Vec<u8>)], tensors: &[(String, Owned
     let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| GgufError::Io { path, source }
+        move |cause| GgufError::Io { path, cause }
     };
     fs::create_dir_all(&parent).map_err(io(&parent))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -217,16 +232,16 @@ fn write_folder(out: &Path, files: &[(&str, Vec<u8>)], tensors: &[(String, Owned
 fn swap_into_place(tmp: &Path, out: &Path, parent: &Path, name: &str) -> Result<(), GgufError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| GgufError::Io { path, source }
+        move |cause| GgufError::Io { path, cause }
     };
     if !out.exists() {
         return fs::rename(tmp, out).map_err(io(out));
     }
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
     fs::rename(out, &old).map_err(io(out))?;
-    if let Err(source) = fs::rename(tmp, out) {
+    if let Err(cause) = fs::rename(tmp, out) {
         let _ = fs::rename(&old, out);
-        return Err(GgufError::Io { path: out.to_path_buf(), source });
+        return Err(GgufError::Io { path: out.to_path_buf(), cause });
     }
     fs::remove_dir_all(&old).map_err(io(&old))
 }

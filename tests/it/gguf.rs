@@ -162,6 +162,17 @@ fn patch(bytes: &mut [u8], from: &[u8], to: &[u8]) {
     bytes[at..at + to.len()].copy_from_slice(to);
 }
 
+/// The fixture with the UINT32 metadata `key` set to `value`.
+fn with_u32_key(mut bytes: Vec<u8>, key: &str, value: u32) -> Vec<u8> {
+    // KV: key length u64, key, value type u32 (4 = UINT32), value.
+    let mut pattern = (key.len() as u64).to_le_bytes().to_vec();
+    pattern.extend_from_slice(key.as_bytes());
+    pattern.extend_from_slice(&4u32.to_le_bytes());
+    let at = bytes.windows(pattern.len()).position(|w| w == pattern.as_slice()).expect("UINT32 key") + pattern.len();
+    bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    bytes
+}
+
 /// The fixture with tensor `name`'s type id set to `type_id`.
 fn with_tensor_type(mut bytes: Vec<u8>, name: &str, type_id: u32) -> Vec<u8> {
     // Tensor info: name length u64, name, n_dims u32, dims u64 × n_dims, type u32.
@@ -183,6 +194,8 @@ enum Bad {
     TruncatedData,
     UnknownArchitecture,
     UnsupportedTensorType,
+    WrongShape,
+    HugeBlockCount,
 }
 
 fn bad_bytes(kind: Bad) -> Vec<u8> {
@@ -198,6 +211,9 @@ fn bad_bytes(kind: Bad) -> Vec<u8> {
             b
         }
         Bad::UnsupportedTensorType => with_tensor_type(good, "output_norm.weight", 14),
+        // llama.feed_forward_length 64 -> 96: the FFN weights no longer fit the config.
+        Bad::WrongShape => with_u32_key(good, "llama.feed_forward_length", 96),
+        Bad::HugeBlockCount => with_u32_key(good, "llama.block_count", u32::MAX),
     }
 }
 
@@ -208,6 +224,8 @@ fn bad_bytes(kind: Bad) -> Vec<u8> {
 #[case(Bad::TruncatedData, "truncated or corrupt: data of tensor")]
 #[case(Bad::UnknownArchitecture, "unsupported architecture `mamba`")]
 #[case(Bad::UnsupportedTensorType, "tensor `output_norm.weight` has type Q6_K")]
+#[case(Bad::WrongShape, "tensor `blk.0.ffn_gate.weight`: shape [64, 32] (as [out, in]), expected [96, 32]")]
+#[case(Bad::HugeBlockCount, "llama.block_count 4294967295 needs more than the 21 tensors present")]
 fn bad_input_fails_clearly_and_writes_nothing(#[case] kind: Bad, #[case] expected_message: &str) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("input.gguf");
