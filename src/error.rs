@@ -108,4 +108,38 @@ pub enum MergeError {
     OutExists { path: PathBuf },
     #[error("invalid merge option: {0}")]
     Option(String),
+/// Errors of `peft convert gguf`: reading a llama.cpp GGUF file and writing a Hugging Face folder.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    /// `cause`, not `source`: the message already shows it, and `{:#}` would print it twice.
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
+    #[error("{}: not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")", path.display())]
+    NotGguf { path: PathBuf, magic: Vec<u8> },
+    #[error("{}: GGUF version {version} is not supported (supported: 2, 3)", path.display())]
+    UnsupportedVersion { path: PathBuf, version: u32 },
+    #[error("{}: truncated or corrupt: {what} (at byte {offset})", path.display())]
+    Truncated { path: PathBuf, what: String, offset: u64 },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error("{}: missing metadata key `{key}`", path.display())]
+    MissingKey { path: PathBuf, key: String },
+    #[error("{}: metadata `{key}` should be {expected}, found {found}", path.display())]
+    WrongKeyType { path: PathBuf, key: String, expected: &'static str, found: &'static str },
+    #[error("{}: unsupported architecture `{architecture}` (supported: {supported})", path.display())]
+    UnknownArchitecture { path: PathBuf, architecture: String, supported: &'static str },
+    #[error("{}: tensor `{tensor}` has type {type_name}, which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)", path.display())]
+    UnsupportedTensorType { path: PathBuf, tensor: String, type_name: String },
+    #[error("{}: tensor `{tensor}` has no Hugging Face Llama equivalent", path.display())]
+    UnknownTensor { path: PathBuf, tensor: String },
+    #[error("{}: tensor `{tensor}`: {message}", path.display())]
+    BadTensor { path: PathBuf, tensor: String, message: String },
+    #[error("{}: missing {} tensor(s): {}", path.display(), tensors.len(), tensors.join(", "))]
+    MissingTensors { path: PathBuf, tensors: Vec<String> },
+    #[error("{}: tokenizer: {message}", path.display())]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("{}: already exists and is not empty (pass --force to replace it)", path.display())]
+    OutputExists { path: PathBuf },
+    #[error(transparent)]
+    Write(#[from] WriteError),
 }

@@ -1,1 +1,22 @@
 //! GGUF import: read llama.cpp's GGUF files and write a Hugging Face model folder.
+//! `peft convert gguf FILE --out DIR`.
+//!
+//! - [`reader`]: the container (header, metadata, tensor infos, alignment), v2 and v3;
+//! - [`dequant`]: F32, F16, BF16, Q8_0, Q4_0, Q4_1 to f32, as gguf-py;
+//! - [`names`]: llama.cpp tensor names to transformers keys, and the q/k row un-permutation;
+//! - [`config`]: `config.json` from the `llama.*` keys;
+//! - [`tokenizer`]: `tokenizer.json` and `tokenizer_config.json` from the `tokenizer.*` keys, with
+//!   [`bpe`] (byte-level, `gpt2`) and [`spm`] (SentencePiece, `llama`) vocabularies;
+//! - [`convert`]: the whole conversion, written atomically.
+
+pub mod bpe;
+pub mod config;
+pub mod convert;
+pub mod dequant;
+pub mod names;
+pub mod reader;
+pub mod spm;
+pub mod tokenizer;
+
+pub use convert::{convert_gguf, ConvertOptions, ConvertReport};
+pub use reader::{Gguf, TensorInfo, Value};

@@ -5,6 +5,7 @@ mod common;
 mod adapter_errors;
 mod adapters;
 mod bad_input;
+mod gguf;
 mod llama;
 mod matcher;
 mod merge;
