@@ -10,7 +10,7 @@ fn shape(s: &[usize]) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{}: missing {what}", path.display())]
     MissingFile { path: PathBuf, what: &'static str },
@@ -70,7 +70,7 @@ pub enum AdapterError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("writing {}: {source}", path.display())]
+    #[error("writing {}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }
 
@@ -84,7 +84,7 @@ pub enum MergeError {
     Adapter(#[from] AdapterError),
     #[error(transparent)]
     Write(#[from] WriteError),
-    #[error("{}: {}", path.display(), source)]
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{}: {peft_type} adapters cannot be merged: {reason}", dir.display())]
     NotMergeable { dir: PathBuf, peft_type: String, reason: &'static str },

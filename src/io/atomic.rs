@@ -79,9 +79,20 @@ pub fn write_safetensors_atomic(
     finish(&tmp, path, result)
 }
 
+/// Makes the file world-readable (like `cp` or torch's writer under the usual umask), as the
+/// safetensors writer creates it private.
+fn readable(tmp: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(tmp, fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
+}
+
 /// Renames `tmp` into place on success; removes it on failure.
 pub fn finish(tmp: &Path, path: &Path, result: std::io::Result<()>) -> Result<(), WriteError> {
-    match result.and_then(|_| fs::rename(tmp, path)) {
+    match result.and_then(|_| readable(tmp)).and_then(|_| fs::rename(tmp, path)) {
         Ok(()) => Ok(()),
         Err(e) => {
             let _ = fs::remove_file(tmp);

@@ -8,6 +8,7 @@ pub mod linear;
 pub mod llama;
 pub mod loaded;
 pub mod mask;
+pub mod prompt;
 pub mod rope;
 pub mod tensor_util;
 
@@ -15,3 +16,4 @@ pub use cache::KvCache;
 pub use linear::Linear;
 pub use loaded::{CausalLm, ModelDir, ModulePath};
 pub use mask::Inputs;
+pub use prompt::PromptState;
