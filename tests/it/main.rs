@@ -10,3 +10,4 @@ mod llama;
 mod matcher;
 mod merge;
 mod tokenizer;
+mod train;
