@@ -69,6 +69,26 @@ pub enum AdapterError {
 }
 
 #[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("checkpoint {}: {message}", path.display())]
+    Checkpoint { path: PathBuf, message: String },
+    #[error("loss is {loss} at step {step}: training stopped; the last good checkpoint is kept{}", last_checkpoint.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default())]
+    NonFiniteLoss { step: usize, loss: f64, last_checkpoint: Option<PathBuf> },
+    #[error("{}: already holds a run (pass --overwrite to replace it, or --resume to continue it)", path.display())]
+    OutputExists { path: PathBuf },
+    #[error("invalid training option: {0}")]
+    Option(String),
+    #[error("no training batches: {0}")]
+    NoData(String),
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("writing {}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
