@@ -55,3 +55,80 @@ fn lora_training_reproduces_peft_losses_and_final_adapter() {
         assert!(rel <= FINAL_REL_TOL, "{name}: relative diff {rel}");
     }
 }
+
+mod resume {
+    use std::path::Path;
+
+    use peft::models::ModelDir;
+    use peft::peft::format::load_adapter;
+    use peft::peft::AdapterConfig;
+    use peft::train::checkpoint::{self, checkpoint_dir};
+    use peft::train::run::{run, Run, RunConfig};
+    use peft::train::{AdamW, AdamWConfig, ScheduleKind};
+
+    use super::fixture_batch;
+    use crate::common::*;
+
+    fn config(save_steps: Option<usize>, max_steps: usize) -> RunConfig {
+        RunConfig {
+            lr: 1e-2,
+            adamw: AdamWConfig::default(),
+            scheduler: ScheduleKind::Cosine,
+            warmup_steps: 2,
+            warmup_ratio: 0.0,
+            grad_accum: 2,
+            max_grad_norm: Some(1.0),
+            epochs: 1,
+            max_steps: Some(max_steps),
+            logging_steps: 1,
+            save_steps,
+            eval_steps: None,
+            seed: 3,
+        }
+    }
+
+    fn train(out: &Path, save_steps: Option<usize>, resume_from: Option<&Path>) -> Vec<u8> {
+        let device = device().autodiff();
+        let dir = ModelDir::open(&fixture("llama-tiny")).unwrap();
+        let mut model = dir.load(&device).unwrap();
+        let start = resume_from.unwrap_or(&fixture("train/lora/init")).to_path_buf();
+        load_adapter(&mut model, "llama", &start, &device).unwrap();
+        let resume = resume_from.map(|ckpt| {
+            let mut optim = AdamW::new(AdamWConfig::default());
+            checkpoint::load_optimizer(ckpt, &mut model, &mut optim, &device).unwrap();
+            (checkpoint::load_state(ckpt).unwrap(), optim)
+        });
+        let batch = fixture_batch("train/lora");
+        // Three micro-batches per epoch, so steps cross epoch boundaries mid-accumulation.
+        let halves = |_epoch: usize| vec![batch.clone(), batch.clone(), batch.clone()];
+        let summary = run(Run {
+            model,
+            adapter_config: AdapterConfig::load_dir(&fixture("train/lora/init")).unwrap(),
+            out: out.to_path_buf(),
+            config: config(save_steps, 20),
+            train: &halves,
+            eval: vec![],
+            device: device.clone(),
+            resume,
+        })
+        .unwrap();
+        assert_eq!(summary.steps, 20);
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap()
+    }
+
+    #[test]
+    fn a_run_stopped_at_step_10_and_resumed_ends_with_the_same_adapter() {
+        let straight = tempfile::tempdir().unwrap();
+        let uninterrupted = train(straight.path(), None, None);
+        let first = tempfile::tempdir().unwrap();
+        let with_checkpoints = train(first.path(), Some(10), None);
+        assert_eq!(with_checkpoints, uninterrupted, "saving checkpoints changed the run");
+        let ckpt = checkpoint_dir(first.path(), 10);
+        assert!(ckpt.join("optimizer.safetensors").is_file());
+        let second = tempfile::tempdir().unwrap();
+        let resumed = train(second.path(), None, Some(&ckpt));
+        assert_eq!(resumed, uninterrupted, "resumed run differs from the uninterrupted one");
+        let metrics = std::fs::read_to_string(second.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(metrics.lines().count(), 10, "the resumed run logs steps 11..=20");
+    }
+}
