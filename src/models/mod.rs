@@ -10,6 +10,7 @@ pub mod loaded;
 pub mod mask;
 pub mod prompt;
 pub mod rope;
+pub mod synthetic;
 pub mod tensor_util;
 
 pub use cache::KvCache;
