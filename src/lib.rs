@@ -4,6 +4,7 @@
 //! errors to exit codes. Module paths and field names follow the Hugging Face checkpoint keys, so a
 //! PEFT `target_modules` list works unchanged.
 
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod generate;

@@ -5,6 +5,7 @@ mod common;
 mod adapter_errors;
 mod adapters;
 mod bad_input;
+mod data;
 mod gguf;
 mod llama;
 mod matcher;
