@@ -12,3 +12,4 @@ mod matcher;
 mod merge;
 mod tokenizer;
 mod train;
+mod train_cli;
