@@ -159,7 +159,8 @@ fn a_separate_eval_file_is_encoded_the_same_way() {
 
 #[test]
 fn batches_from_prepared_records_are_right_padded_with_the_pad_id() {
-    let lines = format!("{MULTI_TURN}\n{}\n", r#"{"instruction": "Hi", "output": "Yo"}"#);
+    let short = r#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}"#;
+    let lines = format!("{MULTI_TURN}\n{short}\n");
     let prepared = prepare(lines.as_bytes(), |_| {}).unwrap();
     let config = BatchConfig { batch_size: 2, seed: 1, shuffle: true, group_by_length: true, pack: None, pad_id: prepared.pad_id };
     let batches = data::batches(&prepared.train, &config, 0);
