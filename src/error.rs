@@ -108,6 +108,8 @@ pub enum MergeError {
     OutExists { path: PathBuf },
     #[error("invalid merge option: {0}")]
     Option(String),
+}
+
 /// Errors of `peft convert gguf`: reading a llama.cpp GGUF file and writing a Hugging Face folder.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
