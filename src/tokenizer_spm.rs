@@ -54,6 +54,8 @@ struct Wire<'a> {
 enum Field<'a> {
     Varint(u64),
     Fixed32(u32),
+    /// Skipped: no field we read is a fixed64.
+    Fixed64,
     Bytes(&'a [u8]),
 }
 
@@ -78,7 +80,7 @@ impl<'a> Wire<'a> {
     }
 
     /// The next `(field number, value)`, `None` at the end; `Err` on malformed input.
-    fn next(&mut self) -> Result<Option<(u64, Field<'a>)>, String> {
+    fn field(&mut self) -> Result<Option<(u64, Field<'a>)>, String> {
         if self.at >= self.buf.len() {
             return Ok(None);
         }
@@ -88,7 +90,7 @@ impl<'a> Wire<'a> {
             0 => Field::Varint(self.varint().ok_or_else(|| bad("truncated varint", self.at))?),
             1 => {
                 self.take(8).ok_or_else(|| bad("truncated fixed64", self.at))?;
-                Field::Varint(0)
+                Field::Fixed64
             }
             2 => {
                 let n = self.varint().ok_or_else(|| bad("truncated length", self.at))? as usize;
@@ -106,7 +108,7 @@ impl<'a> Wire<'a> {
 
 fn fields(buf: &[u8], mut visit: impl FnMut(u64, Field) -> Result<(), String>) -> Result<(), String> {
     let mut wire = Wire { buf, at: 0 };
-    while let Some((number, field)) = wire.next()? {
+    while let Some((number, field)) = wire.field()? {
         visit(number, field)?;
     }
     Ok(())
