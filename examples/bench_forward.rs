@@ -11,57 +11,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use peft::generate::{generate, SamplingConfig};
-use peft::io::{write_safetensors_atomic, OwnedTensor};
 use peft::models::tensor_util::to_vec;
+use peft::models::synthetic::{peak_rss_mib, write_random_llama, Shape, SMOLLM2_135M};
 use peft::models::{Inputs, ModelDir};
-use rand::{Rng, SeedableRng};
 use serde_json::json;
-
-/// A Llama config.json with the given shape.
-fn config(hidden: usize, layers: usize, heads: usize, kv_heads: usize, inter: usize, vocab: usize) -> serde_json::Value {
-    json!({
-        "model_type": "llama", "vocab_size": vocab, "hidden_size": hidden, "intermediate_size": inter,
-        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
-        "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "max_position_embeddings": 8192,
-        "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 2
-    })
-}
-
-/// Writes a model folder with random f32 weights for `config` (one tensor in memory at a time
-/// would need a streaming writer; these sizes fit in memory while writing).
-fn write_random_model(dir: &Path, config: &serde_json::Value) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(config)?)?;
-    let model = ModelDir::open(dir)?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let mut tensors = Vec::new();
-    let h = config["hidden_size"].as_u64().unwrap_or(0) as usize;
-    for m in model.module_paths() {
-        let (shape, n) = if m.kind == "embedding" { (vec![m.d_in, m.d_out], m.d_in * m.d_out) } else { (vec![m.d_out, m.d_in], m.d_in * m.d_out) };
-        let values: Vec<f32> = (0..n).map(|_| rng.random_range(-0.02..0.02)).collect();
-        tensors.push((format!("{}.weight", m.path), OwnedTensor::from_f32(shape, &values)));
-    }
-    let layers = config["num_hidden_layers"].as_u64().unwrap_or(0) as usize;
-    let ones = vec![1.0f32; h];
-    for l in 0..layers {
-        for norm in ["input_layernorm", "post_attention_layernorm"] {
-            tensors.push((format!("model.layers.{l}.{norm}.weight"), OwnedTensor::from_f32(vec![h], &ones)));
-        }
-    }
-    tensors.push(("model.norm.weight".into(), OwnedTensor::from_f32(vec![h], &ones)));
-    write_safetensors_atomic(&dir.join("model.safetensors"), &tensors, None)?;
-    Ok(())
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 fn prefill_tokens_per_s(model: &peft::models::CausalLm, batch: usize, seq: usize, repeats: usize) -> f64 {
     let ids: Vec<i64> = (0..batch * seq).map(|i| (i % 1000) as i64 + 10).collect();
@@ -99,7 +52,7 @@ fn main() -> Result<()> {
     let out = PathBuf::from(arg("--out").unwrap_or_else(|| "bench-out/forward.json".into()));
     let work = std::env::temp_dir().join("peft-bench-forward");
     let small = work.join("smollm2-shaped");
-    write_random_model(&small, &config(576, 30, 9, 3, 1536, 49152)).context("writing the SmolLM2-shaped model")?;
+    write_random_llama(&small, SMOLLM2_135M, 0).context("writing the SmolLM2-shaped model")?;
     let model = ModelDir::open(&small)?.load(&device)?;
     let mut results = serde_json::Map::new();
     results.insert("device".into(), json!(device_name));
@@ -117,8 +70,8 @@ fn main() -> Result<()> {
     drop(model);
     // ~520M parameters: hidden 1024, 28 layers, intermediate 4096, vocab 49152, tied.
     let big = work.join("llama-520m");
-    let big_config = config(1024, 28, 16, 8, 4096, 49152);
-    write_random_model(&big, &big_config).context("writing the 520M-parameter model")?;
+    let shape = Shape { hidden: 1024, layers: 28, heads: 16, kv_heads: 8, intermediate: 4096, vocab: 49152 };
+    write_random_llama(&big, shape, 1).context("writing the 520M-parameter model")?;
     let params = ModelDir::open(&big)?.num_parameters();
     let child = std::process::Command::new(std::env::current_exe()?)
         .args(["--load-only", big.to_str().unwrap_or_default(), "--device", &device_name])

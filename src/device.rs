@@ -12,6 +12,8 @@ pub const DEVICE_NAMES: &str = "cpu, flex, ndarray, wgpu";
 pub fn parse_device(name: &str) -> Result<Device, LoadError> {
     match name {
         "cpu" | "flex" => Ok(Device::flex()),
+        // The user named ndarray; burn deprecates it in favour of flex but it stays selectable.
+        #[allow(deprecated)]
         "ndarray" => Ok(Device::ndarray()),
         "wgpu" => wgpu_device(),
         other => Err(LoadError::Device { name: other.into(), message: format!("unknown device (expected one of {DEVICE_NAMES})") }),

@@ -69,6 +69,26 @@ pub enum AdapterError {
 }
 
 #[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Adapter(#[from] AdapterError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("checkpoint {}: {message}", path.display())]
+    Checkpoint { path: PathBuf, message: String },
+    #[error("loss is {loss} at step {step}: training stopped; the last good checkpoint is kept{}", last_checkpoint.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default())]
+    NonFiniteLoss { step: usize, loss: f64, last_checkpoint: Option<PathBuf> },
+    #[error("{}: already holds a run (pass --overwrite to replace it, or --resume to continue it)", path.display())]
+    OutputExists { path: PathBuf },
+    #[error("invalid training option: {0}")]
+    Option(String),
+    #[error("no training batches: {0}")]
+    NoData(String),
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("writing {}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
@@ -144,4 +164,51 @@ pub enum GgufError {
     OutputExists { path: PathBuf },
     #[error(transparent)]
     Write(#[from] WriteError),
+}
+
+/// What is wrong with one record of a data file. Wrapped in [`DataError::Record`] with the file and
+/// line; `--skip-bad-records` skips and counts records with any of these instead of stopping.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RecordProblem {
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("not valid UTF-8 (invalid byte at column {column})")]
+    NotUtf8 { column: usize },
+    #[error("a record must be a JSON object, found {found}")]
+    NotObject { found: &'static str },
+    #[error("cannot tell the format from the fields [{fields}]; expected `instruction`+`output` (alpaca), `conversations` (sharegpt), `messages` or `text` (or pass --format)")]
+    UnknownFormat { fields: String },
+    #[error("{format} record is missing the field `{field}`")]
+    MissingField { format: &'static str, field: String },
+    #[error("field `{field}` should be {expected}")]
+    WrongType { field: String, expected: &'static str },
+    #[error("message {index} has an empty role")]
+    EmptyRole { index: usize },
+    #[error("message {index} has the role `{role}`; expected one of {expected}")]
+    UnknownRole { index: usize, role: String, expected: &'static str },
+    #[error("the conversation has no assistant turn, so there is nothing to learn")]
+    NoAssistantTurn,
+    #[error("chat template: {0}")]
+    Template(String),
+}
+
+/// Errors of the SFT data pipeline (`peft::data`).
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
+    #[error("{}:{line}: {problem}", path.display())]
+    Record { path: PathBuf, line: usize, problem: RecordProblem },
+    #[error("{}: no records (the file is empty{})", path.display(), if *skipped > 0 { format!(", or all {skipped} were bad and skipped") } else { String::new() })]
+    Empty { path: PathBuf, skipped: usize },
+    #[error("{}: all {dropped} records were dropped: none fits in --max-len {max_len} with its full response (raise --max-len)", path.display())]
+    AllDropped { path: PathBuf, dropped: usize, max_len: usize },
+    #[error("--max-len {max_len} is smaller than the chat template itself ({overhead} tokens for one empty user/assistant exchange)")]
+    MaxLenBelowTemplate { max_len: usize, overhead: usize },
+    #[error("{}: {format} records need a chat template, but the tokenizer has none; pass a built-in one with --template (alpaca, chatml, llama2, llama3, chatglm3, qwen)", path.display())]
+    NoChatTemplate { path: PathBuf, format: &'static str },
+    #[error("invalid data option: {0}")]
+    Option(String),
 }

@@ -3,11 +3,15 @@
 
 use clap::{Parser, Subcommand};
 
+mod adapter_options;
 mod common;
 mod convert;
+mod data_options;
+mod eval;
 mod generate;
 mod inspect;
 mod merge;
+mod train;
 
 #[derive(Parser, Debug)]
 #[command(name = "peft", version, about = "Parameter-efficient fine-tuning of Llama and ChatGLM models")]
@@ -25,6 +29,10 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Show a model's config, parameter count and module paths (the names `target_modules` uses).
     Inspect(inspect::InspectArgs),
+    /// Fine-tune an adapter on instruction data.
+    Train(train::TrainArgs),
+    /// Mean token loss and perplexity over a dataset.
+    Eval(eval::EvalArgs),
     /// Convert a model from another format (GGUF) into a Hugging Face folder.
     #[command(subcommand)]
     Convert(convert::ConvertCommand),
@@ -46,6 +54,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Train(args) => train::run_cmd(args),
+        Command::Eval(args) => eval::run(args),
         Command::Convert(cmd) => convert::run(cmd),
         Command::Merge(args) => merge::run(args),
     }

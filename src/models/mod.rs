@@ -11,6 +11,7 @@ pub mod loaded;
 pub mod mask;
 pub mod prompt;
 pub mod rope;
+pub mod synthetic;
 pub mod tensor_util;
 
 pub use cache::KvCache;

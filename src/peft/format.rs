@@ -121,6 +121,27 @@ fn linear_tensors(path: &str, linear: &Linear) -> Vec<(String, OwnedTensor)> {
     }
 }
 
+/// The parameter id behind each adapter tensor name (for optimizer state that must survive a
+/// reload, where ids change but names do not).
+pub fn adapter_param_ids(model: &mut CausalLm) -> Vec<(String, burn::module::ParamId)> {
+    let mut out = Vec::new();
+    for (path, linear) in model.linears_mut() {
+        let p = format!("{KEY_PREFIX}{path}");
+        match &linear.adapter {
+            None => {}
+            Some(LinearAdapter::Lora(l)) => {
+                out.push((format!("{p}.lora_A.weight"), l.lora_a.id));
+                out.push((format!("{p}.lora_B.weight"), l.lora_b.id));
+                if let Some(m) = &l.magnitude {
+                    out.push((format!("{p}.lora_magnitude_vector"), m.id));
+                }
+            }
+            Some(LinearAdapter::Ia3(a)) => out.push((format!("{p}.ia3_l"), a.ia3_l.id)),
+        }
+    }
+    out
+}
+
 /// Every adapter tensor of the model, keyed as PEFT saves them.
 pub fn adapter_tensors(model: &mut CausalLm) -> Vec<(String, OwnedTensor)> {
     model.linears_mut().into_iter().flat_map(|(path, linear)| linear_tensors(&path, linear)).collect()

@@ -1,8 +1,12 @@
 //! Training: the loss, torch's AdamW, learning-rate schedules, one optimizer step with gradient
 //! accumulation and global-norm clipping, and the explicit training loop (`run`).
 
+pub mod checkpoint;
+pub mod eval;
 pub mod loss;
+pub mod metrics;
 pub mod optim;
+pub mod run;
 pub mod schedule;
 pub mod step;
 

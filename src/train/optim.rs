@@ -52,7 +52,7 @@ struct NormVisitor<'a> {
 impl ModuleVisitor for NormVisitor<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            self.sum_sq += g.powi_scalar(2).sum().into_scalar().to_f64();
+            self.sum_sq += g.powi_scalar(2).sum().into_scalar::<f32>() as f64;
         }
     }
 }

@@ -61,7 +61,7 @@ pub fn train_step(
     for batch in micro_batches {
         let logits = model.forward(&batch.inputs(), None);
         let loss = token_loss_sum(logits, &batch.labels, batch.batch, batch.seq).div_scalar(denom);
-        loss_sum += loss.clone().into_scalar().to_f64();
+        loss_sum += loss.clone().into_scalar::<f32>() as f64;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         accumulator.accumulate(&model, grads);
     }

@@ -198,7 +198,7 @@ fn inspect_cli_lists_chatglm_modules_and_counts_every_stored_parameter() {
 
 #[test]
 fn chatglm_lora_preset_targets_peft_default_query_key_value() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("adapters/chatglm3-lora.json");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("adapters/lora-chatglm.json");
     let value: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
     let config = peft::peft::AdapterConfig::from_json(value, &path).expect("preset parses");
     let mut model = load_model(BASE);

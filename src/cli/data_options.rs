@@ -1,0 +1,65 @@
+//! Data flags shared by `peft train` and `peft eval`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use peft::data::{Builtin, DataConfig, Format, Template};
+use serde::{Deserialize, Serialize};
+
+#[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct DataOptions {
+    /// Instruction data: JSONL (one record a line) or a JSON array file.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// alpaca, sharegpt, messages or text (detected from the fields when absent).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// A built-in chat template (alpaca, chatml, llama2, llama3, chatglm3, qwen) instead of the
+    /// tokenizer's own.
+    #[arg(long)]
+    pub template: Option<String>,
+    /// A separate evaluation file.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Fraction of --data held out for evaluation.
+    #[arg(long)]
+    pub eval_split: Option<f64>,
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Learn the prompt tokens too (default: only assistant turns).
+    #[arg(long)]
+    pub train_on_prompt: bool,
+    /// Append EOS to `text` records.
+    #[arg(long)]
+    pub append_eos: bool,
+    /// Skip malformed records (counted) instead of stopping at the first one.
+    #[arg(long)]
+    pub skip_bad_records: bool,
+    /// Pack short records into rows of this many tokens.
+    #[arg(long)]
+    pub pack: Option<usize>,
+    /// Batch records of similar length together.
+    #[arg(long)]
+    pub group_by_length: bool,
+}
+
+impl DataOptions {
+    pub fn to_config(&self, seed: u64) -> anyhow::Result<DataConfig> {
+        let data = self.data.clone().context("--data is required")?;
+        let mut config = DataConfig::new(data);
+        config.eval_data = self.eval_data.clone();
+        config.eval_split = self.eval_split.unwrap_or(0.0);
+        config.format = self.format.as_deref().map(str::parse::<Format>).transpose().map_err(anyhow::Error::msg)?;
+        config.template = match self.template.as_deref() {
+            None => Template::Tokenizer,
+            Some(name) => Template::Builtin(name.parse::<Builtin>().map_err(anyhow::Error::msg)?),
+        };
+        config.max_len = self.max_len.unwrap_or(1024);
+        config.train_on_prompt = self.train_on_prompt;
+        config.append_eos = self.append_eos;
+        config.skip_bad_records = self.skip_bad_records;
+        config.seed = seed;
+        Ok(config)
+    }
+}

@@ -1,0 +1,43 @@
+//! `peft eval`: mean token loss and perplexity of a model (and adapters) over a dataset.
+
+use peft::data::{self, BatchConfig, DataStats};
+use peft::tokenizer::TextTokenizer;
+use peft::train::eval::evaluate;
+
+use super::common::ModelArgs;
+use super::data_options::DataOptions;
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataOptions,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Print one JSON object {"loss", "perplexity", "tokens", "records"}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let tokenizer = TextTokenizer::load(&args.model.model)?;
+    let config = args.data.to_config(0)?;
+    let mut stats = DataStats::default();
+    let records = data::encode_file(&config.data, &config, &tokenizer, &mut stats)?;
+    let loaded = args.model.load()?;
+    let pad_id = tokenizer.pad_id().or(tokenizer.eos_id()).map_or(0, i64::from);
+    let batch_config = BatchConfig { batch_size: args.batch_size.max(1), seed: 0, shuffle: false, group_by_length: false, pack: None, pad_id };
+    let batches = data::batches(&records, &batch_config, 0);
+    let result = evaluate(&loaded.model, &batches);
+    if result.tokens == 0 {
+        anyhow::bail!("{}: no target tokens to evaluate", config.data.display());
+    }
+    if args.json {
+        let out = serde_json::json!({"loss": result.loss, "perplexity": result.perplexity, "tokens": result.tokens, "records": records.len()});
+        println!("{out}");
+    } else {
+        println!("loss {:.4}  perplexity {:.3}  ({} tokens, {} records)", result.loss, result.perplexity, result.tokens, records.len());
+    }
+    Ok(())
+}
