@@ -206,3 +206,33 @@ fn chatglm_lora_preset_targets_peft_default_query_key_value() {
     assert_eq!(report.matched, ["transformer.encoder.layers.0.self_attention.query_key_value", "transformer.encoder.layers.1.self_attention.query_key_value"]);
     assert_eq!(peft::peft::walker::default_targets("chatglm", &config.method), ["query_key_value"]);
 }
+
+#[test]
+fn a_lora_trained_on_chatglm_with_the_cli_loads_and_evaluates() {
+    let out = tempfile::tempdir().unwrap();
+    let adapter = out.path().join("adapter");
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/tiny_instruct.jsonl");
+    let (model, data) = (fixture(BASE), data);
+    let common = ["--model", path_str(&model), "--data", path_str(&data), "--template", "chatglm3", "--max-len", "48"];
+    let mut train = common.to_vec();
+    train.extend(["--method", "lora", "--lr", "1e-2", "--batch-size", "4", "--max-steps", "4", "--seed", "1", "--out", path_str(&adapter)]);
+    let trained = run_peft(&[&["train"], &train[..]].concat());
+    assert!(trained.status.success(), "train: {}", stderr(&trained));
+    let config: serde_json::Value = serde_json::from_str(&fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    let targets = config["target_modules"].as_array().expect("target_modules list");
+    assert!(targets.iter().any(|t| t == "query_key_value"), "{targets:?}");
+    let eval = |extra: &[&str]| -> f64 {
+        let mut args = vec!["eval"];
+        args.extend(common);
+        args.extend(extra);
+        args.push("--json");
+        let o = run_peft(&args);
+        assert!(o.status.success(), "eval: {}", stderr(&o));
+        let json: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        json["loss"].as_f64().expect("loss")
+    };
+    let base = eval(&[]);
+    let tuned = eval(&["--adapter", path_str(&adapter)]);
+    assert!(base.is_finite() && tuned.is_finite());
+    assert!(tuned < base, "training did not lower the loss: base {base}, tuned {tuned}");
+}
