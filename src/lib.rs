@@ -4,6 +4,7 @@
 //! errors to exit codes. Module paths and field names follow the Hugging Face checkpoint keys, so a
 //! PEFT `target_modules` list works unchanged.
 
+pub mod chat_templates;
 pub mod data;
 pub mod device;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod merge;
 pub mod models;
 pub mod peft;
 pub mod tokenizer;
+pub mod tokenizer_spm;
 pub mod train;
 
 pub use error::{AdapterError, LoadError};

@@ -62,26 +62,34 @@ impl TextTokenizer {
     /// Loads `tokenizer.json` (+ `tokenizer_config.json`, `chat_template.jinja` when present).
     pub fn load(dir: &Path) -> Result<Self, LoadError> {
         let path = dir.join("tokenizer.json");
-        if !path.is_file() {
-            return Err(LoadError::MissingFile { path, what: "tokenizer.json" });
-        }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| LoadError::Tokenizer { path: path.clone(), message: e.to_string() })?;
+        let spm_path = dir.join("tokenizer.model");
         let config_path = dir.join("tokenizer_config.json");
         let config: serde_json::Map<String, Value> =
             if config_path.is_file() { crate::io::json::read_json(&config_path)? } else { Default::default() };
+        let chatglm = !path.is_file() && spm_path.is_file() && is_chatglm(dir, &config);
+        let (inner, path) = if path.is_file() {
+            let inner = tokenizers::Tokenizer::from_file(&path)
+                .map_err(|e| LoadError::Tokenizer { path: path.clone(), message: e.to_string() })?;
+            (inner, path)
+        } else if spm_path.is_file() {
+            (crate::tokenizer_spm::load(&spm_path, chatglm)?, spm_path)
+        } else {
+            return Err(LoadError::MissingFile { path, what: "tokenizer.json (or a SentencePiece tokenizer.model)" });
+        };
         let jinja = dir.join("chat_template.jinja");
         let chat_template = if jinja.is_file() {
             Some(std::fs::read_to_string(&jinja).map_err(|source| LoadError::Io { path: jinja, source })?)
         } else {
             template_from_config(config.get("chat_template"))
         };
+        let chat_template = chat_template.or_else(|| chatglm.then(|| crate::chat_templates::CHATGLM3.to_string()));
+        let eos_default = chatglm.then(|| "</s>".to_string());
         Ok(Self {
             inner,
             path,
             chat_template,
             bos_token: token_string(config.get("bos_token")),
-            eos_token: token_string(config.get("eos_token")),
+            eos_token: token_string(config.get("eos_token")).or(eos_default),
             pad_token: token_string(config.get("pad_token")),
         })
     }
@@ -124,6 +132,19 @@ impl TextTokenizer {
         })?;
         render_template(template, messages, add_generation_prompt, self.bos_token.as_deref(), self.eos_token.as_deref())
     }
+}
+
+/// ChatGLM's remote-code tokenizer (`tokenizer_class: ChatGLMTokenizer`), or a folder whose
+/// config.json says `model_type: chatglm`.
+fn is_chatglm(dir: &Path, tokenizer_config: &serde_json::Map<String, Value>) -> bool {
+    let class = tokenizer_config.get("tokenizer_class").and_then(Value::as_str).unwrap_or("");
+    if class.starts_with("ChatGLM") {
+        return true;
+    }
+    let config = dir.join("config.json");
+    config.is_file()
+        && crate::io::json::read_json::<serde_json::Map<String, Value>>(&config)
+            .is_ok_and(|c| c.get("model_type").and_then(Value::as_str) == Some("chatglm"))
 }
 
 /// Renders a HF chat template with minijinja (Python string methods through `pycompat`).

@@ -15,6 +15,16 @@ use serde::Deserialize;
 use crate::error::LoadError;
 use crate::io::dtype;
 
+/// `pytorch_model.bin`, its index, or shards such as ChatGLM's `pytorch_model-00001-of-00007.bin`.
+fn has_pickle_weights(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.filter_map(Result::ok).any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.starts_with("pytorch_model") && (name.ends_with(".bin") || name.ends_with(".bin.index.json"))
+    })
+}
+
 /// Where one tensor lives.
 #[derive(Debug, Clone)]
 pub struct TensorEntry {
@@ -58,7 +68,7 @@ impl Checkpoint {
         if single.is_file() {
             return Self::open_files(&[single]);
         }
-        if dir.join("pytorch_model.bin").exists() || dir.join("pytorch_model.bin.index.json").exists() {
+        if has_pickle_weights(dir) {
             return Err(LoadError::PickleCheckpoint { dir: dir.to_path_buf() });
         }
         Err(LoadError::MissingFile { path: single, what: "model weights (model.safetensors or its index)" })

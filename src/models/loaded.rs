@@ -9,10 +9,13 @@ use serde_json::{Map, Value};
 
 use crate::error::LoadError;
 use crate::io::Checkpoint;
+use crate::error::AdapterError;
 use crate::models::cache::KvCache;
+use crate::models::chatglm::{self, ChatGlmConfig, ChatGlmForConditionalGeneration};
 use crate::models::linear::Linear;
 use crate::models::llama::{self, LlamaConfig, LlamaForCausalLm};
 use crate::models::mask::Inputs;
+use crate::models::prompt::PromptState;
 
 /// A model folder with its parsed `config.json`.
 #[derive(Debug, Clone)]
@@ -26,6 +29,7 @@ pub struct ModelDir {
 #[derive(Debug, Clone)]
 pub enum Family {
     Llama(LlamaConfig),
+    ChatGlm(ChatGlmConfig),
 }
 
 /// One module users can target: its path (the checkpoint key without `.weight`), kind and shape.
@@ -52,11 +56,12 @@ impl ModelDir {
         let model_type = config_json.get("model_type").and_then(Value::as_str).unwrap_or("");
         let family = match model_type {
             "llama" | "mistral" | "qwen2" => Family::Llama(LlamaConfig::from_json(&config_json, &path)?),
+            chatglm::config::MODEL_TYPE => Family::ChatGlm(ChatGlmConfig::from_json(&config_json, &path)?),
             other => {
                 return Err(LoadError::UnknownModelType {
                     path,
                     model_type: other.to_string(),
-                    supported: llama::config::MODEL_TYPES,
+                    supported: "llama, mistral, qwen2, chatglm",
                 })
             }
         };
@@ -66,6 +71,7 @@ impl ModelDir {
     pub fn model_type(&self) -> &str {
         match &self.family {
             Family::Llama(c) => &c.model_type,
+            Family::ChatGlm(_) => chatglm::config::MODEL_TYPE,
         }
     }
 
@@ -73,6 +79,7 @@ impl ModelDir {
     pub fn eos_token_ids(&self) -> Vec<u32> {
         match &self.family {
             Family::Llama(c) => c.eos_token_ids.clone(),
+            Family::ChatGlm(c) => c.eos_token_ids.clone(),
         }
     }
 
@@ -92,6 +99,18 @@ impl ModelDir {
                 ("max_position_embeddings", c.max_position_embeddings.to_string()),
                 ("tie_word_embeddings", c.tie_word_embeddings.to_string()),
             ],
+            Family::ChatGlm(c) => vec![
+                ("padded_vocab_size", c.padded_vocab_size.to_string()),
+                ("hidden_size", c.hidden_size.to_string()),
+                ("ffn_hidden_size", c.ffn_hidden_size.to_string()),
+                ("num_layers", c.num_layers.to_string()),
+                ("num_attention_heads", c.num_attention_heads.to_string()),
+                ("multi_query_group_num", c.kv_groups.to_string()),
+                ("kv_channels", c.kv_channels.to_string()),
+                ("rope_ratio", c.rope_ratio.to_string()),
+                ("seq_length", c.seq_length.to_string()),
+                ("pre_seq_len", format!("{:?}", c.pre_seq_len)),
+            ],
         }
     }
 
@@ -100,6 +119,7 @@ impl ModelDir {
         let checkpoint = Checkpoint::open_dir(&self.dir)?;
         match &self.family {
             Family::Llama(c) => Ok(CausalLm::Llama(llama::weights::load(c.clone(), &checkpoint, device)?)),
+            Family::ChatGlm(c) => Ok(CausalLm::ChatGlm(chatglm::weights::load(c.clone(), &checkpoint, device)?)),
         }
     }
 
@@ -119,6 +139,17 @@ impl ModelDir {
                 }
                 out
             }
+            Family::ChatGlm(c) => {
+                let mut out = vec![ModulePath {
+                    path: "transformer.embedding.word_embeddings".into(),
+                    kind: "embedding",
+                    d_in: c.padded_vocab_size,
+                    d_out: c.hidden_size,
+                }];
+                out.extend(c.linear_shapes().into_iter().map(|(path, d_in, d_out, _)| ModulePath { path, kind: "linear", d_in, d_out }));
+                out.push(ModulePath { path: "transformer.output_layer".into(), kind: "linear", d_in: c.hidden_size, d_out: c.padded_vocab_size });
+                out
+            }
         }
     }
 
@@ -135,6 +166,7 @@ impl ModelDir {
                 let norms = c.hidden_size * (2 * c.num_hidden_layers + 1);
                 c.vocab_size * c.hidden_size + linear + head + norms
             }
+            Family::ChatGlm(c) => c.num_parameters(),
         }
     }
 }
@@ -143,6 +175,7 @@ impl ModelDir {
 #[derive(Module, Debug)]
 pub enum CausalLm {
     Llama(LlamaForCausalLm),
+    ChatGlm(ChatGlmForConditionalGeneration),
 }
 
 impl CausalLm {
@@ -150,6 +183,21 @@ impl CausalLm {
     pub fn forward(&self, inputs: &Inputs, cache: Option<&mut KvCache>) -> Tensor<3> {
         match self {
             Self::Llama(m) => m.forward(inputs, cache),
+            Self::ChatGlm(m) => m.forward(inputs, cache, None),
+        }
+    }
+
+    /// Logits for every position with a prompt-learning state: [batch, seq, vocab]. ChatGLM only
+    /// for now (its native P-tuning v2 key/value prefixes); virtual input embeddings are not
+    /// consumed yet.
+    pub fn forward_with_prompt(&self, inputs: &Inputs, cache: Option<&mut KvCache>, prompt: Option<&PromptState>) -> Result<Tensor<3>, AdapterError> {
+        match (self, prompt) {
+            (_, Some(p)) if p.input_embeds.is_some() => {
+                Err(AdapterError::Unsupported("virtual input embeddings (prompt tuning, P-tuning v1) are not wired into the models yet".into()))
+            }
+            (Self::Llama(m), None) => Ok(m.forward(inputs, cache)),
+            (Self::Llama(_), Some(_)) => Err(AdapterError::Unsupported("key/value prefixes on Llama models are not wired yet".into())),
+            (Self::ChatGlm(m), p) => Ok(m.forward(inputs, cache, p)),
         }
     }
 
@@ -162,24 +210,32 @@ impl CausalLm {
                 let last = hidden.slice([0..b, s - 1..s, 0..h]);
                 m.logits(last).squeeze_dim::<2>(1)
             }
+            Self::ChatGlm(m) => {
+                let hidden = m.hidden_states(inputs, cache, None);
+                let [b, s, h] = hidden.dims();
+                m.logits(hidden.slice([0..b, s - 1..s, 0..h])).squeeze_dim::<2>(1)
+            }
         }
     }
 
     pub fn new_cache(&self) -> KvCache {
         match self {
             Self::Llama(m) => KvCache::new(m.config.num_hidden_layers),
+            Self::ChatGlm(m) => KvCache::new(m.config.num_layers),
         }
     }
 
     pub fn max_positions(&self) -> usize {
         match self {
             Self::Llama(m) => m.config.max_position_embeddings,
+            Self::ChatGlm(m) => m.config.seq_length,
         }
     }
 
     pub fn vocab_size(&self) -> usize {
         match self {
             Self::Llama(m) => m.config.vocab_size,
+            Self::ChatGlm(m) => m.config.padded_vocab_size,
         }
     }
 
@@ -187,6 +243,7 @@ impl CausalLm {
     pub fn embedding_path(&self) -> &'static str {
         match self {
             Self::Llama(_) => "model.embed_tokens",
+            Self::ChatGlm(_) => "transformer.embedding.word_embeddings",
         }
     }
 
@@ -194,6 +251,7 @@ impl CausalLm {
     pub fn output_head(&self) -> &'static [&'static str] {
         match self {
             Self::Llama(_) => &["lm_head"],
+            Self::ChatGlm(_) => &["transformer.output_layer"],
         }
     }
 
@@ -216,6 +274,19 @@ impl CausalLm {
                 if let Some(head) = &mut m.lm_head {
                     out.push(("lm_head".into(), head));
                 }
+                out
+            }
+            Self::ChatGlm(m) => {
+                let mut out = Vec::new();
+                for (l, layer) in m.transformer.encoder.layers.iter_mut().enumerate() {
+                    let p = format!("transformer.encoder.layers.{l}");
+                    let (a, f) = (&mut layer.self_attention, &mut layer.mlp);
+                    out.push((format!("{p}.self_attention.query_key_value"), &mut a.query_key_value));
+                    out.push((format!("{p}.self_attention.dense"), &mut a.dense));
+                    out.push((format!("{p}.mlp.dense_h_to_4h"), &mut f.dense_h_to_4h));
+                    out.push((format!("{p}.mlp.dense_4h_to_h"), &mut f.dense_4h_to_h));
+                }
+                out.push(("transformer.output_layer".into(), &mut m.transformer.output_layer));
                 out
             }
         }

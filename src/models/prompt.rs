@@ -11,8 +11,9 @@ pub struct PromptState {
     /// (prompt tuning, P-tuning v1). Their positions come first.
     pub input_embeds: Option<Tensor<3>>,
     /// Per-layer key/value prefixes, each `(k, v)` of [batch, kv_heads, prefix, head_dim]
-    /// (prefix tuning, P-tuning v2, ChatGLM's `prefix_encoder`). They are always attended to and
-    /// shift the positions of real tokens by `prefix` (PEFT and ChatGLM both do).
+    /// (prefix tuning, P-tuning v2, ChatGLM's `prefix_encoder`). They are always attended to.
+    /// PEFT shifts the positions of real tokens by `prefix`; ChatGLM does not (its
+    /// `get_position_ids` is `arange(seq)`, confirmed by the chatglm-tiny-ptuning-v2 fixtures).
     pub kv_prefix: Option<Vec<(Tensor<4>, Tensor<4>)>>,
 }
 

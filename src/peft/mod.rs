@@ -5,6 +5,7 @@
 
 pub mod adapter;
 pub mod build;
+pub mod chatglm_prefix;
 pub mod config;
 pub mod fold;
 pub mod format;

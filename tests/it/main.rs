@@ -5,6 +5,8 @@ mod common;
 mod adapter_errors;
 mod adapters;
 mod bad_input;
+mod chatglm;
+mod chatglm_tokenizer;
 mod data;
 mod gguf;
 mod llama;

@@ -1,0 +1,161 @@
+//! `config.json` of a ChatGLM2/3 checkpoint (`model_type: "chatglm"`) -> [`ChatGlmConfig`],
+//! validated once here. Defaults are those of THUDM's `configuration_chatglm.py`.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use crate::error::LoadError;
+use crate::models::llama::config::token_ids;
+
+pub const MODEL_TYPE: &str = "chatglm";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatGlmConfig {
+    pub num_layers: usize,
+    /// Rows of the embedding and the output layer.
+    pub padded_vocab_size: usize,
+    pub hidden_size: usize,
+    pub ffn_hidden_size: usize,
+    /// Per-head dimension of q, k and v.
+    pub kv_channels: usize,
+    pub num_attention_heads: usize,
+    /// Key/value heads: `multi_query_group_num` with `multi_query_attention`, else every head.
+    pub kv_groups: usize,
+    pub layernorm_epsilon: f64,
+    pub add_qkv_bias: bool,
+    pub add_bias_linear: bool,
+    pub apply_residual_connection_post_layernorm: bool,
+    pub post_layer_norm: bool,
+    pub seq_length: usize,
+    /// Rotary base = 10000 × rope_ratio (ChatGLM3-6B-32K uses 50).
+    pub rope_ratio: f64,
+    /// Recorded only: the reference `RotaryEmbedding` ignores `original_impl`.
+    pub original_rope: bool,
+    /// Native P-tuning v2 (`pre_seq_len`, `prefix_projection`), when the config enables it.
+    pub pre_seq_len: Option<usize>,
+    pub prefix_projection: bool,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    path: &'a Path,
+}
+
+impl Fields<'_> {
+    fn err(&self, message: String) -> LoadError {
+        LoadError::Config { path: self.path.to_path_buf(), message }
+    }
+
+    fn usize_or(&self, key: &str, default: Option<usize>) -> Result<usize, LoadError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => default.ok_or_else(|| self.err(format!("missing required field `{key}`"))),
+            Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| self.err(format!("`{key}` must be a positive integer, found {v}"))),
+        }
+    }
+
+    fn f64_or(&self, key: &str, default: f64) -> Result<f64, LoadError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_f64().ok_or_else(|| self.err(format!("`{key}` must be a number, found {v}"))),
+        }
+    }
+
+    fn bool_or(&self, key: &str, default: bool) -> Result<bool, LoadError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| self.err(format!("`{key}` must be true or false, found {v}"))),
+        }
+    }
+}
+
+impl ChatGlmConfig {
+    /// Parses a config.json object; `path` names the file in errors.
+    pub fn from_json(map: &Map<String, Value>, path: &Path) -> Result<Self, LoadError> {
+        let f = Fields { map, path };
+        let hidden_size = f.usize_or("hidden_size", Some(4096))?;
+        let num_attention_heads = f.usize_or("num_attention_heads", Some(32))?;
+        if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
+            return Err(f.err(format!("hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_attention_heads})")));
+        }
+        let kv_channels = f.usize_or("kv_channels", Some(hidden_size / num_attention_heads))?;
+        if kv_channels == 0 || kv_channels % 4 != 0 {
+            // Rotary covers kv_channels/2 dims in pairs.
+            return Err(f.err(format!("kv_channels must be a positive multiple of 4, found {kv_channels}")));
+        }
+        let kv_groups = if f.bool_or("multi_query_attention", false)? {
+            f.usize_or("multi_query_group_num", Some(1))?
+        } else {
+            num_attention_heads
+        };
+        if kv_groups == 0 || num_attention_heads % kv_groups != 0 {
+            return Err(f.err(format!("num_attention_heads ({num_attention_heads}) must be a multiple of multi_query_group_num ({kv_groups})")));
+        }
+        if !f.bool_or("rmsnorm", true)? {
+            return Err(f.err("`rmsnorm: false` (LayerNorm, ChatGLM-6B v1 style) is not supported; ChatGLM2/3 use RMSNorm".into()));
+        }
+        let padded_vocab_size = match map.get("padded_vocab_size") {
+            None | Some(Value::Null) => f.usize_or("vocab_size", None)?,
+            Some(_) => f.usize_or("padded_vocab_size", None)?,
+        };
+        let pre_seq_len = match map.get("pre_seq_len") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(f.usize_or("pre_seq_len", None)?),
+        };
+        Ok(Self {
+            num_layers: f.usize_or("num_layers", Some(28))?,
+            padded_vocab_size,
+            hidden_size,
+            ffn_hidden_size: f.usize_or("ffn_hidden_size", Some(13696))?,
+            kv_channels,
+            num_attention_heads,
+            kv_groups,
+            layernorm_epsilon: f.f64_or("layernorm_epsilon", 1e-5)?,
+            add_qkv_bias: f.bool_or("add_qkv_bias", false)?,
+            add_bias_linear: f.bool_or("add_bias_linear", false)?,
+            apply_residual_connection_post_layernorm: f.bool_or("apply_residual_connection_post_layernorm", false)?,
+            post_layer_norm: f.bool_or("post_layer_norm", true)?,
+            seq_length: f.usize_or("seq_length", Some(2048))?,
+            rope_ratio: f.f64_or("rope_ratio", 1.0)?,
+            original_rope: f.bool_or("original_rope", true)?,
+            pre_seq_len,
+            prefix_projection: f.bool_or("prefix_projection", false)?,
+            eos_token_ids: token_ids(map.get("eos_token_id")),
+            pad_token_id: token_ids(map.get("pad_token_id")).first().copied(),
+        })
+    }
+
+    /// Output features of the fused `query_key_value`: q for every head, k and v per group.
+    pub fn qkv_size(&self) -> usize {
+        (self.num_attention_heads + 2 * self.kv_groups) * self.kv_channels
+    }
+
+    /// Width of one prefix token in the P-tuning v2 layout: `num_layers · 2 · groups · kv_channels`.
+    pub fn prefix_kv_size(&self) -> usize {
+        self.num_layers * 2 * self.kv_groups * self.kv_channels
+    }
+
+    /// Every linear module path with its (in, out) features and bias, in checkpoint order.
+    pub fn linear_shapes(&self) -> Vec<(String, usize, usize, bool)> {
+        let (h, f) = (self.hidden_size, self.ffn_hidden_size);
+        let proj = self.num_attention_heads * self.kv_channels;
+        let mut out = Vec::new();
+        for l in 0..self.num_layers {
+            let p = format!("transformer.encoder.layers.{l}");
+            out.push((format!("{p}.self_attention.query_key_value"), h, self.qkv_size(), self.add_bias_linear || self.add_qkv_bias));
+            out.push((format!("{p}.self_attention.dense"), proj, h, self.add_bias_linear));
+            out.push((format!("{p}.mlp.dense_h_to_4h"), h, 2 * f, self.add_bias_linear));
+            out.push((format!("{p}.mlp.dense_4h_to_h"), f, h, self.add_bias_linear));
+        }
+        out
+    }
+
+    /// Parameters as stored: embedding, linears, norms and the output layer.
+    pub fn num_parameters(&self) -> usize {
+        let linear: usize = self.linear_shapes().iter().map(|(_, i, o, bias)| i * o + if *bias { *o } else { 0 }).sum();
+        let norms = self.hidden_size * (2 * self.num_layers + usize::from(self.post_layer_norm));
+        2 * self.padded_vocab_size * self.hidden_size + linear + norms
+    }
+}

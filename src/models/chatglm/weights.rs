@@ -1,0 +1,64 @@
+//! Loading a ChatGLM2/3 checkpoint through the shared tensor [`Reader`]: every expected key is
+//! read, shape-checked, widened to f32 and (linear weights) transposed to burn's `[in, out]`.
+//! `transformer.rotary_pos_emb.inv_freq` (a buffer some exports keep) is recomputed, not read;
+//! `transformer.prefix_encoder.*` belongs to P-tuning v2 (`peft::chatglm_prefix`).
+
+use burn::tensor::Device;
+
+use crate::error::LoadError;
+use crate::io::Checkpoint;
+use crate::models::layers::{Embedding, RmsNorm};
+use crate::models::llama::weights::Reader;
+
+use super::model::{ChatGlmModel, GlmBlock, GlmEmbedding, GlmRope, GlmTransformer, Mlp, SelfAttention};
+use super::{ChatGlmConfig, ChatGlmForConditionalGeneration};
+
+fn norm(r: &mut Reader, c: &ChatGlmConfig, name: String) -> Result<RmsNorm, LoadError> {
+    Ok(RmsNorm { weight: r.vector(&name, c.hidden_size)?, eps: c.layernorm_epsilon })
+}
+
+fn layer(r: &mut Reader, c: &ChatGlmConfig, l: usize) -> Result<GlmBlock, LoadError> {
+    let p = format!("transformer.encoder.layers.{l}");
+    let (h, f) = (c.hidden_size, c.ffn_hidden_size);
+    let proj = c.num_attention_heads * c.kv_channels;
+    let bias = c.add_bias_linear;
+    Ok(GlmBlock {
+        input_layernorm: norm(r, c, format!("{p}.input_layernorm.weight"))?,
+        self_attention: SelfAttention {
+            query_key_value: r.linear(&format!("{p}.self_attention.query_key_value"), h, c.qkv_size(), bias || c.add_qkv_bias)?,
+            dense: r.linear(&format!("{p}.self_attention.dense"), proj, h, bias)?,
+        },
+        post_attention_layernorm: norm(r, c, format!("{p}.post_attention_layernorm.weight"))?,
+        mlp: Mlp {
+            dense_h_to_4h: r.linear(&format!("{p}.mlp.dense_h_to_4h"), h, 2 * f, bias)?,
+            dense_4h_to_h: r.linear(&format!("{p}.mlp.dense_4h_to_h"), f, h, bias)?,
+        },
+    })
+}
+
+/// Builds the model from a checkpoint on `device`.
+pub fn load(config: ChatGlmConfig, checkpoint: &Checkpoint, device: &Device) -> Result<ChatGlmForConditionalGeneration, LoadError> {
+    let mut r = Reader::new(checkpoint, device);
+    let word_embeddings =
+        Embedding { weight: r.matrix("transformer.embedding.word_embeddings.weight", config.padded_vocab_size, config.hidden_size)? };
+    let mut layers = Vec::with_capacity(config.num_layers);
+    for l in 0..config.num_layers {
+        layers.push(layer(&mut r, &config, l)?);
+    }
+    let final_layernorm =
+        if config.post_layer_norm { Some(norm(&mut r, &config, "transformer.encoder.final_layernorm.weight".into())?) } else { None };
+    let output_layer = r.linear("transformer.output_layer", config.hidden_size, config.padded_vocab_size, false)?;
+    for buffer in ["transformer.rotary_pos_emb.inv_freq"] {
+        if checkpoint.contains(buffer) {
+            r.used.insert(buffer.into());
+        }
+    }
+    r.finish()?;
+    let rope = GlmRope::new(&config);
+    let transformer = ChatGlmModel {
+        embedding: GlmEmbedding { word_embeddings },
+        encoder: GlmTransformer { layers, final_layernorm },
+        output_layer,
+    };
+    Ok(ChatGlmForConditionalGeneration { transformer, config, rope })
+}
