@@ -381,7 +381,9 @@ fn a_disk_full_mid_merge_leaves_no_partial_output() {
     // The disk fills up in the middle of the third of five shards.
     let budget = std::rc::Rc::new(std::cell::Cell::new(150_000));
     let err = MergePlan::build(options).unwrap().execute(&mut FullDisk { budget }, &mut NoProgress).unwrap_err();
-    assert!(err.to_string().contains("No space left on device"), "{err}");
+    let chain: Vec<String> =
+        std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source()).map(|e| e.to_string()).collect();
+    assert!(chain.join(": ").contains("No space left on device"), "{chain:?}");
     assert!(!out.exists());
     let left: HashMap<_, _> = fs::read_dir(tmp.path()).unwrap().map(|e| (e.unwrap().file_name(), ())).collect();
     assert!(left.is_empty(), "partial output left behind: {left:?}");
