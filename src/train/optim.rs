@@ -1,8 +1,10 @@
 //! AdamW exactly as torch's single-tensor implementation (torch/optim/adamw.py):
 //!
-//!     θ ← θ·(1 − lr·λ)
-//!     m ← β₁·m + (1 − β₁)·g          v ← β₂·v + (1 − β₂)·g²
-//!     θ ← θ − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)
+//! ```text
+//! θ ← θ·(1 − lr·λ)
+//! m ← β₁·m + (1 − β₁)·g          v ← β₂·v + (1 − β₂)·g²
+//! θ ← θ − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)
+//! ```
 //!
 //! burn's own AdamW differs in defaults and puts ε elsewhere; ours also keeps its state keyed by
 //! parameter id so that checkpoints can name it. Global-norm clipping (torch's

@@ -109,7 +109,7 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
     let mut losses = Vec::new();
     let mut tokens_total = 0;
     let mut model = run.model;
-    let mut last_checkpoint = None;
+    let mut saved: Vec<(usize, PathBuf)> = Vec::new();
     while state.global_step < total {
         if interrupted.load(Ordering::SeqCst) {
             let dir = checkpoint::checkpoint_dir(&run.out, state.global_step);
@@ -124,6 +124,14 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
         let t = Instant::now();
         let (next, stats) = train_step(model, &mut optim, &micro, lr, c.max_grad_norm);
         if !stats.loss.is_finite() {
+            // The checkpoint of the previous step holds the weights that produced this loss: it is
+            // not a good one. Drop it and point at the one before.
+            if saved.last().is_some_and(|(s, _)| *s == state.global_step) {
+                if let Some((_, bad)) = saved.pop() {
+                    let _ = std::fs::remove_dir_all(bad);
+                }
+            }
+            let last_checkpoint = saved.pop().map(|(_, dir)| dir);
             return Err(TrainError::NonFiniteLoss { step: state.global_step + 1, loss: stats.loss, last_checkpoint });
         }
         model = next;
@@ -143,7 +151,7 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
         if c.save_steps.is_some_and(|n| n > 0 && step % n == 0) && step < total {
             let dir = checkpoint::checkpoint_dir(&run.out, step);
             checkpoint::save(&dir, &mut model, &run.adapter_config, &optim, &state)?;
-            last_checkpoint = Some(dir);
+            saved.push((step, dir));
         }
     }
     let eval_loss = if run.eval.is_empty() {

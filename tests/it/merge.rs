@@ -388,3 +388,32 @@ fn a_disk_full_mid_merge_leaves_no_partial_output() {
     let left: HashMap<_, _> = fs::read_dir(tmp.path()).unwrap().map(|e| (e.unwrap().file_name(), ())).collect();
     assert!(left.is_empty(), "partial output left behind: {left:?}");
 }
+
+mod loads_in_our_model {
+    use peft::models::tensor_util::to_vec;
+    use peft::models::ModelDir;
+    use rstest::rstest;
+
+    use crate::common::*;
+
+    #[rstest]
+    #[case::lora("lora")]
+    #[case::dora("dora")]
+    #[case::ia3("ia3")]
+    #[case::rslora_patterns("lora-rslora-patterns")]
+    fn merged_checkpoint_gives_the_adapter_logits_and_verify_agrees(#[case] name: &str) {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("merged");
+        let o = run_peft(&[
+            "merge", "--base", path_str(&fixture("llama-tiny")), "--adapter", path_str(&fixture(&format!("adapters/{name}"))),
+            "--out", path_str(&out), "--verify",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("verified"), "{}", stderr(&o));
+        let merged = ModelDir::open(&out).unwrap().load(&device()).unwrap();
+        let reference = reference(&format!("adapters/{name}"));
+        let (diff, compared) = reference.compare(&to_vec(merged.forward(&reference.inputs(), None)));
+        assert!(compared > 40);
+        assert!(diff <= LOGITS_TOL, "{name}: merged model vs PEFT's base+adapter logits: {diff}");
+    }
+}

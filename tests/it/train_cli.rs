@@ -15,10 +15,10 @@ fn repo(rel: &str) -> String {
 fn train(out: &Path, extra: &[&str]) -> std::process::Output {
     let model = fixture("llama-tiny");
     let data = repo(DATA);
-    let mut args = vec![
-        "train", "--model", path_str(&model), "--data", &data, "--out", path_str(out), "--batch-size", "8",
-        "--lr", "3e-3", "--seed", "1",
-    ];
+    let mut args = vec!["train", "--model", path_str(&model), "--data", &data, "--out", path_str(out), "--batch-size", "8", "--seed", "1"];
+    if !extra.contains(&"--lr") {
+        args.extend_from_slice(&["--lr", "3e-3"]);
+    }
     args.extend_from_slice(extra);
     run_peft(&args)
 }
@@ -97,10 +97,13 @@ fn a_malformed_json_line_names_the_file_and_line() {
 fn a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let o = train(&out, &["--lr", "1e12", "--max-grad-norm", "0", "--max-steps", "8", "--save-steps", "1", "--lr-scheduler", "constant"]);
-    assert!(!o.status.success(), "a learning rate of 1e12 should diverge");
+    // Step 1 runs at lr 0 (warm-up); step 2's enormous decay makes the weights infinite, so step 3's
+    // loss is NaN: checkpoint-1 is the last good one, checkpoint-2 (the diverged weights) is dropped.
+    let o = train(&out, &["--lr", "1e30", "--weight-decay", "1e30", "--warmup-steps", "3", "--max-grad-norm", "0", "--max-steps", "8", "--save-steps", "1", "--lr-scheduler", "constant"]);
+    assert!(!o.status.success(), "the run should diverge");
     let err = stderr(&o);
-    assert!(err.contains("training stopped") && err.contains("checkpoint-"), "{err}");
+    assert!(err.contains("loss is NaN at step 3") && err.contains("checkpoint-1"), "{err}");
+    assert!(!out.join("checkpoint-2").exists(), "the diverged checkpoint was kept");
     let kept: Vec<_> = fs::read_dir(&out).unwrap().filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")).collect();
     assert!(!kept.is_empty());
     for ckpt in kept {
