@@ -68,9 +68,9 @@ fn main() -> Result<()> {
         results.insert(format!("generate_{new}_tokens_per_s"), json!(tps));
     }
     drop(model);
-    // ~520M parameters: hidden 1024, 28 layers, intermediate 4096, vocab 49152, tied.
+    // ~522M parameters: hidden 1024, 30 layers, intermediate 4096, vocab 49152, tied.
     let big = work.join("llama-520m");
-    let shape = Shape { hidden: 1024, layers: 28, heads: 16, kv_heads: 8, intermediate: 4096, vocab: 49152 };
+    let shape = Shape { hidden: 1024, layers: 30, heads: 16, kv_heads: 8, intermediate: 4096, vocab: 49152 };
     write_random_llama(&big, shape, 1).context("writing the 520M-parameter model")?;
     let params = ModelDir::open(&big)?.num_parameters();
     let child = std::process::Command::new(std::env::current_exe()?)

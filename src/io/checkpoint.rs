@@ -156,7 +156,22 @@ impl Checkpoint {
             tensor: name.to_string(),
             dtype: format!("{:?}", entry.dtype),
         })?;
+        self.release(entry);
         Ok((values, entry.shape.clone()))
+    }
+
+    /// Drops the mapped pages of a tensor already copied out, so that loading a model keeps
+    /// about one copy of it resident (the decoded tensors), not two (they plus the file pages).
+    /// The pages stay in the page cache; touching them again re-reads them.
+    fn release(&self, entry: &TensorEntry) {
+        #[cfg(unix)]
+        {
+            let map = &self.shards[entry.shard].map;
+            // SAFETY: a read-only, file-backed mapping: MADV_DONTNEED only drops our page-table
+            // entries and later reads fault the same file contents back in; no borrowed slice can
+            // observe different bytes. memmap2 aligns the range to pages.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, entry.range.start, entry.range.len()) };
+        }
     }
 
     /// Reads a float tensor and checks its shape.
