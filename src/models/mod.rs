@@ -3,6 +3,7 @@
 //! attention masks) live beside them.
 
 pub mod cache;
+pub mod config_fields;
 pub mod chatglm;
 pub mod layers;
 pub mod linear;

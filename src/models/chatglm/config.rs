@@ -6,6 +6,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use crate::error::LoadError;
+use crate::models::config_fields::Fields;
 use crate::models::llama::config::token_ids;
 
 pub const MODEL_TYPE: &str = "chatglm";
@@ -39,54 +40,22 @@ pub struct ChatGlmConfig {
     pub pad_token_id: Option<u32>,
 }
 
-struct Fields<'a> {
-    map: &'a Map<String, Value>,
-    path: &'a Path,
-}
-
-impl Fields<'_> {
-    fn err(&self, message: String) -> LoadError {
-        LoadError::Config { path: self.path.to_path_buf(), message }
-    }
-
-    fn usize_or(&self, key: &str, default: Option<usize>) -> Result<usize, LoadError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => default.ok_or_else(|| self.err(format!("missing required field `{key}`"))),
-            Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| self.err(format!("`{key}` must be a positive integer, found {v}"))),
-        }
-    }
-
-    fn f64_or(&self, key: &str, default: f64) -> Result<f64, LoadError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| self.err(format!("`{key}` must be a number, found {v}"))),
-        }
-    }
-
-    fn bool_or(&self, key: &str, default: bool) -> Result<bool, LoadError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.err(format!("`{key}` must be true or false, found {v}"))),
-        }
-    }
-}
-
 impl ChatGlmConfig {
     /// Parses a config.json object; `path` names the file in errors.
     pub fn from_json(map: &Map<String, Value>, path: &Path) -> Result<Self, LoadError> {
         let f = Fields { map, path };
-        let hidden_size = f.usize_or("hidden_size", Some(4096))?;
-        let num_attention_heads = f.usize_or("num_attention_heads", Some(32))?;
+        let hidden_size = f.usize_or("hidden_size", 4096)?;
+        let num_attention_heads = f.usize_or("num_attention_heads", 32)?;
         if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
             return Err(f.err(format!("hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_attention_heads})")));
         }
-        let kv_channels = f.usize_or("kv_channels", Some(hidden_size / num_attention_heads))?;
+        let kv_channels = f.usize_or("kv_channels", hidden_size / num_attention_heads)?;
         if kv_channels == 0 || kv_channels % 4 != 0 {
             // Rotary covers kv_channels/2 dims in pairs.
             return Err(f.err(format!("kv_channels must be a positive multiple of 4, found {kv_channels}")));
         }
         let kv_groups = if f.bool_or("multi_query_attention", false)? {
-            f.usize_or("multi_query_group_num", Some(1))?
+            f.usize_or("multi_query_group_num", 1)?
         } else {
             num_attention_heads
         };
@@ -97,18 +66,18 @@ impl ChatGlmConfig {
             return Err(f.err("`rmsnorm: false` (LayerNorm, ChatGLM-6B v1 style) is not supported; ChatGLM2/3 use RMSNorm".into()));
         }
         let padded_vocab_size = match map.get("padded_vocab_size") {
-            None | Some(Value::Null) => f.usize_or("vocab_size", None)?,
-            Some(_) => f.usize_or("padded_vocab_size", None)?,
+            None | Some(Value::Null) => f.usize_req("vocab_size")?,
+            Some(_) => f.usize_req("padded_vocab_size")?,
         };
         let pre_seq_len = match map.get("pre_seq_len") {
             None | Some(Value::Null) => None,
-            Some(_) => Some(f.usize_or("pre_seq_len", None)?),
+            Some(_) => Some(f.usize_req("pre_seq_len")?),
         };
         Ok(Self {
-            num_layers: f.usize_or("num_layers", Some(28))?,
+            num_layers: f.usize_or("num_layers", 28)?,
             padded_vocab_size,
             hidden_size,
-            ffn_hidden_size: f.usize_or("ffn_hidden_size", Some(13696))?,
+            ffn_hidden_size: f.usize_or("ffn_hidden_size", 13696)?,
             kv_channels,
             num_attention_heads,
             kv_groups,
@@ -117,7 +86,7 @@ impl ChatGlmConfig {
             add_bias_linear: f.bool_or("add_bias_linear", false)?,
             apply_residual_connection_post_layernorm: f.bool_or("apply_residual_connection_post_layernorm", false)?,
             post_layer_norm: f.bool_or("post_layer_norm", true)?,
-            seq_length: f.usize_or("seq_length", Some(2048))?,
+            seq_length: f.usize_or("seq_length", 2048)?,
             rope_ratio: f.f64_or("rope_ratio", 1.0)?,
             original_rope: f.bool_or("original_rope", true)?,
             pre_seq_len,

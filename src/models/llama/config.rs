@@ -5,6 +5,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use crate::error::LoadError;
+use crate::models::config_fields::Fields;
 use crate::models::rope::RopeScaling;
 
 pub const MODEL_TYPES: &str = "llama, mistral, qwen2";
@@ -31,45 +32,6 @@ pub struct LlamaConfig {
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
-}
-
-struct Fields<'a> {
-    map: &'a Map<String, Value>,
-    path: &'a Path,
-}
-
-impl Fields<'_> {
-    fn err(&self, message: String) -> LoadError {
-        LoadError::Config { path: self.path.to_path_buf(), message }
-    }
-
-    fn usize_req(&self, key: &str) -> Result<usize, LoadError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Err(self.err(format!("missing required field `{key}`"))),
-            Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| self.err(format!("`{key}` must be a positive integer, found {v}"))),
-        }
-    }
-
-    fn usize_or(&self, key: &str, default: usize) -> Result<usize, LoadError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(_) => self.usize_req(key),
-        }
-    }
-
-    fn f64_or(&self, key: &str, default: f64) -> Result<f64, LoadError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| self.err(format!("`{key}` must be a number, found {v}"))),
-        }
-    }
-
-    fn bool_or(&self, key: &str, default: bool) -> Result<bool, LoadError> {
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.err(format!("`{key}` must be true or false, found {v}"))),
-        }
-    }
 }
 
 /// A token id field that may be a number or a list (`eos_token_id: [128001, 128009]`).
