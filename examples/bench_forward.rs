@@ -11,12 +11,17 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use peft::generate::{generate, SamplingConfig};
-use peft::models::tensor_util::to_vec;
 use peft::models::synthetic::{peak_rss_mib, write_random_llama, Shape, SMOLLM2_135M};
+use peft::models::tensor_util::to_vec;
 use peft::models::{Inputs, ModelDir};
 use serde_json::json;
 
-fn prefill_tokens_per_s(model: &peft::models::CausalLm, batch: usize, seq: usize, repeats: usize) -> f64 {
+fn prefill_tokens_per_s(
+    model: &peft::models::CausalLm,
+    batch: usize,
+    seq: usize,
+    repeats: usize,
+) -> f64 {
     let ids: Vec<i64> = (0..batch * seq).map(|i| (i % 1000) as i64 + 10).collect();
     let inputs = Inputs::new(ids, batch, seq);
     let _ = to_vec(model.forward_last(&inputs, None));
@@ -32,7 +37,11 @@ fn prefill_tokens_per_s(model: &peft::models::CausalLm, batch: usize, seq: usize
 
 fn generation_tokens_per_s(model: &peft::models::CausalLm, new: usize) -> Result<f64> {
     let prompt: Vec<u32> = (0..16).map(|i| 100 + i).collect();
-    let cfg = SamplingConfig { max_new_tokens: new, stop_at_eos: false, ..Default::default() };
+    let cfg = SamplingConfig {
+        max_new_tokens: new,
+        stop_at_eos: false,
+        ..Default::default()
+    };
     let t = Instant::now();
     let out = generate(model, &prompt, &cfg, &mut |_| {})?;
     Ok(out.len() as f64 / t.elapsed().as_secs_f64())
@@ -40,13 +49,21 @@ fn generation_tokens_per_s(model: &peft::models::CausalLm, new: usize) -> Result
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let device_name = arg("--device").unwrap_or_else(|| "cpu".into());
     let device = peft::device::parse_device(&device_name)?;
     if let Some(dir) = arg("--load-only") {
         let t = Instant::now();
         let model = ModelDir::open(Path::new(&dir))?.load(&device)?;
-        println!("{}", json!({"load_s": t.elapsed().as_secs_f64(), "peak_rss_mib": peak_rss_mib(), "vocab": model.vocab_size()}));
+        println!(
+            "{}",
+            json!({"load_s": t.elapsed().as_secs_f64(), "peak_rss_mib": peak_rss_mib(), "vocab": model.vocab_size()})
+        );
         return Ok(());
     }
     let out = PathBuf::from(arg("--out").unwrap_or_else(|| "bench-out/forward.json".into()));
@@ -56,7 +73,10 @@ fn main() -> Result<()> {
     let model = ModelDir::open(&small)?.load(&device)?;
     let mut results = serde_json::Map::new();
     results.insert("device".into(), json!(device_name));
-    results.insert("threads".into(), json!(std::thread::available_parallelism().map_or(1, |n| n.get())));
+    results.insert(
+        "threads".into(),
+        json!(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    );
     for batch in [1, 8] {
         let tps = prefill_tokens_per_s(&model, batch, 256, 3);
         eprintln!("prefill batch {batch} seq 256: {tps:.1} tokens/s");
@@ -70,15 +90,31 @@ fn main() -> Result<()> {
     drop(model);
     // ~522M parameters: hidden 1024, 30 layers, intermediate 4096, vocab 49152, tied.
     let big = work.join("llama-520m");
-    let shape = Shape { hidden: 1024, layers: 30, heads: 16, kv_heads: 8, intermediate: 4096, vocab: 49152 };
+    let shape = Shape {
+        hidden: 1024,
+        layers: 30,
+        heads: 16,
+        kv_heads: 8,
+        intermediate: 4096,
+        vocab: 49152,
+    };
     write_random_llama(&big, shape, 1).context("writing the 520M-parameter model")?;
     let params = ModelDir::open(&big)?.num_parameters();
     let child = std::process::Command::new(std::env::current_exe()?)
-        .args(["--load-only", big.to_str().unwrap_or_default(), "--device", &device_name])
+        .args([
+            "--load-only",
+            big.to_str().unwrap_or_default(),
+            "--device",
+            &device_name,
+        ])
         .output()?;
-    let load: serde_json::Value = serde_json::from_slice(&child.stdout).context("child load report")?;
+    let load: serde_json::Value =
+        serde_json::from_slice(&child.stdout).context("child load report")?;
     let f32_mib = params as f64 * 4.0 / (1024.0 * 1024.0);
-    eprintln!("load {params} params: peak RSS {} MiB (f32 size {f32_mib:.0} MiB)", load["peak_rss_mib"]);
+    eprintln!(
+        "load {params} params: peak RSS {} MiB (f32 size {f32_mib:.0} MiB)",
+        load["peak_rss_mib"]
+    );
     results.insert("load_params".into(), json!(params));
     results.insert("load_f32_mib".into(), json!(f32_mib));
     results.insert("load_peak_rss_mib".into(), load["peak_rss_mib"].clone());

@@ -37,12 +37,28 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn timed(repeats: usize, mut f: impl FnMut()) -> f64 {
     f();
-    median((0..repeats).map(|_| { let t = Instant::now(); f(); t.elapsed().as_secs_f64() }).collect())
+    median(
+        (0..repeats)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
 }
 
 fn random_batch(batch: usize, seq: usize) -> Batch {
-    let ids: Vec<i64> = (0..batch * seq).map(|i| ((i * 7919) % 49152) as i64).collect();
-    Batch { labels: ids.clone(), mask: vec![1; ids.len()], ids, batch, seq }
+    let ids: Vec<i64> = (0..batch * seq)
+        .map(|i| ((i * 7919) % 49152) as i64)
+        .collect();
+    Batch {
+        labels: ids.clone(),
+        mask: vec![1; ids.len()],
+        ids,
+        batch,
+        seq,
+    }
 }
 
 fn load(dir: &Path, device: &Device, lora: bool) -> Result<CausalLm> {
@@ -57,10 +73,14 @@ fn load(dir: &Path, device: &Device, lora: bool) -> Result<CausalLm> {
 fn overhead(dir: &Path, device: &Device, repeats: usize) -> Result<serde_json::Value> {
     let inputs = random_batch(1, 256).inputs();
     let base = load(dir, device, false)?;
-    let base_s = timed(repeats, || { to_vec(base.forward(&inputs, None)); });
+    let base_s = timed(repeats, || {
+        to_vec(base.forward(&inputs, None));
+    });
     drop(base);
     let lora = load(dir, device, true)?;
-    let lora_s = timed(repeats, || { to_vec(lora.forward(&inputs, None)); });
+    let lora_s = timed(repeats, || {
+        to_vec(lora.forward(&inputs, None));
+    });
     drop(lora);
     let auto = device.clone().autodiff();
     let train_model = load(dir, &auto, true)?;
@@ -77,7 +97,10 @@ fn overhead(dir: &Path, device: &Device, repeats: usize) -> Result<serde_json::V
 fn train(dir: &Path, device: &Device, steps: usize) -> Result<serde_json::Value> {
     let auto = device.clone().autodiff();
     let mut model = load(dir, &auto, true)?;
-    let mut optim = AdamW::new(AdamWConfig { weight_decay: 0.01, ..Default::default() });
+    let mut optim = AdamW::new(AdamWConfig {
+        weight_decay: 0.01,
+        ..Default::default()
+    });
     let batch = random_batch(4, 256);
     let mut times = Vec::new();
     for i in 0..=steps {
@@ -87,15 +110,26 @@ fn train(dir: &Path, device: &Device, steps: usize) -> Result<serde_json::Value>
         if i > 0 {
             times.push(t.elapsed().as_secs_f64());
         }
-        eprintln!("step {i}: loss {:.4} ({:.1} s)", stats.loss, t.elapsed().as_secs_f64());
+        eprintln!(
+            "step {i}: loss {:.4} ({:.1} s)",
+            stats.loss,
+            t.elapsed().as_secs_f64()
+        );
     }
     let step_s = median(times);
-    Ok(json!({"train_step_s": step_s, "train_tokens_per_s": 1024.0 / step_s, "train_peak_rss_mib": peak_rss_mib()}))
+    Ok(
+        json!({"train_step_s": step_s, "train_tokens_per_s": 1024.0 / step_s, "train_peak_rss_mib": peak_rss_mib()}),
+    )
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let device_name = arg("--device").unwrap_or_else(|| "cpu".into());
     let device = peft::device::parse_device(&device_name)?;
     let steps: usize = arg("--steps").and_then(|s| s.parse().ok()).unwrap_or(3);
@@ -108,10 +142,18 @@ fn main() -> Result<()> {
     let mut results = overhead(&dir, &device, 3)?;
     eprintln!("{results}");
     let child = std::process::Command::new(std::env::current_exe()?)
-        .args(["--train-only", dir.to_str().unwrap_or_default(), "--device", &device_name, "--steps", &steps.to_string()])
+        .args([
+            "--train-only",
+            dir.to_str().unwrap_or_default(),
+            "--device",
+            &device_name,
+            "--steps",
+            &steps.to_string(),
+        ])
         .stderr(std::process::Stdio::inherit())
         .output()?;
-    let train: serde_json::Value = serde_json::from_slice(&child.stdout).context("child training report")?;
+    let train: serde_json::Value =
+        serde_json::from_slice(&child.stdout).context("child training report")?;
     if let (Some(r), Some(t)) = (results.as_object_mut(), train.as_object()) {
         r.extend(t.clone());
         r.insert("device".into(), json!(device_name));

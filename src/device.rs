@@ -16,7 +16,10 @@ pub fn parse_device(name: &str) -> Result<Device, LoadError> {
         #[allow(deprecated)]
         "ndarray" => Ok(Device::ndarray()),
         "wgpu" => wgpu_device(),
-        other => Err(LoadError::Device { name: other.into(), message: format!("unknown device (expected one of {DEVICE_NAMES})") }),
+        other => Err(LoadError::Device {
+            name: other.into(),
+            message: format!("unknown device (expected one of {DEVICE_NAMES})"),
+        }),
     }
 }
 

@@ -11,7 +11,10 @@ fn shape(s: &[usize]) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: missing {what}", path.display())]
     MissingFile { path: PathBuf, what: &'static str },
     #[error("{}: invalid JSON: {message}", path.display())]
@@ -19,7 +22,11 @@ pub enum LoadError {
     #[error("{}: {message}", path.display())]
     Config { path: PathBuf, message: String },
     #[error("{}: unsupported model_type `{model_type}` (supported: {supported})", path.display())]
-    UnknownModelType { path: PathBuf, model_type: String, supported: &'static str },
+    UnknownModelType {
+        path: PathBuf,
+        model_type: String,
+        supported: &'static str,
+    },
     #[error("{}: only pytorch_model*.bin weights found; pickle checkpoints are not supported, convert them to safetensors (e.g. `model.save_pretrained(dir, safe_serialization=True)` in transformers)", dir.display())]
     PickleCheckpoint { dir: PathBuf },
     #[error("{}: not a valid safetensors file: {message}", path.display())]
@@ -27,15 +34,31 @@ pub enum LoadError {
     #[error("{}: tensor `{tensor}` appears twice", path.display())]
     DuplicateTensor { path: PathBuf, tensor: String },
     #[error("{}: the index maps `{tensor}` to `{file}`, but that file does not hold it", index.display())]
-    IndexMismatch { index: PathBuf, tensor: String, file: String },
+    IndexMismatch {
+        index: PathBuf,
+        tensor: String,
+        file: String,
+    },
     #[error("tensor `{tensor}` is missing from the checkpoint")]
     MissingTensor { tensor: String },
     #[error("checkpoint is missing {} expected tensor(s): {}", tensors.len(), tensors.join(", "))]
     MissingTensors { tensors: Vec<String> },
     #[error("{}: tensor `{tensor}` has unsupported dtype {dtype} (expected F32, F16 or BF16)", path.display())]
-    UnsupportedDtype { path: PathBuf, tensor: String, dtype: String },
-    #[error("tensor `{tensor}`: expected shape {}, found {}", shape(expected), shape(actual))]
-    ShapeMismatch { tensor: String, expected: Vec<usize>, actual: Vec<usize> },
+    UnsupportedDtype {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+    },
+    #[error(
+        "tensor `{tensor}`: expected shape {}, found {}",
+        shape(expected),
+        shape(actual)
+    )]
+    ShapeMismatch {
+        tensor: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
     #[error("{}: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },
     #[error("chat template: {message}")]
@@ -51,15 +74,26 @@ pub enum AdapterError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("target_modules {patterns} matched no module; available paths include: {}", sample_paths.join(", "))]
-    NoMatchingTarget { patterns: String, sample_paths: Vec<String> },
+    NoMatchingTarget {
+        patterns: String,
+        sample_paths: Vec<String>,
+    },
     #[error("{}: {message}", path.display())]
     Config { path: PathBuf, message: String },
     #[error("unsupported adapter option: {0}")]
     Unsupported(String),
     #[error("invalid regex `{pattern}`: {message}")]
     Regex { pattern: String, message: String },
-    #[error("adapter tensor `{tensor}`: expected shape {}, found {}", shape(expected), shape(actual))]
-    ShapeMismatch { tensor: String, expected: Vec<usize>, actual: Vec<usize> },
+    #[error(
+        "adapter tensor `{tensor}`: expected shape {}, found {}",
+        shape(expected),
+        shape(actual)
+    )]
+    ShapeMismatch {
+        tensor: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
     #[error("adapter tensor `{tensor}` names module `{module}`, which the model does not have (is the adapter for another architecture?)")]
     UnknownModule { tensor: String, module: String },
     #[error("adapter is missing tensor `{tensor}`")]
@@ -79,7 +113,11 @@ pub enum TrainError {
     #[error("checkpoint {}: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },
     #[error("loss is {loss} at step {step}: training stopped; the last good checkpoint is kept{}", last_checkpoint.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default())]
-    NonFiniteLoss { step: usize, loss: f64, last_checkpoint: Option<PathBuf> },
+    NonFiniteLoss {
+        step: usize,
+        loss: f64,
+        last_checkpoint: Option<PathBuf>,
+    },
     #[error("{}: already holds a run (pass --overwrite to replace it, or --resume to continue it)", path.display())]
     OutputExists { path: PathBuf },
     #[error("invalid training option: {0}")]
@@ -91,7 +129,10 @@ pub enum TrainError {
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("writing {}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Errors of `peft merge`. Everything but `Io`/`Write` is raised while planning, before the first
@@ -105,20 +146,48 @@ pub enum MergeError {
     #[error(transparent)]
     Write(#[from] WriteError),
     #[error("{}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {peft_type} adapters cannot be merged: {reason}", dir.display())]
-    NotMergeable { dir: PathBuf, peft_type: String, reason: &'static str },
+    NotMergeable {
+        dir: PathBuf,
+        peft_type: String,
+        reason: &'static str,
+    },
     #[error("{}: adapter tensor `{key}` is not a LoRA, AdaLoRA, DoRA or IA3 parameter this merge understands", file.display())]
     UnknownAdapterKey { file: PathBuf, key: String },
     #[error("{}: module `{module}` is missing its `{missing}` tensor", file.display())]
-    IncompleteModule { file: PathBuf, module: String, missing: String },
+    IncompleteModule {
+        file: PathBuf,
+        module: String,
+        missing: String,
+    },
     #[error("{}: adapter tensor `{key}` adapts `{tensor}`, which the base checkpoint does not have (is the adapter for another model?)", file.display())]
-    MissingBaseTensor { file: PathBuf, key: String, tensor: String },
+    MissingBaseTensor {
+        file: PathBuf,
+        key: String,
+        tensor: String,
+    },
     #[error("{}: adapter tensor `{key}` has shape {}, but base tensor `{tensor}` {} needs {} (is the adapter for another base model?)", file.display(), shape(actual), shape(base), shape(expected))]
-    ShapeMismatch { file: PathBuf, key: String, tensor: String, base: Vec<usize>, expected: Vec<usize>, actual: Vec<usize> },
+    ShapeMismatch {
+        file: PathBuf,
+        key: String,
+        tensor: String,
+        base: Vec<usize>,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
     #[error("{}: tensor `{tensor}` has dtype {dtype}; only F32, F16 and BF16 tensors can be merged", file.display())]
-    NotFloat { file: PathBuf, tensor: String, dtype: String },
-    #[error("merged tensor `{tensor}` has non-finite values (NaN or infinity); nothing was written")]
+    NotFloat {
+        file: PathBuf,
+        tensor: String,
+        dtype: String,
+    },
+    #[error(
+        "merged tensor `{tensor}` has non-finite values (NaN or infinity); nothing was written"
+    )]
     NonFinite { tensor: String },
     #[error("--out {} is the base model folder; the input is never modified, choose another folder", path.display())]
     OutIsBase { path: PathBuf },
@@ -135,27 +204,51 @@ pub enum MergeError {
 pub enum GgufError {
     /// `cause`, not `source`: the message already shows it, and `{:#}` would print it twice.
     #[error("{}: {cause}", path.display())]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("{}: not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")", path.display())]
     NotGguf { path: PathBuf, magic: Vec<u8> },
     #[error("{}: GGUF version {version} is not supported (supported: 2, 3)", path.display())]
     UnsupportedVersion { path: PathBuf, version: u32 },
     #[error("{}: truncated or corrupt: {what} (at byte {offset})", path.display())]
-    Truncated { path: PathBuf, what: String, offset: u64 },
+    Truncated {
+        path: PathBuf,
+        what: String,
+        offset: u64,
+    },
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
     #[error("{}: missing metadata key `{key}`", path.display())]
     MissingKey { path: PathBuf, key: String },
     #[error("{}: metadata `{key}` should be {expected}, found {found}", path.display())]
-    WrongKeyType { path: PathBuf, key: String, expected: &'static str, found: &'static str },
+    WrongKeyType {
+        path: PathBuf,
+        key: String,
+        expected: &'static str,
+        found: &'static str,
+    },
     #[error("{}: unsupported architecture `{architecture}` (supported: {supported})", path.display())]
-    UnknownArchitecture { path: PathBuf, architecture: String, supported: &'static str },
+    UnknownArchitecture {
+        path: PathBuf,
+        architecture: String,
+        supported: &'static str,
+    },
     #[error("{}: tensor `{tensor}` has type {type_name}, which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)", path.display())]
-    UnsupportedTensorType { path: PathBuf, tensor: String, type_name: String },
+    UnsupportedTensorType {
+        path: PathBuf,
+        tensor: String,
+        type_name: String,
+    },
     #[error("{}: tensor `{tensor}` has no Hugging Face Llama equivalent", path.display())]
     UnknownTensor { path: PathBuf, tensor: String },
     #[error("{}: tensor `{tensor}`: {message}", path.display())]
-    BadTensor { path: PathBuf, tensor: String, message: String },
+    BadTensor {
+        path: PathBuf,
+        tensor: String,
+        message: String,
+    },
     #[error("{}: missing {} tensor(s): {}", path.display(), tensors.len(), tensors.join(", "))]
     MissingTensors { path: PathBuf, tensors: Vec<String> },
     #[error("{}: tokenizer: {message}", path.display())]
@@ -181,11 +274,18 @@ pub enum RecordProblem {
     #[error("{format} record is missing the field `{field}`")]
     MissingField { format: &'static str, field: String },
     #[error("field `{field}` should be {expected}")]
-    WrongType { field: String, expected: &'static str },
+    WrongType {
+        field: String,
+        expected: &'static str,
+    },
     #[error("message {index} has an empty role")]
     EmptyRole { index: usize },
     #[error("message {index} has the role `{role}`; expected one of {expected}")]
-    UnknownRole { index: usize, role: String, expected: &'static str },
+    UnknownRole {
+        index: usize,
+        role: String,
+        expected: &'static str,
+    },
     #[error("the conversation has no assistant turn, so there is nothing to learn")]
     NoAssistantTurn,
     #[error("chat template: {0}")]
@@ -198,13 +298,24 @@ pub enum DataError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("{}: {cause}", path.display())]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("{}:{line}: {problem}", path.display())]
-    Record { path: PathBuf, line: usize, problem: RecordProblem },
+    Record {
+        path: PathBuf,
+        line: usize,
+        problem: RecordProblem,
+    },
     #[error("{}: no records (the file is empty{})", path.display(), if *skipped > 0 { format!(", or all {skipped} were bad and skipped") } else { String::new() })]
     Empty { path: PathBuf, skipped: usize },
     #[error("{}: all {dropped} records were dropped: none fits in --max-len {max_len} with its full response (raise --max-len)", path.display())]
-    AllDropped { path: PathBuf, dropped: usize, max_len: usize },
+    AllDropped {
+        path: PathBuf,
+        dropped: usize,
+        max_len: usize,
+    },
     #[error("--max-len {max_len} is smaller than the chat template itself ({overhead} tokens for one empty user/assistant exchange)")]
     MaxLenBelowTemplate { max_len: usize, overhead: usize },
     #[error("{}: {format} records need a chat template, but the tokenizer has none; pass a built-in one with --template (alpaca, chatml, llama2, llama3, chatglm3, qwen)", path.display())]

@@ -113,7 +113,10 @@ pub fn generate(
         return Err(LoadError::TooLong { len: 0, max });
     }
     if prompt.len() > max {
-        return Err(LoadError::TooLong { len: prompt.len(), max });
+        return Err(LoadError::TooLong {
+            len: prompt.len(),
+            max,
+        });
     }
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut cache = model.new_cache();
@@ -128,7 +131,11 @@ pub fn generate(
         let inputs = Inputs::new(step.clone(), 1, step.len());
         let mut logits = to_vec(model.forward_last(&inputs, Some(&mut cache)));
         apply_repetition_penalty(&mut logits, &seen, cfg.repetition_penalty);
-        let next = if cfg.greedy { argmax(&logits) } else { sample(&logits, cfg, &mut rng) };
+        let next = if cfg.greedy {
+            argmax(&logits)
+        } else {
+            sample(&logits, cfg, &mut rng)
+        };
         new.push(next);
         seen.push(next);
         on_token(next);
@@ -153,7 +160,11 @@ mod tests {
 
     #[test]
     fn top_k_of_one_is_greedy() {
-        let cfg = SamplingConfig { greedy: false, top_k: Some(1), ..Default::default() };
+        let cfg = SamplingConfig {
+            greedy: false,
+            top_k: Some(1),
+            ..Default::default()
+        };
         let mut rng = StdRng::seed_from_u64(7);
         for _ in 0..20 {
             assert_eq!(sample(&[0.1, 3.0, 2.9], &cfg, &mut rng), 1);
@@ -162,7 +173,11 @@ mod tests {
 
     #[test]
     fn tiny_top_p_keeps_only_the_most_likely_token() {
-        let cfg = SamplingConfig { greedy: false, top_p: Some(0.01), ..Default::default() };
+        let cfg = SamplingConfig {
+            greedy: false,
+            top_p: Some(0.01),
+            ..Default::default()
+        };
         let mut rng = StdRng::seed_from_u64(3);
         for _ in 0..20 {
             assert_eq!(sample(&[0.0, 5.0, 1.0], &cfg, &mut rng), 1);

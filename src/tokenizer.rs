@@ -21,7 +21,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: &str, content: &str) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -64,25 +67,40 @@ impl TextTokenizer {
         let path = dir.join("tokenizer.json");
         let spm_path = dir.join("tokenizer.model");
         let config_path = dir.join("tokenizer_config.json");
-        let config: serde_json::Map<String, Value> =
-            if config_path.is_file() { crate::io::json::read_json(&config_path)? } else { Default::default() };
+        let config: serde_json::Map<String, Value> = if config_path.is_file() {
+            crate::io::json::read_json(&config_path)?
+        } else {
+            Default::default()
+        };
         let chatglm = !path.is_file() && spm_path.is_file() && is_chatglm(dir, &config);
         let (inner, path) = if path.is_file() {
-            let inner = tokenizers::Tokenizer::from_file(&path)
-                .map_err(|e| LoadError::Tokenizer { path: path.clone(), message: e.to_string() })?;
+            let inner =
+                tokenizers::Tokenizer::from_file(&path).map_err(|e| LoadError::Tokenizer {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
             (inner, path)
         } else if spm_path.is_file() {
             (crate::tokenizer_spm::load(&spm_path, chatglm)?, spm_path)
         } else {
-            return Err(LoadError::MissingFile { path, what: "tokenizer.json (or a SentencePiece tokenizer.model)" });
+            return Err(LoadError::MissingFile {
+                path,
+                what: "tokenizer.json (or a SentencePiece tokenizer.model)",
+            });
         };
         let jinja = dir.join("chat_template.jinja");
         let chat_template = if jinja.is_file() {
-            Some(std::fs::read_to_string(&jinja).map_err(|source| LoadError::Io { path: jinja, source })?)
+            Some(
+                std::fs::read_to_string(&jinja).map_err(|source| LoadError::Io {
+                    path: jinja,
+                    source,
+                })?,
+            )
         } else {
             template_from_config(config.get("chat_template"))
         };
-        let chat_template = chat_template.or_else(|| chatglm.then(|| crate::chat_templates::CHATGLM3.to_string()));
+        let chat_template =
+            chat_template.or_else(|| chatglm.then(|| crate::chat_templates::CHATGLM3.to_string()));
         let eos_default = chatglm.then(|| "</s>".to_string());
         Ok(Self {
             inner,
@@ -95,17 +113,25 @@ impl TextTokenizer {
     }
 
     fn err(&self, message: impl ToString) -> LoadError {
-        LoadError::Tokenizer { path: self.path.clone(), message: message.to_string() }
+        LoadError::Tokenizer {
+            path: self.path.clone(),
+            message: message.to_string(),
+        }
     }
 
     /// Encodes text; `add_special` adds the tokenizer's own specials (e.g. BOS), as transformers'
     /// `tokenizer(text)` does.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, LoadError> {
-        self.inner.encode(text, add_special).map(|e| e.get_ids().to_vec()).map_err(|e| self.err(e))
+        self.inner
+            .encode(text, add_special)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| self.err(e))
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, LoadError> {
-        self.inner.decode(ids, skip_special).map_err(|e| self.err(e))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| self.err(e))
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {
@@ -126,18 +152,31 @@ impl TextTokenizer {
     }
 
     /// Renders `messages` with the tokenizer's chat template.
-    pub fn apply_chat_template(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, LoadError> {
+    pub fn apply_chat_template(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, LoadError> {
         let template = self.chat_template.as_deref().ok_or_else(|| LoadError::Template {
             message: format!("{}: the tokenizer has no chat template (no chat_template.jinja, no `chat_template` in tokenizer_config.json)", self.path.display()),
         })?;
-        render_template(template, messages, add_generation_prompt, self.bos_token.as_deref(), self.eos_token.as_deref())
+        render_template(
+            template,
+            messages,
+            add_generation_prompt,
+            self.bos_token.as_deref(),
+            self.eos_token.as_deref(),
+        )
     }
 }
 
 /// ChatGLM's remote-code tokenizer (`tokenizer_class: ChatGLMTokenizer`), or a folder whose
 /// config.json says `model_type: chatglm`.
 fn is_chatglm(dir: &Path, tokenizer_config: &serde_json::Map<String, Value>) -> bool {
-    let class = tokenizer_config.get("tokenizer_class").and_then(Value::as_str).unwrap_or("");
+    let class = tokenizer_config
+        .get("tokenizer_class")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if class.starts_with("ChatGLM") {
         return true;
     }
@@ -157,16 +196,26 @@ pub fn render_template(
 ) -> Result<String, LoadError> {
     let mut env = Environment::new();
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-    });
-    env.add_template("chat", template).map_err(|e| LoadError::Template { message: e.to_string() })?;
-    let tmpl = env.get_template("chat").map_err(|e| LoadError::Template { message: e.to_string() })?;
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+        },
+    );
+    env.add_template("chat", template)
+        .map_err(|e| LoadError::Template {
+            message: e.to_string(),
+        })?;
+    let tmpl = env.get_template("chat").map_err(|e| LoadError::Template {
+        message: e.to_string(),
+    })?;
     tmpl.render(minijinja::context! {
         messages => messages,
         add_generation_prompt => add_generation_prompt,
         bos_token => bos_token.unwrap_or(""),
         eos_token => eos_token.unwrap_or(""),
     })
-    .map_err(|e| LoadError::Template { message: e.to_string() })
+    .map_err(|e| LoadError::Template {
+        message: e.to_string(),
+    })
 }

@@ -17,8 +17,17 @@ use crate::error::LoadError;
 use crate::gguf::spm;
 
 /// ChatGLM3's specials, in id order after the SentencePiece vocabulary.
-pub const CHATGLM_SPECIALS: [&str; 9] =
-    ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"];
+pub const CHATGLM_SPECIALS: [&str; 9] = [
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "sop",
+    "eop",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+];
 
 /// sentencepiece_model.proto `SentencePiece.Type`.
 const UNKNOWN: u64 = 2;
@@ -87,17 +96,29 @@ impl<'a> Wire<'a> {
         let bad = |what: &str, at: usize| format!("malformed protobuf: {what} at byte {at}");
         let key = self.varint().ok_or_else(|| bad("truncated key", self.at))?;
         let field = match key & 7 {
-            0 => Field::Varint(self.varint().ok_or_else(|| bad("truncated varint", self.at))?),
+            0 => Field::Varint(
+                self.varint()
+                    .ok_or_else(|| bad("truncated varint", self.at))?,
+            ),
             1 => {
-                self.take(8).ok_or_else(|| bad("truncated fixed64", self.at))?;
+                self.take(8)
+                    .ok_or_else(|| bad("truncated fixed64", self.at))?;
                 Field::Fixed64
             }
             2 => {
-                let n = self.varint().ok_or_else(|| bad("truncated length", self.at))? as usize;
-                Field::Bytes(self.take(n).ok_or_else(|| bad("length past the end", self.at))?)
+                let n = self
+                    .varint()
+                    .ok_or_else(|| bad("truncated length", self.at))?
+                    as usize;
+                Field::Bytes(
+                    self.take(n)
+                        .ok_or_else(|| bad("length past the end", self.at))?,
+                )
             }
             5 => {
-                let b = self.take(4).ok_or_else(|| bad("truncated fixed32", self.at))?;
+                let b = self
+                    .take(4)
+                    .ok_or_else(|| bad("truncated fixed32", self.at))?;
                 Field::Fixed32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             }
             t => return Err(bad(&format!("unsupported wire type {t}"), self.at)),
@@ -106,7 +127,10 @@ impl<'a> Wire<'a> {
     }
 }
 
-fn fields(buf: &[u8], mut visit: impl FnMut(u64, Field) -> Result<(), String>) -> Result<(), String> {
+fn fields(
+    buf: &[u8],
+    mut visit: impl FnMut(u64, Field) -> Result<(), String>,
+) -> Result<(), String> {
     let mut wire = Wire { buf, at: 0 };
     while let Some((number, field)) = wire.field()? {
         visit(number, field)?;
@@ -115,10 +139,17 @@ fn fields(buf: &[u8], mut visit: impl FnMut(u64, Field) -> Result<(), String>) -
 }
 
 fn piece(buf: &[u8]) -> Result<Piece, String> {
-    let mut p = Piece { piece: String::new(), score: 0.0, kind: 1 };
+    let mut p = Piece {
+        piece: String::new(),
+        score: 0.0,
+        kind: 1,
+    };
     fields(buf, |n, f| {
         match (n, f) {
-            (1, Field::Bytes(b)) => p.piece = String::from_utf8(b.to_vec()).map_err(|_| "a piece is not UTF-8".to_string())?,
+            (1, Field::Bytes(b)) => {
+                p.piece =
+                    String::from_utf8(b.to_vec()).map_err(|_| "a piece is not UTF-8".to_string())?
+            }
             (2, Field::Fixed32(bits)) => p.score = f32::from_bits(bits),
             (3, Field::Varint(t)) => p.kind = t,
             _ => {}
@@ -184,7 +215,9 @@ impl SpModel {
             steps.push(json!({"type": "Prepend", "prepend": " "}));
         }
         if self.escape_whitespaces {
-            steps.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}));
+            steps.push(
+                json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}),
+            );
         }
         json!({"type": "Sequence", "normalizers": steps})
     }
@@ -193,8 +226,14 @@ impl SpModel {
         let unk = self.pieces.iter().position(|p| p.kind == UNKNOWN);
         match self.model_type {
             1 => {
-                let vocab: Vec<Value> = self.pieces.iter().map(|p| json!([p.piece, p.score])).collect();
-                Ok(json!({"type": "Unigram", "unk_id": unk, "vocab": vocab, "byte_fallback": self.byte_fallback}))
+                let vocab: Vec<Value> = self
+                    .pieces
+                    .iter()
+                    .map(|p| json!([p.piece, p.score]))
+                    .collect();
+                Ok(
+                    json!({"type": "Unigram", "unk_id": unk, "vocab": vocab, "byte_fallback": self.byte_fallback}),
+                )
             }
             2 => {
                 let tokens: Vec<String> = self.pieces.iter().map(|p| p.piece.clone()).collect();
@@ -204,16 +243,16 @@ impl SpModel {
                 model["byte_fallback"] = json!(self.byte_fallback);
                 Ok(model)
             }
-            t => Err(format!("SentencePiece model_type {t} is not supported (supported: unigram, BPE)")),
+            t => Err(format!(
+                "SentencePiece model_type {t} is not supported (supported: unigram, BPE)"
+            )),
         }
     }
 
     /// `tokenizer.json` for this model; `chatglm` appends ChatGLM3's specials and adds the
     /// `[gMASK] sop` prefix when encoding with special tokens.
     pub fn tokenizer_json(&self, chatglm: bool) -> Result<Value, String> {
-        let entry = |id: usize, content: &str, special: bool| {
-            json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": special})
-        };
+        let entry = |id: usize, content: &str, special: bool| json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": special});
         let mut added: Vec<Value> = self
             .pieces
             .iter()
@@ -224,7 +263,12 @@ impl SpModel {
         let mut post_processor = Value::Null;
         if chatglm {
             let n = self.pieces.len();
-            added.extend(CHATGLM_SPECIALS.iter().enumerate().map(|(i, s)| entry(n + i, s, true)));
+            added.extend(
+                CHATGLM_SPECIALS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| entry(n + i, s, true)),
+            );
             let special = |s: &str| json!({"SpecialToken": {"id": s, "type_id": 0}});
             let seq = |s: &str| json!({"Sequence": {"id": s, "type_id": 0}});
             let tokens: Map<String, Value> = ["[gMASK]", "sop"]
@@ -254,11 +298,20 @@ impl SpModel {
 
 /// Loads `tokenizer.model` into a `tokenizers` tokenizer.
 pub fn load(path: &Path, chatglm: bool) -> Result<tokenizers::Tokenizer, LoadError> {
-    let err = |message: String| LoadError::Tokenizer { path: path.to_path_buf(), message };
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
-    let json = SpModel::parse(&bytes).and_then(|m| m.tokenizer_json(chatglm)).map_err(err)?;
+    let err = |message: String| LoadError::Tokenizer {
+        path: path.to_path_buf(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let json = SpModel::parse(&bytes)
+        .and_then(|m| m.tokenizer_json(chatglm))
+        .map_err(err)?;
     let text = serde_json::to_string(&json).map_err(|e| err(e.to_string()))?;
-    text.parse::<tokenizers::Tokenizer>().map_err(|e| err(e.to_string()))
+    text.parse::<tokenizers::Tokenizer>()
+        .map_err(|e| err(e.to_string()))
 }
 
 /// Standard base64 with padding (the encoding `tokenizers` expects for `precompiled_charsmap`).
@@ -266,7 +319,11 @@ fn base64(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -285,7 +342,13 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc_4648_vectors() {
-        let cases = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")];
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ];
         for (plain, encoded) in cases {
             assert_eq!(base64(plain.as_bytes()), encoded);
         }

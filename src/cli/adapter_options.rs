@@ -37,7 +37,11 @@ fn targets_json(s: &str) -> Value {
     } else if let Some(re) = s.strip_prefix("re:") {
         json!(re)
     } else {
-        json!(s.split(',').map(str::trim).filter(|t| !t.is_empty()).collect::<Vec<_>>())
+        json!(s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>())
     }
 }
 
@@ -46,14 +50,30 @@ fn method_json(method: &str, model_type: &str) -> anyhow::Result<Map<String, Val
     let all: Value = if model_type == "chatglm" {
         json!(["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"])
     } else {
-        json!(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        json!([
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj"
+        ])
     };
     let value = match method {
         "lora" => json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": all}),
-        "rslora" => json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_rslora": true, "target_modules": all}),
-        "dora" => json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_dora": true, "target_modules": all}),
-        "ia3" if model_type == "chatglm" => json!({"peft_type": "IA3", "target_modules": ["query_key_value", "dense_4h_to_h"], "feedforward_modules": ["dense_4h_to_h"]}),
-        "ia3" => json!({"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]}),
+        "rslora" => {
+            json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_rslora": true, "target_modules": all})
+        }
+        "dora" => {
+            json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_dora": true, "target_modules": all})
+        }
+        "ia3" if model_type == "chatglm" => {
+            json!({"peft_type": "IA3", "target_modules": ["query_key_value", "dense_4h_to_h"], "feedforward_modules": ["dense_4h_to_h"]})
+        }
+        "ia3" => {
+            json!({"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]})
+        }
         "adalora" | "prompt" | "ptuning" | "prefix" | "ptuning-v2" | "llama-adapter" => {
             bail!("--method {method} is not available in this version yet (supported: lora, rslora, dora, ia3)")
         }
@@ -63,9 +83,14 @@ fn method_json(method: &str, model_type: &str) -> anyhow::Result<Map<String, Val
 }
 
 fn read_json(path: &Path) -> anyhow::Result<Map<String, Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
-    value.as_object().cloned().with_context(|| format!("{}: expected a JSON object", path.display()))
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    value
+        .as_object()
+        .cloned()
+        .with_context(|| format!("{}: expected a JSON object", path.display()))
 }
 
 /// Builds the adapter config: a file (`--adapter-config`, or `--init-adapter`'s), else the
@@ -73,14 +98,24 @@ fn read_json(path: &Path) -> anyhow::Result<Map<String, Value>> {
 pub fn adapter_config(o: &AdapterOptions, model_type: &str) -> anyhow::Result<AdapterConfig> {
     let (mut raw, source) = match (&o.adapter_config, &o.init_adapter) {
         (Some(file), _) => (read_json(file)?, file.clone()),
-        (None, Some(dir)) => (read_json(&dir.join("adapter_config.json"))?, dir.join("adapter_config.json")),
-        (None, None) => (method_json(o.method.as_deref().unwrap_or("lora"), model_type)?, PathBuf::from("--method")),
+        (None, Some(dir)) => (
+            read_json(&dir.join("adapter_config.json"))?,
+            dir.join("adapter_config.json"),
+        ),
+        (None, None) => (
+            method_json(o.method.as_deref().unwrap_or("lora"), model_type)?,
+            PathBuf::from("--method"),
+        ),
     };
     if o.adapter_config.is_some() || o.init_adapter.is_some() {
         if let Some(method) = &o.method {
             let wanted = method_json(method, model_type)?;
             if wanted.get("peft_type") != raw.get("peft_type") {
-                bail!("--method {method} contradicts {} (peft_type {})", source.display(), raw.get("peft_type").unwrap_or(&Value::Null));
+                bail!(
+                    "--method {method} contradicts {} (peft_type {})",
+                    source.display(),
+                    raw.get("peft_type").unwrap_or(&Value::Null)
+                );
             }
         }
     }

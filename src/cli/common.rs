@@ -34,7 +34,9 @@ impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<Loaded> {
         let device = peft::device::parse_device(&self.device)?;
         let dir = ModelDir::open(&self.model)?;
-        let mut model = dir.load(&device).with_context(|| format!("loading {}", self.model.display()))?;
+        let mut model = dir
+            .load(&device)
+            .with_context(|| format!("loading {}", self.model.display()))?;
         let mut adapters = Vec::new();
         for (i, path) in self.adapter.iter().enumerate() {
             if i > 0 {
@@ -46,6 +48,10 @@ impl ModelArgs {
                 .with_context(|| format!("loading adapter {}", path.display()))?;
             adapters.push((path.clone(), config, report));
         }
-        Ok(Loaded { dir, model, adapters })
+        Ok(Loaded {
+            dir,
+            model,
+            adapters,
+        })
     }
 }

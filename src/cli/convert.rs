@@ -28,11 +28,21 @@ pub enum ConvertCommand {
 
 pub fn run(cmd: ConvertCommand) -> anyhow::Result<()> {
     match cmd {
-        ConvertCommand::Gguf { file, out, dtype, force } => {
-            let dtype = parse_float_dtype(&dtype).with_context(|| format!("unknown dtype `{dtype}`"))?;
+        ConvertCommand::Gguf {
+            file,
+            out,
+            dtype,
+            force,
+        } => {
+            let dtype =
+                parse_float_dtype(&dtype).with_context(|| format!("unknown dtype `{dtype}`"))?;
             // Library errors already name the file, tensor or key.
             let report = convert_gguf(&file, &out, ConvertOptions { dtype, force })?;
-            let types: Vec<String> = report.source_types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+            let types: Vec<String> = report
+                .source_types
+                .iter()
+                .map(|(t, n)| format!("{n} {t}"))
+                .collect();
             println!(
                 "wrote {}: {} ({} tensors: {}; {:.1}M parameters; tokenizer `{}`)",
                 report.out.display(),

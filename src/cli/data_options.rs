@@ -50,7 +50,12 @@ impl DataOptions {
         let mut config = DataConfig::new(data);
         config.eval_data = self.eval_data.clone();
         config.eval_split = self.eval_split.unwrap_or(0.0);
-        config.format = self.format.as_deref().map(str::parse::<Format>).transpose().map_err(anyhow::Error::msg)?;
+        config.format = self
+            .format
+            .as_deref()
+            .map(str::parse::<Format>)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
         config.template = match self.template.as_deref() {
             None => Template::Tokenizer,
             Some(name) => Template::Builtin(name.parse::<Builtin>().map_err(anyhow::Error::msg)?),

@@ -26,8 +26,18 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut stats = DataStats::default();
     let records = data::encode_file(&config.data, &config, &tokenizer, &mut stats)?;
     let loaded = args.model.load()?;
-    let pad_id = tokenizer.pad_id().or(tokenizer.eos_id()).map_or(0, i64::from);
-    let batch_config = BatchConfig { batch_size: args.batch_size.max(1), seed: 0, shuffle: false, group_by_length: false, pack: None, pad_id };
+    let pad_id = tokenizer
+        .pad_id()
+        .or(tokenizer.eos_id())
+        .map_or(0, i64::from);
+    let batch_config = BatchConfig {
+        batch_size: args.batch_size.max(1),
+        seed: 0,
+        shuffle: false,
+        group_by_length: false,
+        pack: None,
+        pad_id,
+    };
     let batches = data::batches(&records, &batch_config, 0);
     let result = evaluate(&loaded.model, &batches);
     if result.tokens == 0 {
@@ -37,7 +47,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let out = serde_json::json!({"loss": result.loss, "perplexity": result.perplexity, "tokens": result.tokens, "records": records.len()});
         println!("{out}");
     } else {
-        println!("loss {:.4}  perplexity {:.3}  ({} tokens, {} records)", result.loss, result.perplexity, result.tokens, records.len());
+        println!(
+            "loss {:.4}  perplexity {:.3}  ({} tokens, {} records)",
+            result.loss,
+            result.perplexity,
+            result.tokens,
+            records.len()
+        );
     }
     Ok(())
 }

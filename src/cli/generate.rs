@@ -94,9 +94,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         // several tokens appear once complete.
         so_far.push(id);
         if let Ok(text) = tokenizer.decode(&so_far, true) {
-            if text.len() > printed.len() && text.is_char_boundary(printed.len()) && !text.ends_with('\u{FFFD}') {
+            if text.len() > printed.len()
+                && text.is_char_boundary(printed.len())
+                && !text.ends_with('\u{FFFD}')
+            {
                 let mut out = stdout.lock();
-                if let Err(e) = out.write_all(text[printed.len()..].as_bytes()).and_then(|_| out.flush()) {
+                if let Err(e) = out
+                    .write_all(text[printed.len()..].as_bytes())
+                    .and_then(|_| out.flush())
+                {
                     stream_error.get_or_insert(e);
                 }
                 printed = text;

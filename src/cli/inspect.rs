@@ -16,7 +16,11 @@ pub struct InspectArgs {
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let dir = ModelDir::open(&args.model.model)?;
     let modules = dir.module_paths();
-    let adapters = if args.model.adapter.is_empty() { Vec::new() } else { args.model.load()?.adapters };
+    let adapters = if args.model.adapter.is_empty() {
+        Vec::new()
+    } else {
+        args.model.load()?.adapters
+    };
     if args.json {
         let adapters: Vec<_> = adapters
             .iter()
@@ -33,7 +37,11 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("model: {} ({})", args.model.model.display(), dir.model_type());
+    println!(
+        "model: {} ({})",
+        args.model.model.display(),
+        dir.model_type()
+    );
     for (key, value) in dir.summary() {
         println!("  {key:<26} {value}");
     }
@@ -43,7 +51,12 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         println!("{:<48} {:<10} {:>8} {:>8}", m.path, m.kind, m.d_in, m.d_out);
     }
     for (path, config, report) in &adapters {
-        println!("\nadapter {} ({}): {} module(s)", path.display(), config.peft_type.as_str(), report.matched.len());
+        println!(
+            "\nadapter {} ({}): {} module(s)",
+            path.display(),
+            config.peft_type.as_str(),
+            report.matched.len()
+        );
         for m in &report.matched {
             println!("  {m}");
         }

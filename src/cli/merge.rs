@@ -48,23 +48,41 @@ pub struct MergeArgs {
 
 /// Logits of base + adapters vs. the merged folder on fixed token rows; returns the max abs diff
 /// and the tolerance it is held to.
-fn verify(base: &std::path::Path, adapters: &[PathBuf], out: &std::path::Path, scale: f32) -> anyhow::Result<(f32, f32)> {
+fn verify(
+    base: &std::path::Path,
+    adapters: &[PathBuf],
+    out: &std::path::Path,
+    scale: f32,
+) -> anyhow::Result<(f32, f32)> {
     use peft::models::tensor_util::to_vec;
     use peft::models::{Inputs, ModelDir};
     if scale != 1.0 {
         anyhow::bail!("--verify compares against the adapters at full strength; it cannot check --scale {scale}");
     }
-    let reference = super::common::ModelArgs { model: base.to_path_buf(), adapter: adapters.to_vec(), device: "cpu".into() }.load()?;
+    let reference = super::common::ModelArgs {
+        model: base.to_path_buf(),
+        adapter: adapters.to_vec(),
+        device: "cpu".into(),
+    }
+    .load()?;
     let merged = ModelDir::open(out)?.load(&peft::device::parse_device("cpu")?)?;
     let vocab = reference.model.vocab_size() as i64;
     let (batch, seq) = (2, 24);
-    let ids: Vec<i64> = (0..batch * seq).map(|i| (i as i64 * 7919 + 13) % vocab).collect();
+    let ids: Vec<i64> = (0..batch * seq)
+        .map(|i| (i as i64 * 7919 + 13) % vocab)
+        .collect();
     let inputs = Inputs::new(ids, batch, seq);
     let a = to_vec(reference.model.forward(&inputs, None));
     let b = to_vec(merged.forward(&inputs, None));
-    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
     let range = a.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    let half = peft::io::Checkpoint::open_dir(out)?.entries().any(|e| e.dtype != safetensors::Dtype::F32);
+    let half = peft::io::Checkpoint::open_dir(out)?
+        .entries()
+        .any(|e| e.dtype != safetensors::Dtype::F32);
     let tol = if half { 0.05 * range.max(1.0) } else { 1e-3 };
     Ok((diff, tol))
 }
@@ -75,7 +93,9 @@ struct Bar(Option<ProgressBar>);
 impl Progress for Bar {
     fn start(&mut self, total_bytes: u64) {
         let bar = ProgressBar::new(total_bytes);
-        if let Ok(style) = ProgressStyle::with_template("{spinner} merging [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}") {
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} merging [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}",
+        ) {
             bar.set_style(style.progress_chars("=> "));
         }
         self.0 = Some(bar);
@@ -101,7 +121,9 @@ fn options(args: MergeArgs) -> anyhow::Result<MergeOptions> {
         DtypeArg::F16 => Some(safetensors::Dtype::F16),
     };
     let max_shard_size = match &args.max_shard_size {
-        Some(s) => Some(parse_size(s).with_context(|| format!("--max-shard-size `{s}`: expected a size such as 5GB, 500MB or 2GiB"))?),
+        Some(s) => Some(parse_size(s).with_context(|| {
+            format!("--max-shard-size `{s}`: expected a size such as 5GB, 500MB or 2GiB")
+        })?),
         None => None,
     };
     Ok(MergeOptions {
@@ -116,7 +138,14 @@ fn options(args: MergeArgs) -> anyhow::Result<MergeOptions> {
 }
 
 pub fn run(args: MergeArgs) -> anyhow::Result<()> {
-    let check = args.verify.then(|| (args.base.clone(), args.adapters.clone(), args.out.clone(), args.scale));
+    let check = args.verify.then(|| {
+        (
+            args.base.clone(),
+            args.adapters.clone(),
+            args.out.clone(),
+            args.scale,
+        )
+    });
     let plan = MergePlan::build(options(args)?).context("merge refused; nothing was written")?;
     if let Some(tie) = &plan.untied {
         eprintln!(
@@ -124,7 +153,9 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
             tie.output
         );
     }
-    let report = plan.execute(&mut FileSink, &mut Bar(None)).context("merge failed; no output was left behind")?;
+    let report = plan
+        .execute(&mut FileSink, &mut Bar(None))
+        .context("merge failed; no output was left behind")?;
     eprintln!(
         "merged {} adapter(s) into {} of {} tensors; wrote {} shard(s), {:.1} MiB, to {}",
         plan.adapters.len(),
@@ -139,7 +170,9 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         if !(diff <= tol) {
             anyhow::bail!("--verify: merged logits differ from base + adapters by {diff:.3e} (tolerance {tol:.1e}); the output is kept at {} for inspection", out.display());
         }
-        eprintln!("verified: merged logits equal base + adapters within {diff:.2e} (tolerance {tol:.1e})");
+        eprintln!(
+            "verified: merged logits equal base + adapters within {diff:.2e} (tolerance {tol:.1e})"
+        );
     }
     Ok(())
 }

@@ -14,7 +14,11 @@ mod merge;
 mod train;
 
 #[derive(Parser, Debug)]
-#[command(name = "peft", version, about = "Parameter-efficient fine-tuning of Llama and ChatGLM models")]
+#[command(
+    name = "peft",
+    version,
+    about = "Parameter-efficient fine-tuning of Llama and ChatGLM models"
+)]
 pub struct Cli {
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -46,8 +50,13 @@ pub fn init_logging(verbose: u8) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PEFT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PEFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

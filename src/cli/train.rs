@@ -94,9 +94,13 @@ pub struct TrainArgs {
 
 /// Flags over file: every flag given on the command line replaces the file's value.
 fn merge(cli: &TrainOptions, file: Option<&Path>) -> anyhow::Result<TrainOptions> {
-    let Some(path) = file else { return Ok(cli.clone()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let from_file: toml::Table = toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
+    let Some(path) = file else {
+        return Ok(cli.clone());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let from_file: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
     let mut merged = serde_json::to_value(&from_file)?;
     let cli_json = serde_json::to_value(cli)?;
     if let (Some(m), Some(c)) = (merged.as_object_mut(), cli_json.as_object()) {
@@ -106,11 +110,16 @@ fn merge(cli: &TrainOptions, file: Option<&Path>) -> anyhow::Result<TrainOptions
             }
         }
     }
-    serde_json::from_value(merged).with_context(|| format!("{}: unknown or invalid option", path.display()))
+    serde_json::from_value(merged)
+        .with_context(|| format!("{}: unknown or invalid option", path.display()))
 }
 
 fn parse_betas(s: &str) -> anyhow::Result<(f64, f64)> {
-    let parts: Vec<f64> = s.split(',').map(|p| p.trim().parse::<f64>()).collect::<Result<_, _>>().context("--betas must be two numbers, e.g. 0.9,0.999")?;
+    let parts: Vec<f64> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .context("--betas must be two numbers, e.g. 0.9,0.999")?;
     match parts[..] {
         [b1, b2] if (0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2) => Ok((b1, b2)),
         _ => bail!("--betas must be two numbers in [0, 1), e.g. 0.9,0.999"),
@@ -121,7 +130,12 @@ fn run_config(o: &TrainOptions) -> anyhow::Result<RunConfig> {
     let (beta1, beta2) = parse_betas(o.betas.as_deref().unwrap_or("0.9,0.999"))?;
     let config = RunConfig {
         lr: o.lr.unwrap_or(2e-4),
-        adamw: AdamWConfig { beta1, beta2, eps: o.eps.unwrap_or(1e-8), weight_decay: o.weight_decay.unwrap_or(0.0) },
+        adamw: AdamWConfig {
+            beta1,
+            beta2,
+            eps: o.eps.unwrap_or(1e-8),
+            weight_decay: o.weight_decay.unwrap_or(0.0),
+        },
         scheduler: o.lr_scheduler.unwrap_or(ScheduleKind::Linear),
         warmup_steps: o.warmup_steps.unwrap_or(0),
         warmup_ratio: o.warmup_ratio.unwrap_or(0.0),
@@ -151,11 +165,22 @@ fn run_config(o: &TrainOptions) -> anyhow::Result<RunConfig> {
 
 /// An output folder that already holds a run is refused unless `--overwrite` or `--resume`.
 fn prepare_out(out: &Path, o: &TrainOptions) -> anyhow::Result<()> {
-    let holds_run = ["trainer_state.json", "adapter_config.json", "metrics.jsonl"].iter().any(|f| out.join(f).exists())
-        || std::fs::read_dir(out).map(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")))).unwrap_or(false);
+    let holds_run = ["trainer_state.json", "adapter_config.json", "metrics.jsonl"]
+        .iter()
+        .any(|f| out.join(f).exists())
+        || std::fs::read_dir(out)
+            .map(|mut d| {
+                d.any(|e| {
+                    e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+                })
+            })
+            .unwrap_or(false);
     if holds_run && o.resume.is_none() {
         if !o.overwrite {
-            return Err(peft::error::TrainError::OutputExists { path: out.to_path_buf() }.into());
+            return Err(peft::error::TrainError::OutputExists {
+                path: out.to_path_buf(),
+            }
+            .into());
         }
         std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
     }
@@ -164,13 +189,21 @@ fn prepare_out(out: &Path, o: &TrainOptions) -> anyhow::Result<()> {
 
 /// A checkpoint folder, or the latest `checkpoint-N` inside a run folder.
 fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
-    if path.join(checkpoint::STATE_FILE).is_file() && path.join(checkpoint::OPTIMIZER_FILE).is_file() {
+    if path.join(checkpoint::STATE_FILE).is_file()
+        && path.join(checkpoint::OPTIMIZER_FILE).is_file()
+    {
         return Ok(path.to_path_buf());
     }
     let latest = std::fs::read_dir(path)
         .with_context(|| format!("--resume {}", path.display()))?
         .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("checkpoint-").and_then(|n| n.parse::<usize>().ok()).map(|n| (n, e.path())))
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix("checkpoint-")
+                .and_then(|n| n.parse::<usize>().ok())
+                .map(|n| (n, e.path()))
+        })
         .max_by_key(|(n, _)| *n);
     match latest {
         Some((_, p)) => Ok(p),
@@ -188,14 +221,21 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
     let tokenizer = TextTokenizer::load(&model_path)?;
     let data_config: DataConfig = o.data.to_config(config.seed)?;
     let prepared = data::prepare(&data_config, &tokenizer)?;
-    eprintln!("data: {} ({} train, {} eval records)", prepared.stats, prepared.train.len(), prepared.eval.len());
+    eprintln!(
+        "data: {} ({} train, {} eval records)",
+        prepared.stats,
+        prepared.train.len(),
+        prepared.eval.len()
+    );
     let resume_dir = o.resume.as_deref().map(resolve_checkpoint).transpose()?;
     let adapter = match &resume_dir {
         Some(ckpt) => AdapterConfig::load_dir(ckpt)?,
         None => adapter_config(&o.adapter, dir.model_type())?,
     };
     prepare_out(&out, &o)?;
-    let mut model = dir.load(&device).with_context(|| format!("loading {}", model_path.display()))?;
+    let mut model = dir
+        .load(&device)
+        .with_context(|| format!("loading {}", model_path.display()))?;
     let start = resume_dir.as_ref().or(o.adapter.init_adapter.as_ref());
     let report = match start {
         Some(from) => load_adapter(&mut model, dir.model_type(), from, &device)?.1,
@@ -220,12 +260,29 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         pack: o.data.pack,
         pad_id: prepared.pad_id,
     };
-    let eval_config = BatchConfig { shuffle: false, pack: None, ..batch_config.clone() };
+    let eval_config = BatchConfig {
+        shuffle: false,
+        pack: None,
+        ..batch_config.clone()
+    };
     let eval = data::batches(&prepared.eval, &eval_config, 0);
     let train = |epoch: usize| data::batches(&prepared.train, &batch_config, epoch as u64);
-    let summary = run(Run { model, adapter_config: adapter, out: out.clone(), config, train: &train, eval, device, resume })?;
+    let summary = run(Run {
+        model,
+        adapter_config: adapter,
+        out: out.clone(),
+        config,
+        train: &train,
+        eval,
+        device,
+        resume,
+    })?;
     if summary.interrupted {
-        bail!("interrupted after step {}; continue with --resume {}", summary.steps, out.display());
+        bail!(
+            "interrupted after step {}; continue with --resume {}",
+            summary.steps,
+            out.display()
+        );
     }
     let first = summary.losses.first().copied().unwrap_or(f64::NAN);
     let last = summary.losses.last().copied().unwrap_or(f64::NAN);
@@ -234,7 +291,10 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         summary.steps,
         summary.seconds,
         summary.tokens as f64 / summary.seconds.max(1e-9),
-        summary.eval_loss.map(|l| format!(", eval loss {l:.4}")).unwrap_or_default()
+        summary
+            .eval_loss
+            .map(|l| format!(", eval loss {l:.4}"))
+            .unwrap_or_default()
     );
     eprintln!("adapter written to {}", out.display());
     Ok(())

@@ -35,9 +35,16 @@ pub fn batches(records: &[Encoded], config: &BatchConfig, epoch: u64) -> Vec<Bat
     let groups: Vec<Vec<usize>> = if config.group_by_length {
         length_grouped(&rows, size)
     } else {
-        (0..rows.len()).collect::<Vec<_>>().chunks(size).map(<[usize]>::to_vec).collect()
+        (0..rows.len())
+            .collect::<Vec<_>>()
+            .chunks(size)
+            .map(<[usize]>::to_vec)
+            .collect()
     };
-    groups.iter().map(|group| pad(group.iter().map(|&i| &rows[i]), config.pad_id)).collect()
+    groups
+        .iter()
+        .map(|group| pad(group.iter().map(|&i| &rows[i]), config.pad_id))
+        .collect()
 }
 
 /// Greedy packing in the given order: a row takes records until the next would exceed `pack_len`.
@@ -46,11 +53,20 @@ pub fn batches(records: &[Encoded], config: &BatchConfig, epoch: u64) -> Vec<Bat
 /// `DataCollatorWithFlattening`, so no record learns to predict across a boundary.
 fn pack(records: &[Encoded], order: &[usize], pack_len: usize) -> Vec<Encoded> {
     let mut rows = Vec::new();
-    let mut row = Encoded { ids: Vec::new(), labels: Vec::new() };
+    let mut row = Encoded {
+        ids: Vec::new(),
+        labels: Vec::new(),
+    };
     for &i in order {
         let record = &records[i];
         if !row.is_empty() && row.len() + record.len() > pack_len {
-            rows.push(std::mem::replace(&mut row, Encoded { ids: Vec::new(), labels: Vec::new() }));
+            rows.push(std::mem::replace(
+                &mut row,
+                Encoded {
+                    ids: Vec::new(),
+                    labels: Vec::new(),
+                },
+            ));
         }
         row.ids.extend(&record.ids);
         let mut labels = record.labels.iter().copied();
@@ -74,7 +90,11 @@ fn length_grouped(rows: &[Encoded], size: usize) -> Vec<Vec<usize>> {
         mega.sort_by_key(|&i| std::cmp::Reverse(rows[i].len()));
         groups.extend(mega.chunks(size).map(<[usize]>::to_vec));
     }
-    let longest = groups.iter().enumerate().max_by_key(|(k, g)| (rows[g[0]].len(), std::cmp::Reverse(*k))).map(|(k, _)| k);
+    let longest = groups
+        .iter()
+        .enumerate()
+        .max_by_key(|(k, g)| (rows[g[0]].len(), std::cmp::Reverse(*k)))
+        .map(|(k, _)| k);
     if let Some(k) = longest {
         groups.swap(0, k);
     }
@@ -85,12 +105,30 @@ fn length_grouped(rows: &[Encoded], size: usize) -> Vec<Vec<usize>> {
 /// ids, mask, labels: [batch, seq] row-major.
 fn pad<'a>(rows: impl Iterator<Item = &'a Encoded> + Clone, pad_id: i64) -> Batch {
     let seq = rows.clone().map(Encoded::len).max().unwrap_or(0);
-    let mut batch = Batch { ids: Vec::new(), mask: Vec::new(), labels: Vec::new(), batch: 0, seq };
+    let mut batch = Batch {
+        ids: Vec::new(),
+        mask: Vec::new(),
+        labels: Vec::new(),
+        batch: 0,
+        seq,
+    };
     for row in rows {
         let fill = seq - row.len();
-        batch.ids.extend(row.ids.iter().copied().chain(std::iter::repeat_n(pad_id, fill)));
-        batch.mask.extend(std::iter::repeat_n(1, row.len()).chain(std::iter::repeat_n(0, fill)));
-        batch.labels.extend(row.labels.iter().copied().chain(std::iter::repeat_n(IGNORE_INDEX, fill)));
+        batch.ids.extend(
+            row.ids
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad_id, fill)),
+        );
+        batch
+            .mask
+            .extend(std::iter::repeat_n(1, row.len()).chain(std::iter::repeat_n(0, fill)));
+        batch.labels.extend(
+            row.labels
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(IGNORE_INDEX, fill)),
+        );
         batch.batch += 1;
     }
     batch
@@ -131,11 +169,21 @@ mod tests {
 
     fn record(len: usize, first: i64) -> Encoded {
         let ids: Vec<i64> = (0..len as i64).map(|t| first + t).collect();
-        Encoded { labels: ids.clone(), ids }
+        Encoded {
+            labels: ids.clone(),
+            ids,
+        }
     }
 
     fn config(batch_size: usize) -> BatchConfig {
-        BatchConfig { batch_size, seed: 7, shuffle: false, group_by_length: false, pack: None, pad_id: 0 }
+        BatchConfig {
+            batch_size,
+            seed: 7,
+            shuffle: false,
+            group_by_length: false,
+            pack: None,
+            pad_id: 0,
+        }
     }
 
     #[test]
@@ -150,8 +198,16 @@ mod tests {
     #[test]
     fn shuffling_depends_on_seed_and_epoch_only() {
         let records: Vec<Encoded> = (0..20).map(|i| record(1, i)).collect();
-        let cfg = BatchConfig { shuffle: true, ..config(4) };
-        let firsts = |epoch| batches(&records, &cfg, epoch).iter().flat_map(|b| b.ids.clone()).collect::<Vec<_>>();
+        let cfg = BatchConfig {
+            shuffle: true,
+            ..config(4)
+        };
+        let firsts = |epoch| {
+            batches(&records, &cfg, epoch)
+                .iter()
+                .flat_map(|b| b.ids.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(firsts(0), firsts(0));
         assert_ne!(firsts(0), firsts(1));
         let mut sorted = firsts(1);
@@ -162,11 +218,17 @@ mod tests {
     #[test]
     fn length_grouping_puts_the_longest_batch_first_and_similar_lengths_together() {
         let records: Vec<Encoded> = [1, 5, 2, 6, 1, 5].iter().map(|&n| record(n, 1)).collect();
-        let cfg = BatchConfig { group_by_length: true, ..config(2) };
+        let cfg = BatchConfig {
+            group_by_length: true,
+            ..config(2)
+        };
         let seqs: Vec<usize> = batches(&records, &cfg, 0).iter().map(|b| b.seq).collect();
         assert_eq!(seqs, [6, 5, 1]);
         let padding = |cfg: &BatchConfig| -> usize {
-            batches(&records, cfg, 0).iter().map(|b| b.mask.iter().filter(|&&m| m == 0).count()).sum()
+            batches(&records, cfg, 0)
+                .iter()
+                .map(|b| b.mask.iter().filter(|&&m| m == 0).count())
+                .sum()
         };
         assert_eq!((padding(&cfg), padding(&config(2))), (4, 12));
     }
@@ -174,7 +236,10 @@ mod tests {
     #[test]
     fn packing_fills_rows_up_to_the_limit_and_ignores_each_records_first_label() {
         let records = [record(3, 10), record(2, 20), record(4, 30)];
-        let cfg = BatchConfig { pack: Some(5), ..config(8) };
+        let cfg = BatchConfig {
+            pack: Some(5),
+            ..config(8)
+        };
         let b = batches(&records, &cfg, 0);
         assert_eq!((b[0].batch, b[0].seq), (2, 5));
         assert_eq!(&b[0].ids[..5], [10, 11, 12, 20, 21]);

@@ -28,7 +28,11 @@ impl Encoded {
 
     /// Tokens that count in the loss (after the shift: position 0 is never a target).
     pub fn targets(&self) -> usize {
-        self.labels.iter().skip(1).filter(|&&l| l != IGNORE_INDEX).count()
+        self.labels
+            .iter()
+            .skip(1)
+            .filter(|&&l| l != IGNORE_INDEX)
+            .count()
     }
 }
 
@@ -44,20 +48,43 @@ pub struct Tokens {
 impl Tokens {
     /// Labels are the ids where learned (everywhere with `train_on_prompt`), −100 elsewhere.
     pub fn into_encoded(self, train_on_prompt: bool) -> Encoded {
-        let labels = self.ids.iter().zip(&self.learn).map(|(&id, &l)| if l || train_on_prompt { id } else { IGNORE_INDEX }).collect();
-        Encoded { ids: self.ids, labels }
+        let labels = self
+            .ids
+            .iter()
+            .zip(&self.learn)
+            .map(|(&id, &l)| {
+                if l || train_on_prompt {
+                    id
+                } else {
+                    IGNORE_INDEX
+                }
+            })
+            .collect();
+        Encoded {
+            ids: self.ids,
+            labels,
+        }
     }
 }
 
 /// Tokenizes chat segments, each on its own and without added specials.
-pub fn encode_segments(tokenizer: &TextTokenizer, segments: &[Segment]) -> Result<Tokens, LoadError> {
-    let mut tokens = Tokens { ids: Vec::new(), learn: Vec::new(), response_start: 0 };
+pub fn encode_segments(
+    tokenizer: &TextTokenizer,
+    segments: &[Segment],
+) -> Result<Tokens, LoadError> {
+    let mut tokens = Tokens {
+        ids: Vec::new(),
+        learn: Vec::new(),
+        response_start: 0,
+    };
     for segment in segments {
         let ids = tokenizer.encode(&segment.text, false)?;
         if segment.learn {
             tokens.response_start = tokens.ids.len();
         }
-        tokens.learn.extend(std::iter::repeat_n(segment.learn, ids.len()));
+        tokens
+            .learn
+            .extend(std::iter::repeat_n(segment.learn, ids.len()));
         tokens.ids.extend(ids.into_iter().map(i64::from));
     }
     Ok(tokens)
@@ -65,10 +92,22 @@ pub fn encode_segments(tokenizer: &TextTokenizer, segments: &[Segment]) -> Resul
 
 /// `text` as `tokenizer(text)` encodes it (BOS etc. from the tokenizer), plus EOS on request; all
 /// learned.
-pub fn encode_text(tokenizer: &TextTokenizer, text: &str, eos: Option<u32>) -> Result<Tokens, LoadError> {
-    let mut ids: Vec<i64> = tokenizer.encode(text, true)?.into_iter().map(i64::from).collect();
+pub fn encode_text(
+    tokenizer: &TextTokenizer,
+    text: &str,
+    eos: Option<u32>,
+) -> Result<Tokens, LoadError> {
+    let mut ids: Vec<i64> = tokenizer
+        .encode(text, true)?
+        .into_iter()
+        .map(i64::from)
+        .collect();
     ids.extend(eos.map(i64::from));
-    Ok(Tokens { learn: vec![true; ids.len()], ids, response_start: 0 })
+    Ok(Tokens {
+        learn: vec![true; ids.len()],
+        ids,
+        response_start: 0,
+    })
 }
 
 /// What truncation did to a record.
@@ -95,8 +134,15 @@ pub fn fit_chat(tokens: Tokens, max_len: usize, bos: Option<i64>) -> Fit {
     let Some(budget) = max_len.checked_sub(response + head).filter(|&b| b >= 1) else {
         return Fit::Dropped;
     };
-    let (ids, learn) = (cut(&tokens.ids, head, start - budget), cut(&tokens.learn, head, start - budget));
-    Fit::Truncated(Tokens { ids, learn, response_start: head + budget })
+    let (ids, learn) = (
+        cut(&tokens.ids, head, start - budget),
+        cut(&tokens.learn, head, start - budget),
+    );
+    Fit::Truncated(Tokens {
+        ids,
+        learn,
+        response_start: head + budget,
+    })
 }
 
 /// `v[..head]` followed by `v[from..]`.
@@ -120,7 +166,11 @@ mod tests {
 
     fn tokens(ids: &[i64], response_start: usize) -> Tokens {
         let learn = (0..ids.len()).map(|i| i >= response_start).collect();
-        Tokens { ids: ids.to_vec(), learn, response_start }
+        Tokens {
+            ids: ids.to_vec(),
+            learn,
+            response_start,
+        }
     }
 
     #[test]
@@ -132,7 +182,10 @@ mod tests {
 
     #[test]
     fn truncation_cuts_the_left_of_the_context_and_keeps_bos_and_the_response() {
-        let Fit::Truncated(t) = fit_chat(tokens(&[1, 10, 11, 12, 13, 20, 21], 5), 5, Some(1)) else { panic!("not truncated") };
+        let Fit::Truncated(t) = fit_chat(tokens(&[1, 10, 11, 12, 13, 20, 21], 5), 5, Some(1))
+        else {
+            panic!("not truncated")
+        };
         assert_eq!(t.ids, [1, 12, 13, 20, 21]);
         assert_eq!(t.learn, [false, false, false, true, true]);
         assert_eq!(t.response_start, 3);
@@ -140,18 +193,29 @@ mod tests {
 
     #[test]
     fn a_record_whose_response_leaves_no_room_for_context_is_dropped() {
-        assert_eq!(fit_chat(tokens(&[1, 10, 20, 21, 22], 2), 4, Some(1)), Fit::Dropped);
-        assert!(matches!(fit_chat(tokens(&[10, 11, 20, 21, 22], 2), 4, Some(1)), Fit::Truncated(_)));
+        assert_eq!(
+            fit_chat(tokens(&[1, 10, 20, 21, 22], 2), 4, Some(1)),
+            Fit::Dropped
+        );
+        assert!(matches!(
+            fit_chat(tokens(&[10, 11, 20, 21, 22], 2), 4, Some(1)),
+            Fit::Truncated(_)
+        ));
     }
 
     #[test]
     fn a_record_that_fits_is_kept_whole() {
-        assert!(matches!(fit_chat(tokens(&[1, 2, 3], 1), 3, None), Fit::Whole(_)));
+        assert!(matches!(
+            fit_chat(tokens(&[1, 2, 3], 1), 3, None),
+            Fit::Whole(_)
+        ));
     }
 
     #[test]
     fn text_is_cut_on_the_right() {
-        let Fit::Truncated(t) = fit_text(tokens(&[1, 2, 3, 4], 0), 3) else { panic!("not truncated") };
+        let Fit::Truncated(t) = fit_text(tokens(&[1, 2, 3, 4], 0), 3) else {
+            panic!("not truncated")
+        };
         assert_eq!(t.ids, [1, 2, 3]);
     }
 }

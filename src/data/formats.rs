@@ -42,7 +42,9 @@ impl Format {
         } else if has("text") {
             Ok(Format::Text)
         } else {
-            Err(RecordProblem::UnknownFormat { fields: object.keys().cloned().collect::<Vec<_>>().join(", ") })
+            Err(RecordProblem::UnknownFormat {
+                fields: object.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
         }
     }
 
@@ -72,7 +74,10 @@ impl FromStr for Format {
             "sharegpt" => Ok(Format::ShareGpt),
             "messages" | "openai" => Ok(Format::Messages),
             "text" => Ok(Format::Text),
-            _ => Err(format!("unknown data format `{s}` (expected one of {})", Format::NAMES)),
+            _ => Err(format!(
+                "unknown data format `{s}` (expected one of {})",
+                Format::NAMES
+            )),
         }
     }
 }
@@ -85,7 +90,9 @@ pub enum Example {
 }
 
 fn as_object(record: &Value) -> Result<&Map<String, Value>, RecordProblem> {
-    record.as_object().ok_or(RecordProblem::NotObject { found: kind(record) })
+    record.as_object().ok_or(RecordProblem::NotObject {
+        found: kind(record),
+    })
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -99,20 +106,39 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-fn string_field(object: &Map<String, Value>, field: &str, format: &'static str) -> Result<String, RecordProblem> {
+fn string_field(
+    object: &Map<String, Value>,
+    field: &str,
+    format: &'static str,
+) -> Result<String, RecordProblem> {
     match object.get(field) {
-        None | Some(Value::Null) => Err(RecordProblem::MissingField { format, field: field.into() }),
-        Some(v) => v.as_str().map(String::from).ok_or(RecordProblem::WrongType { field: field.into(), expected: "a string" }),
+        None | Some(Value::Null) => Err(RecordProblem::MissingField {
+            format,
+            field: field.into(),
+        }),
+        Some(v) => v
+            .as_str()
+            .map(String::from)
+            .ok_or(RecordProblem::WrongType {
+                field: field.into(),
+                expected: "a string",
+            }),
     }
 }
 
 /// An optional string field: absent, null and "" all mean none.
-fn optional_string(object: &Map<String, Value>, field: &str) -> Result<Option<String>, RecordProblem> {
+fn optional_string(
+    object: &Map<String, Value>,
+    field: &str,
+) -> Result<Option<String>, RecordProblem> {
     match object.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(RecordProblem::WrongType { field: field.into(), expected: "a string" }),
+        Some(_) => Err(RecordProblem::WrongType {
+            field: field.into(),
+            expected: "a string",
+        }),
     }
 }
 
@@ -141,7 +167,10 @@ fn alpaca(object: &Map<String, Value>) -> Result<Vec<Message>, RecordProblem> {
 
 /// alpaca `history`: `[[prompt, response], ...]`.
 fn history(object: &Map<String, Value>) -> Result<Vec<(String, String)>, RecordProblem> {
-    let wrong = || RecordProblem::WrongType { field: "history".into(), expected: "a list of [prompt, response] string pairs" };
+    let wrong = || RecordProblem::WrongType {
+        field: "history".into(),
+        expected: "a list of [prompt, response] string pairs",
+    };
     let items = match object.get("history") {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
@@ -173,8 +202,13 @@ impl ShareGptKeys {
         content: "value",
         expected: "system, human, gpt",
     };
-    const MESSAGES: Self =
-        Self { format: "messages", list: "messages", role: "role", content: "content", expected: "system, user, assistant" };
+    const MESSAGES: Self = Self {
+        format: "messages",
+        list: "messages",
+        role: "role",
+        content: "content",
+        expected: "system, user, assistant",
+    };
 
     /// Our role for a role tag; sharegpt files in the wild also use user/assistant.
     fn role(&self, tag: &str) -> Option<&'static str> {
@@ -190,9 +224,19 @@ impl ShareGptKeys {
 /// sharegpt / messages: a list of `{role, content}` turns with at least one assistant turn.
 fn turns(object: &Map<String, Value>, keys: ShareGptKeys) -> Result<Vec<Message>, RecordProblem> {
     let items = match object.get(keys.list) {
-        None | Some(Value::Null) => return Err(RecordProblem::MissingField { format: keys.format, field: keys.list.into() }),
+        None | Some(Value::Null) => {
+            return Err(RecordProblem::MissingField {
+                format: keys.format,
+                field: keys.list.into(),
+            })
+        }
         Some(Value::Array(items)) => items,
-        Some(_) => return Err(RecordProblem::WrongType { field: keys.list.into(), expected: "a list of turns" }),
+        Some(_) => {
+            return Err(RecordProblem::WrongType {
+                field: keys.list.into(),
+                expected: "a list of turns",
+            })
+        }
     };
     let mut messages = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
@@ -203,17 +247,41 @@ fn turns(object: &Map<String, Value>, keys: ShareGptKeys) -> Result<Vec<Message>
         let field = |name: &str| format!("{}[{index}].{name}", keys.list);
         let tag = match turn.get(keys.role) {
             Some(Value::String(tag)) => tag.trim(),
-            None | Some(Value::Null) => return Err(RecordProblem::MissingField { format: keys.format, field: field(keys.role) }),
-            Some(_) => return Err(RecordProblem::WrongType { field: field(keys.role), expected: "a string" }),
+            None | Some(Value::Null) => {
+                return Err(RecordProblem::MissingField {
+                    format: keys.format,
+                    field: field(keys.role),
+                })
+            }
+            Some(_) => {
+                return Err(RecordProblem::WrongType {
+                    field: field(keys.role),
+                    expected: "a string",
+                })
+            }
         };
         if tag.is_empty() {
             return Err(RecordProblem::EmptyRole { index });
         }
-        let role = keys.role(tag).ok_or_else(|| RecordProblem::UnknownRole { index, role: tag.into(), expected: keys.expected })?;
+        let role = keys.role(tag).ok_or_else(|| RecordProblem::UnknownRole {
+            index,
+            role: tag.into(),
+            expected: keys.expected,
+        })?;
         let content = match turn.get(keys.content) {
             Some(Value::String(s)) => s,
-            None | Some(Value::Null) => return Err(RecordProblem::MissingField { format: keys.format, field: field(keys.content) }),
-            Some(_) => return Err(RecordProblem::WrongType { field: field(keys.content), expected: "a string" }),
+            None | Some(Value::Null) => {
+                return Err(RecordProblem::MissingField {
+                    format: keys.format,
+                    field: field(keys.content),
+                })
+            }
+            Some(_) => {
+                return Err(RecordProblem::WrongType {
+                    field: field(keys.content),
+                    expected: "a string",
+                })
+            }
         };
         messages.push(Message::new(role, content));
     }
@@ -241,15 +309,29 @@ mod tests {
     #[test]
     fn unknown_fields_are_an_error_listing_them() {
         let problem = Format::detect(&json!({"prompt": "a", "answer": "b"})).unwrap_err();
-        assert!(problem.to_string().contains("[prompt, answer]"), "{problem}");
+        assert!(
+            problem.to_string().contains("[prompt, answer]"),
+            "{problem}"
+        );
     }
 
     #[test]
     fn alpaca_joins_instruction_and_input_and_keeps_system_and_history() {
         let record = json!({"system": "S", "history": [["p1", "r1"]], "instruction": "do", "input": "this", "output": "done"});
-        let Example::Chat(messages) = Format::Alpaca.convert(&record).unwrap() else { panic!("not a chat") };
-        let expected = [("system", "S"), ("user", "p1"), ("assistant", "r1"), ("user", "do\nthis"), ("assistant", "done")];
-        let got: Vec<(&str, &str)> = messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
+        let Example::Chat(messages) = Format::Alpaca.convert(&record).unwrap() else {
+            panic!("not a chat")
+        };
+        let expected = [
+            ("system", "S"),
+            ("user", "p1"),
+            ("assistant", "r1"),
+            ("user", "do\nthis"),
+            ("assistant", "done"),
+        ];
+        let got: Vec<(&str, &str)> = messages
+            .iter()
+            .map(|m| (m.role.as_str(), m.content.as_str()))
+            .collect();
         assert_eq!(got, expected);
     }
 
@@ -257,7 +339,13 @@ mod tests {
     fn sharegpt_roles_map_to_chat_roles() {
         let record = json!({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]});
         let example = Format::ShareGpt.convert(&record).unwrap();
-        assert_eq!(example, Example::Chat(vec![Message::new("user", "hi"), Message::new("assistant", "hello")]));
+        assert_eq!(
+            example,
+            Example::Chat(vec![
+                Message::new("user", "hi"),
+                Message::new("assistant", "hello")
+            ])
+        );
     }
 
     #[rstest]
@@ -270,7 +358,11 @@ mod tests {
     #[case::no_assistant(Format::Messages, json!({"messages": [{"role": "user", "content": "x"}]}), "no assistant turn")]
     #[case::content_not_a_string(Format::Messages, json!({"messages": [{"role": "user", "content": 3}]}), "`messages[0].content` should be a string")]
     #[case::not_an_object(Format::Alpaca, json!(["a"]), "must be a JSON object, found an array")]
-    fn bad_records_are_errors_naming_the_problem(#[case] format: Format, #[case] record: Value, #[case] message: &str) {
+    fn bad_records_are_errors_naming_the_problem(
+        #[case] format: Format,
+        #[case] record: Value,
+        #[case] message: &str,
+    ) {
         let problem = format.convert(&record).unwrap_err().to_string();
         assert!(problem.contains(message), "{problem}");
     }

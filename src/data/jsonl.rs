@@ -31,11 +31,18 @@ pub struct ReadRecords {
 /// Reads `path` as JSONL or as a JSON array (a file whose first non-blank byte is `[`).
 /// With `skip_bad`, malformed lines are skipped and counted; without it the first one is an error.
 pub fn read_records(path: &Path, skip_bad: bool) -> Result<ReadRecords, DataError> {
-    let bytes = std::fs::read(path).map_err(|cause| DataError::Io { path: path.into(), cause })?;
+    let bytes = std::fs::read(path).map_err(|cause| DataError::Io {
+        path: path.into(),
+        cause,
+    })?;
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
-        return read_array(bytes).map_err(|(line, problem)| DataError::Record { path: path.into(), line, problem });
+        return read_array(bytes).map_err(|(line, problem)| DataError::Record {
+            path: path.into(),
+            line,
+            problem,
+        });
     }
     let mut out = ReadRecords::default();
     for (index, raw) in bytes.split(|&b| b == b'\n').enumerate() {
@@ -47,7 +54,13 @@ pub fn read_records(path: &Path, skip_bad: bool) -> Result<ReadRecords, DataErro
                 tracing::warn!("{}:{line}: skipped: {problem}", path.display());
                 out.skipped.push(Skipped { line, problem });
             }
-            Err(problem) => return Err(DataError::Record { path: path.into(), line, problem }),
+            Err(problem) => {
+                return Err(DataError::Record {
+                    path: path.into(),
+                    line,
+                    problem,
+                })
+            }
         }
     }
     Ok(out)
@@ -60,29 +73,52 @@ fn parse_line(raw: &[u8]) -> Result<Option<Value>, RecordProblem> {
     if text.is_empty() {
         return Ok(None);
     }
-    serde_json::from_str(text).map(Some).map_err(|e| RecordProblem::Json(without_position(&e)))
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|e| RecordProblem::Json(without_position(&e)))
 }
 
 fn utf8(raw: &[u8]) -> Result<&str, RecordProblem> {
     std::str::from_utf8(raw).map_err(|e| {
         // Column in characters of the valid prefix, 1-based, as an editor shows it.
         let valid = std::str::from_utf8(&raw[..e.valid_up_to()]).unwrap_or_default();
-        RecordProblem::NotUtf8 { column: valid.chars().count() + 1 }
+        RecordProblem::NotUtf8 {
+            column: valid.chars().count() + 1,
+        }
     })
 }
 
 /// A JSON array file: an array of records. A parse error carries serde_json's line.
 fn read_array(bytes: &[u8]) -> Result<ReadRecords, (usize, RecordProblem)> {
     if let Err(e) = std::str::from_utf8(bytes) {
-        let line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
-        let line_start = bytes[..e.valid_up_to()].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-        return Err((line, utf8(&bytes[line_start..]).err().unwrap_or(RecordProblem::NotUtf8 { column: 1 })));
+        let line = 1 + bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        let line_start = bytes[..e.valid_up_to()]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1);
+        return Err((
+            line,
+            utf8(&bytes[line_start..])
+                .err()
+                .unwrap_or(RecordProblem::NotUtf8 { column: 1 }),
+        ));
     }
     // Parse once with positions: each element's line is found by a streaming pass over the array.
-    let values: Vec<Value> = serde_json::from_slice(bytes).map_err(|e| (e.line(), RecordProblem::Json(without_position(&e))))?;
+    let values: Vec<Value> = serde_json::from_slice(bytes)
+        .map_err(|e| (e.line(), RecordProblem::Json(without_position(&e))))?;
     let lines = element_lines(bytes, values.len());
-    let records = values.into_iter().zip(lines).map(|(value, line)| Record { line, value }).collect();
-    Ok(ReadRecords { records, skipped: Vec::new() })
+    let records = values
+        .into_iter()
+        .zip(lines)
+        .map(|(value, line)| Record { line, value })
+        .collect();
+    Ok(ReadRecords {
+        records,
+        skipped: Vec::new(),
+    })
 }
 
 /// The line on which each of the first `n` top-level array elements starts.
@@ -154,7 +190,13 @@ mod tests {
     fn a_malformed_line_is_an_error_naming_the_line_and_the_parser_message() {
         let f = file(b"{\"a\": 1}\n{\"a\": }\n");
         let err = read_records(f.path(), false).unwrap_err().to_string();
-        assert!(err.contains(&format!("{}:2: invalid JSON: expected value", f.path().display())), "{err}");
+        assert!(
+            err.contains(&format!(
+                "{}:2: invalid JSON: expected value",
+                f.path().display()
+            )),
+            "{err}"
+        );
     }
 
     #[test]
@@ -170,7 +212,10 @@ mod tests {
     fn non_utf8_bytes_are_an_error_naming_the_line_and_column() {
         let f = file(b"{\"a\": \"ok\"}\n{\"a\": \"\xe4\xbd\xa0\xff\"}\n");
         let err = read_records(f.path(), false).unwrap_err().to_string();
-        assert!(err.ends_with(":2: not valid UTF-8 (invalid byte at column 9)"), "{err}");
+        assert!(
+            err.ends_with(":2: not valid UTF-8 (invalid byte at column 9)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -106,10 +106,15 @@ pub struct Prepared {
 /// Reads, encodes and splits the data of `config`.
 pub fn prepare(config: &DataConfig, tokenizer: &TextTokenizer) -> Result<Prepared, DataError> {
     if !(0.0..1.0).contains(&config.eval_split) {
-        return Err(DataError::Option(format!("--eval-split {} must be in [0, 1)", config.eval_split)));
+        return Err(DataError::Option(format!(
+            "--eval-split {} must be in [0, 1)",
+            config.eval_split
+        )));
     }
     if config.eval_data.is_some() && config.eval_split > 0.0 {
-        return Err(DataError::Option("use either --eval-split or --eval-data, not both".into()));
+        return Err(DataError::Option(
+            "use either --eval-split or --eval-data, not both".into(),
+        ));
     }
     let mut stats = DataStats::default();
     let train = encode_file(&config.data, config, tokenizer, &mut stats)?;
@@ -117,27 +122,44 @@ pub fn prepare(config: &DataConfig, tokenizer: &TextTokenizer) -> Result<Prepare
         Some(path) => (train, encode_file(path, config, tokenizer, &mut stats)?),
         None => split(train, config.eval_split, config.seed)?,
     };
-    let pad_id = tokenizer.pad_id().or(tokenizer.eos_id()).map_or(0, i64::from);
+    let pad_id = tokenizer
+        .pad_id()
+        .or(tokenizer.eos_id())
+        .map_or(0, i64::from);
     tracing::info!("data: {stats}; {} train, {} eval", train.len(), eval.len());
-    Ok(Prepared { train, eval, stats, pad_id })
+    Ok(Prepared {
+        train,
+        eval,
+        stats,
+        pad_id,
+    })
 }
 
 /// Holds out `fraction` of `records` (at least one), chosen with `seed`; both keep file order.
-fn split(records: Vec<Encoded>, fraction: f64, seed: u64) -> Result<(Vec<Encoded>, Vec<Encoded>), DataError> {
+fn split(
+    records: Vec<Encoded>,
+    fraction: f64,
+    seed: u64,
+) -> Result<(Vec<Encoded>, Vec<Encoded>), DataError> {
     if fraction <= 0.0 {
         return Ok((records, Vec::new()));
     }
     let n = records.len();
     let n_eval = ((fraction * n as f64).round() as usize).max(1);
     if n_eval >= n {
-        return Err(DataError::Option(format!("--eval-split {fraction} of {n} record(s) leaves nothing to train on")));
+        return Err(DataError::Option(format!(
+            "--eval-split {fraction} of {n} record(s) leaves nothing to train on"
+        )));
     }
     let mut order: Vec<usize> = (0..n).collect();
     shuffle(&mut order, &mut SplitMix64::new(seed, SPLIT_STREAM));
     let mut is_eval = vec![false; n];
     order[..n_eval].iter().for_each(|&i| is_eval[i] = true);
     let (eval, train): (Vec<_>, Vec<_>) = records.into_iter().zip(is_eval).partition(|(_, e)| *e);
-    Ok((train.into_iter().map(|(r, _)| r).collect(), eval.into_iter().map(|(r, _)| r).collect()))
+    Ok((
+        train.into_iter().map(|(r, _)| r).collect(),
+        eval.into_iter().map(|(r, _)| r).collect(),
+    ))
 }
 
 /// What every record of one file is encoded with.
@@ -149,17 +171,34 @@ struct FileContext<'a> {
 }
 
 /// Reads and encodes one file, adding to `stats`. Also what `peft eval --data` needs.
-pub fn encode_file(path: &Path, config: &DataConfig, tokenizer: &TextTokenizer, stats: &mut DataStats) -> Result<Vec<Encoded>, DataError> {
+pub fn encode_file(
+    path: &Path,
+    config: &DataConfig,
+    tokenizer: &TextTokenizer,
+    stats: &mut DataStats,
+) -> Result<Vec<Encoded>, DataError> {
     let read = jsonl::read_records(path, config.skip_bad_records)?;
     let mut skipped = read.skipped.len();
     let Some(first) = read.records.first() else {
-        return Err(DataError::Empty { path: path.into(), skipped });
+        return Err(DataError::Empty {
+            path: path.into(),
+            skipped,
+        });
     };
     let format = match config.format {
         Some(format) => format,
-        None => Format::detect(&first.value).map_err(|problem| DataError::Record { path: path.into(), line: first.line, problem })?,
+        None => Format::detect(&first.value).map_err(|problem| DataError::Record {
+            path: path.into(),
+            line: first.line,
+            problem,
+        })?,
     };
-    let ctx = FileContext { path, config, tokenizer, format };
+    let ctx = FileContext {
+        path,
+        config,
+        tokenizer,
+        format,
+    };
     check_template(&ctx)?;
     let (mut kept, mut dropped) = (Vec::new(), 0);
     for record in &read.records {
@@ -174,7 +213,13 @@ pub fn encode_file(path: &Path, config: &DataConfig, tokenizer: &TextTokenizer, 
                 tracing::warn!("{}:{}: skipped: {problem}", path.display(), record.line);
                 skipped += 1;
             }
-            Err(problem) => return Err(DataError::Record { path: path.into(), line: record.line, problem }),
+            Err(problem) => {
+                return Err(DataError::Record {
+                    path: path.into(),
+                    line: record.line,
+                    problem,
+                })
+            }
         }
     }
     stats.records += read.records.len() - (skipped - read.skipped.len());
@@ -183,8 +228,15 @@ pub fn encode_file(path: &Path, config: &DataConfig, tokenizer: &TextTokenizer, 
     stats.tokens += kept.iter().map(Encoded::len).sum::<usize>();
     stats.targets += kept.iter().map(Encoded::targets).sum::<usize>();
     match (kept.is_empty(), dropped) {
-        (true, 0) => Err(DataError::Empty { path: path.into(), skipped }),
-        (true, _) => Err(DataError::AllDropped { path: path.into(), dropped, max_len: config.max_len }),
+        (true, 0) => Err(DataError::Empty {
+            path: path.into(),
+            skipped,
+        }),
+        (true, _) => Err(DataError::AllDropped {
+            path: path.into(),
+            dropped,
+            max_len: config.max_len,
+        }),
         (false, _) => Ok(kept),
     }
 }
@@ -195,19 +247,30 @@ fn check_template(ctx: &FileContext) -> Result<(), DataError> {
     let max_len = ctx.config.max_len;
     if ctx.format == Format::Text {
         if ctx.config.append_eos && ctx.tokenizer.eos_id().is_none() {
-            return Err(DataError::Option("--append-eos: the tokenizer names no EOS token".into()));
+            return Err(DataError::Option(
+                "--append-eos: the tokenizer names no EOS token".into(),
+            ));
         }
         return match max_len {
-            0 | 1 => Err(DataError::Option(format!("--max-len {max_len} leaves no token to learn"))),
+            0 | 1 => Err(DataError::Option(format!(
+                "--max-len {max_len} leaves no token to learn"
+            ))),
             _ => Ok(()),
         };
     }
     if ctx.config.template == Template::Tokenizer && ctx.tokenizer.chat_template.is_none() {
-        return Err(DataError::NoChatTemplate { path: ctx.path.into(), format: ctx.format.name() });
+        return Err(DataError::NoChatTemplate {
+            path: ctx.path.into(),
+            format: ctx.format.name(),
+        });
     }
     let empty = [Message::new("user", ""), Message::new("assistant", "")];
-    let segments = template::segments(ctx.config.template, ctx.tokenizer, &empty)
-        .map_err(|problem| DataError::Option(format!("the chat template fails on a minimal conversation: {problem}")))?;
+    let segments =
+        template::segments(ctx.config.template, ctx.tokenizer, &empty).map_err(|problem| {
+            DataError::Option(format!(
+                "the chat template fails on a minimal conversation: {problem}"
+            ))
+        })?;
     let overhead = encode_segments(ctx.tokenizer, &segments)?.ids.len();
     if max_len <= overhead {
         return Err(DataError::MaxLenBelowTemplate { max_len, overhead });
@@ -217,7 +280,10 @@ fn check_template(ctx: &FileContext) -> Result<(), DataError> {
 
 /// One record → tokens fitted to `max_len`; the outer error is fatal, the inner one is the
 /// record's (skippable) problem.
-fn encode_record(ctx: &FileContext, value: &serde_json::Value) -> Result<Result<Fit, RecordProblem>, LoadError> {
+fn encode_record(
+    ctx: &FileContext,
+    value: &serde_json::Value,
+) -> Result<Result<Fit, RecordProblem>, LoadError> {
     let example = match ctx.format.convert(value) {
         Ok(example) => example,
         Err(problem) => return Ok(Err(problem)),
@@ -225,14 +291,28 @@ fn encode_record(ctx: &FileContext, value: &serde_json::Value) -> Result<Result<
     let max_len = ctx.config.max_len;
     let tokens: Tokens = match example {
         Example::Text(text) => {
-            let eos = if ctx.config.append_eos { ctx.tokenizer.eos_id() } else { None };
-            return Ok(Ok(fit_text(encode_text(ctx.tokenizer, &text, eos)?, max_len)));
+            let eos = if ctx.config.append_eos {
+                ctx.tokenizer.eos_id()
+            } else {
+                None
+            };
+            return Ok(Ok(fit_text(
+                encode_text(ctx.tokenizer, &text, eos)?,
+                max_len,
+            )));
         }
-        Example::Chat(messages) => match template::segments(ctx.config.template, ctx.tokenizer, &messages) {
-            Ok(segments) => encode_segments(ctx.tokenizer, &segments)?,
-            Err(problem) => return Ok(Err(problem)),
-        },
+        Example::Chat(messages) => {
+            match template::segments(ctx.config.template, ctx.tokenizer, &messages) {
+                Ok(segments) => encode_segments(ctx.tokenizer, &segments)?,
+                Err(problem) => return Ok(Err(problem)),
+            }
+        }
     };
-    let bos = ctx.tokenizer.bos_token.as_deref().and_then(|t| ctx.tokenizer.token_id(t)).map(i64::from);
+    let bos = ctx
+        .tokenizer
+        .bos_token
+        .as_deref()
+        .and_then(|t| ctx.tokenizer.token_id(t))
+        .map(i64::from);
     Ok(Ok(fit_chat(tokens, max_len, bos)))
 }

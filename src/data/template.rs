@@ -20,7 +20,10 @@ pub struct Segment {
 
 impl Segment {
     fn new(text: impl Into<String>, learn: bool) -> Self {
-        Self { text: text.into(), learn }
+        Self {
+            text: text.into(),
+            learn,
+        }
     }
 }
 
@@ -127,7 +130,10 @@ impl FromStr for Builtin {
             "llama3" => Ok(Builtin::Llama3),
             "chatglm3" => Ok(Builtin::ChatGlm3),
             "qwen" => Ok(Builtin::Qwen),
-            _ => Err(format!("unknown chat template `{s}` (expected one of {})", Builtin::NAMES)),
+            _ => Err(format!(
+                "unknown chat template `{s}` (expected one of {})",
+                Builtin::NAMES
+            )),
         }
     }
 }
@@ -147,7 +153,11 @@ struct Spec {
 }
 
 /// Renders `messages` into learned / not learned segments.
-pub fn segments(template: Template, tokenizer: &TextTokenizer, messages: &[Message]) -> Result<Vec<Segment>, RecordProblem> {
+pub fn segments(
+    template: Template,
+    tokenizer: &TextTokenizer,
+    messages: &[Message],
+) -> Result<Vec<Segment>, RecordProblem> {
     match template {
         Template::Tokenizer => jinja_segments(tokenizer, messages),
         Template::Builtin(builtin) => {
@@ -161,13 +171,22 @@ pub fn segments(template: Template, tokenizer: &TextTokenizer, messages: &[Messa
 }
 
 /// The prefix-difference method over the tokenizer's Jinja template.
-fn jinja_segments(tokenizer: &TextTokenizer, messages: &[Message]) -> Result<Vec<Segment>, RecordProblem> {
+fn jinja_segments(
+    tokenizer: &TextTokenizer,
+    messages: &[Message],
+) -> Result<Vec<Segment>, RecordProblem> {
     let render = |upto: usize, generation: bool| {
-        tokenizer.apply_chat_template(&messages[..upto], generation).map_err(|e| RecordProblem::Template(e.to_string()))
+        tokenizer
+            .apply_chat_template(&messages[..upto], generation)
+            .map_err(|e| RecordProblem::Template(e.to_string()))
     };
     let mut segments = Vec::new();
     let mut rendered = String::new();
-    for (i, _) in messages.iter().enumerate().filter(|(_, m)| m.role == "assistant") {
+    for (i, _) in messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.role == "assistant")
+    {
         let prompt = render(i, true)?;
         let full = render(i + 1, false)?;
         segments.push(Segment::new(suffix_after(&prompt, &rendered, i)?, false));
@@ -201,18 +220,28 @@ struct Specials<'a> {
 
 /// Fills a slot: specials first, then the content, so content is never re-interpreted.
 fn fill(slot: &str, specials: Specials, content: &str) -> String {
-    slot.replace("{bos}", specials.bos).replace("{eos}", specials.eos).replace("{content}", content)
+    slot.replace("{bos}", specials.bos)
+        .replace("{eos}", specials.eos)
+        .replace("{content}", content)
 }
 
-fn builtin_segments(spec: &Spec, specials: Specials, messages: &[Message]) -> Result<Vec<Segment>, RecordProblem> {
+fn builtin_segments(
+    spec: &Spec,
+    specials: Specials,
+    messages: &[Message],
+) -> Result<Vec<Segment>, RecordProblem> {
     let (system, turns) = match messages.split_first() {
         Some((first, rest)) if first.role == "system" => (Some(first.content.as_str()), rest),
         _ => (None, messages),
     };
     if let Some(index) = turns.iter().position(|m| m.role == "system") {
-        return Err(RecordProblem::Template(format!("message {index}: a system message must come first")));
+        return Err(RecordProblem::Template(format!(
+            "message {index}: a system message must come first"
+        )));
     }
-    let system = system.or(spec.default_system).map(|s| fill(spec.system, specials, s));
+    let system = system
+        .or(spec.default_system)
+        .map(|s| fill(spec.system, specials, s));
     let mut segments = vec![Segment::new(fill(spec.prefix, specials, ""), false)];
     if let (Some(system), false) = (&system, spec.system_in_first_user) {
         segments.push(Segment::new(system.clone(), false));
@@ -220,7 +249,10 @@ fn builtin_segments(spec: &Spec, specials: Specials, messages: &[Message]) -> Re
     let mut after_assistant = false;
     for (index, message) in turns.iter().enumerate() {
         if message.role == "assistant" {
-            segments.push(Segment::new(fill(spec.assistant, specials, &message.content), true));
+            segments.push(Segment::new(
+                fill(spec.assistant, specials, &message.content),
+                true,
+            ));
             after_assistant = true;
             continue;
         }
@@ -229,7 +261,10 @@ fn builtin_segments(spec: &Spec, specials: Specials, messages: &[Message]) -> Re
             _ => message.content.clone(),
         };
         let user = fill(spec.user, specials, &content);
-        match spec.efficient_eos.and_then(|stop| user.strip_prefix(stop).map(|rest| (stop, rest))) {
+        match spec
+            .efficient_eos
+            .and_then(|stop| user.strip_prefix(stop).map(|rest| (stop, rest)))
+        {
             Some((stop, rest)) if after_assistant => {
                 segments.push(Segment::new(stop, true));
                 segments.push(Segment::new(rest, false));
@@ -250,14 +285,26 @@ mod tests {
     use super::*;
     use rstest::rstest;
 
-    const SPECIALS: Specials = Specials { bos: "<s>", eos: "</s>" };
+    const SPECIALS: Specials = Specials {
+        bos: "<s>",
+        eos: "</s>",
+    };
 
     fn chat() -> Vec<Message> {
-        vec![Message::new("user", "hi"), Message::new("assistant", "hello"), Message::new("user", "q"), Message::new("assistant", "a")]
+        vec![
+            Message::new("user", "hi"),
+            Message::new("assistant", "hello"),
+            Message::new("user", "q"),
+            Message::new("assistant", "a"),
+        ]
     }
 
     fn learned(segments: &[Segment]) -> Vec<&str> {
-        segments.iter().filter(|s| s.learn).map(|s| s.text.as_str()).collect()
+        segments
+            .iter()
+            .filter(|s| s.learn)
+            .map(|s| s.text.as_str())
+            .collect()
     }
 
     #[rstest]
@@ -266,28 +313,51 @@ mod tests {
     #[case::llama2(Builtin::Llama2, &["hello</s>", "a</s>"])]
     #[case::llama3(Builtin::Llama3, &["hello<|eot_id|>", "a<|eot_id|>"])]
     #[case::chatglm3(Builtin::ChatGlm3, &["\nhello", "<|user|>", "\na", "</s>"])]
-    fn builtin_templates_learn_every_assistant_turn_with_its_end(#[case] builtin: Builtin, #[case] expected: &[&str]) {
+    fn builtin_templates_learn_every_assistant_turn_with_its_end(
+        #[case] builtin: Builtin,
+        #[case] expected: &[&str],
+    ) {
         let segments = builtin_segments(&builtin.spec(), SPECIALS, &chat()).unwrap();
         assert_eq!(learned(&segments), expected);
     }
 
     #[test]
     fn the_chatml_builtin_renders_as_the_chatml_jinja_template_does() {
-        let messages = [Message::new("system", "S"), Message::new("user", "hi"), Message::new("assistant", "hello")];
-        let text: String = builtin_segments(&Builtin::ChatMl.spec(), SPECIALS, &messages).unwrap().iter().map(|s| s.text.as_str()).collect();
+        let messages = [
+            Message::new("system", "S"),
+            Message::new("user", "hi"),
+            Message::new("assistant", "hello"),
+        ];
+        let text: String = builtin_segments(&Builtin::ChatMl.spec(), SPECIALS, &messages)
+            .unwrap()
+            .iter()
+            .map(|s| s.text.as_str())
+            .collect();
         assert_eq!(text, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n");
     }
 
     #[test]
     fn llama2_puts_the_system_prompt_inside_the_first_instruction() {
-        let messages = [Message::new("system", "S"), Message::new("user", "hi"), Message::new("assistant", "yo")];
-        let text: String = builtin_segments(&Builtin::Llama2.spec(), SPECIALS, &messages).unwrap().iter().map(|s| s.text.as_str()).collect();
+        let messages = [
+            Message::new("system", "S"),
+            Message::new("user", "hi"),
+            Message::new("assistant", "yo"),
+        ];
+        let text: String = builtin_segments(&Builtin::Llama2.spec(), SPECIALS, &messages)
+            .unwrap()
+            .iter()
+            .map(|s| s.text.as_str())
+            .collect();
         assert_eq!(text, "<s>[INST] <<SYS>>\nS\n<</SYS>>\n\nhi [/INST]yo</s>");
     }
 
     #[test]
     fn a_system_message_after_the_first_turn_is_an_error() {
-        let messages = [Message::new("user", "hi"), Message::new("system", "S"), Message::new("assistant", "yo")];
+        let messages = [
+            Message::new("user", "hi"),
+            Message::new("system", "S"),
+            Message::new("assistant", "yo"),
+        ];
         assert!(builtin_segments(&Builtin::ChatMl.spec(), SPECIALS, &messages).is_err());
     }
 
@@ -299,6 +369,9 @@ mod tests {
     #[test]
     fn template_names_parse_and_unknown_ones_list_the_choices() {
         assert_eq!("llama3".parse::<Builtin>(), Ok(Builtin::Llama3));
-        assert!("vicuna".parse::<Builtin>().unwrap_err().contains(Builtin::NAMES));
+        assert!("vicuna"
+            .parse::<Builtin>()
+            .unwrap_err()
+            .contains(Builtin::NAMES));
     }
 }

@@ -42,14 +42,21 @@ pub fn respell(token: &str) -> String {
 
 /// Merges `"a b"` as pairs, split on the one space (byte-level tokens never contain one).
 pub fn read_merges(gguf: &Gguf) -> Result<Vec<(String, String)>, GgufError> {
-    let raw = gguf.get_array("tokenizer.ggml.merges")?.ok_or_else(|| tok_err(gguf, "a gpt2 tokenizer needs tokenizer.ggml.merges".into()))?;
+    let raw = gguf
+        .get_array("tokenizer.ggml.merges")?
+        .ok_or_else(|| tok_err(gguf, "a gpt2 tokenizer needs tokenizer.ggml.merges".into()))?;
     let merges = strings(gguf, raw, "tokenizer.ggml.merges")?;
     merges
         .into_iter()
         .enumerate()
         .map(|(i, m)| match m.split(' ').collect::<Vec<_>>().as_slice() {
             [a, b] => Ok((a.to_string(), b.to_string())),
-            _ => Err(tok_err(gguf, format!("tokenizer.ggml.merges[{i}] `{m}` is not two tokens separated by one space"))),
+            _ => Err(tok_err(
+                gguf,
+                format!(
+                    "tokenizer.ggml.merges[{i}] `{m}` is not two tokens separated by one space"
+                ),
+            )),
         })
         .collect()
 }
@@ -73,11 +80,15 @@ pub fn pre_tokenizer(pre: &str) -> Json {
             {"type": "Digits", "individual_digits": true},
             byte_level(true, true),
         ]}),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" | "dbrx" => split(LLAMA3_SPLIT),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" | "dbrx" => {
+            split(LLAMA3_SPLIT)
+        }
         "qwen2" | "deepseek-r1-qwen" | "megrez" => split(QWEN2_SPLIT),
         "gpt-2" | "default" => byte_level(true, true),
         other => {
-            tracing::warn!("tokenizer.ggml.pre `{other}` is not known; using the GPT-2 pre-tokenizer");
+            tracing::warn!(
+                "tokenizer.ggml.pre `{other}` is not known; using the GPT-2 pre-tokenizer"
+            );
             byte_level(true, true)
         }
     }

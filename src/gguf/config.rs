@@ -36,11 +36,15 @@ impl LlamaParams {
         if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
             return Err(gguf.invalid(format!("llama.embedding_length {hidden_size} is not a multiple of llama.attention.head_count {num_attention_heads}")));
         }
-        let num_key_value_heads = gguf.get_u64("llama.attention.head_count_kv")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads = gguf
+            .get_u64("llama.attention.head_count_kv")?
+            .unwrap_or(num_attention_heads);
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(gguf.invalid(format!("llama.attention.head_count_kv {num_key_value_heads} does not divide head_count {num_attention_heads}")));
         }
-        let head_dim = gguf.get_u64("llama.attention.key_length")?.unwrap_or(hidden_size / num_attention_heads);
+        let head_dim = gguf
+            .get_u64("llama.attention.key_length")?
+            .unwrap_or(hidden_size / num_attention_heads);
         let vocab_size = match gguf.get_u64("llama.vocab_size")? {
             Some(v) => v,
             None => match gguf.get_array("tokenizer.ggml.tokens")? {
@@ -51,7 +55,10 @@ impl LlamaParams {
         // Nine tensors per layer: a larger count is a corrupt file, and is not allowed to size anything.
         let num_hidden_layers = req("llama.block_count")?;
         if num_hidden_layers.saturating_mul(9) > gguf.tensors.len() as u64 {
-            return Err(gguf.invalid(format!("llama.block_count {num_hidden_layers} needs more than the {} tensors present", gguf.tensors.len())));
+            return Err(gguf.invalid(format!(
+                "llama.block_count {num_hidden_layers} needs more than the {} tensors present",
+                gguf.tensors.len()
+            )));
         }
         Ok(Self {
             hidden_size,
@@ -60,7 +67,9 @@ impl LlamaParams {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: gguf.get_f64("llama.attention.layer_norm_rms_epsilon")?.ok_or_else(|| missing(gguf, "llama.attention.layer_norm_rms_epsilon"))?,
+            rms_norm_eps: gguf
+                .get_f64("llama.attention.layer_norm_rms_epsilon")?
+                .ok_or_else(|| missing(gguf, "llama.attention.layer_norm_rms_epsilon"))?,
             // llama.cpp's default when the key is absent.
             rope_theta: gguf.get_f64("llama.rope.freq_base")?.unwrap_or(10_000.0),
             max_position_embeddings: req("llama.context_length")?,
@@ -71,12 +80,16 @@ impl LlamaParams {
 }
 
 fn missing(gguf: &Gguf, key: &str) -> GgufError {
-    GgufError::MissingKey { path: gguf.path.clone(), key: key.to_string() }
+    GgufError::MissingKey {
+        path: gguf.path.clone(),
+        key: key.to_string(),
+    }
 }
 
 fn embedding_rows(gguf: &Gguf) -> Result<u64, GgufError> {
     let embd = gguf.tensors.iter().find(|t| t.name == "token_embd.weight");
-    embd.and_then(|t| t.dims.get(1).copied()).ok_or_else(|| missing(gguf, "llama.vocab_size"))
+    embd.and_then(|t| t.dims.get(1).copied())
+        .ok_or_else(|| missing(gguf, "llama.vocab_size"))
 }
 
 /// An f32 metadata value (eps, theta) widened to f64 prints as `9.999999747378752e-6`; print the

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use safetensors::Dtype;
 
-use super::config::{generation_config_json, llama_config_json, LlamaParams, SpecialIds, SUPPORTED_ARCHITECTURES};
+use super::config::{
+    generation_config_json, llama_config_json, LlamaParams, SpecialIds, SUPPORTED_ARCHITECTURES,
+};
 use super::dequant::{dequantize, type_name, GgmlType};
 use super::names::{hf_name, unpermute_rows, Rows};
 use super::reader::{Gguf, TensorInfo};
@@ -50,41 +52,68 @@ struct Plan<'a> {
 }
 
 /// Converts the GGUF file `file` into a Hugging Face model folder `out`.
-pub fn convert_gguf(file: &Path, out: &Path, opts: ConvertOptions) -> Result<ConvertReport, GgufError> {
+pub fn convert_gguf(
+    file: &Path,
+    out: &Path,
+    opts: ConvertOptions,
+) -> Result<ConvertReport, GgufError> {
     check_output(out, opts.force)?;
     let map = map_file(file)?;
     let gguf = Gguf::parse(file, &map)?;
     let architecture = gguf.get_str("general.architecture")?.to_string();
     if architecture != "llama" {
-        return Err(GgufError::UnknownArchitecture { path: file.to_path_buf(), architecture, supported: SUPPORTED_ARCHITECTURES });
+        return Err(GgufError::UnknownArchitecture {
+            path: file.to_path_buf(),
+            architecture,
+            supported: SUPPORTED_ARCHITECTURES,
+        });
     }
     let params = LlamaParams::from_gguf(&gguf)?;
     let ids = SpecialIds::from_gguf(&gguf)?;
     let tok = tokenizer::build(&gguf, params.max_position_embeddings)?;
     let tokenizer_json = tok.tokenizer.to_string();
     // Loading it back catches anything the `tokenizers` crate (and so transformers) would reject.
-    tokenizers::Tokenizer::from_bytes(tokenizer_json.as_bytes())
-        .map_err(|e| GgufError::Tokenizer { path: file.to_path_buf(), message: format!("the built tokenizer.json does not load: {e}") })?;
+    tokenizers::Tokenizer::from_bytes(tokenizer_json.as_bytes()).map_err(|e| {
+        GgufError::Tokenizer {
+            path: file.to_path_buf(),
+            message: format!("the built tokenizer.json does not load: {e}"),
+        }
+    })?;
     let plans = plan_tensors(&gguf, &map, &params)?;
     let dtype_name = dtype_label(opts.dtype);
     let mut tensors = Vec::with_capacity(plans.len());
     let mut source_types = BTreeMap::new();
     let mut parameters = 0u64;
     for plan in &plans {
-        *source_types.entry(type_name(plan.info.ggml_type)).or_insert(0) += 1;
+        *source_types
+            .entry(type_name(plan.info.ggml_type))
+            .or_insert(0) += 1;
         let tensor = convert_tensor(&gguf, &map, plan, &params, opts.dtype)?;
         parameters += tensor.shape.iter().product::<usize>() as u64;
         tensors.push((plan.key.clone(), tensor));
     }
     let pretty = |v: &serde_json::Value| serde_json::to_vec_pretty(v).unwrap_or_default();
     let files = [
-        ("config.json", pretty(&llama_config_json(&params, ids, dtype_name))),
-        ("generation_config.json", pretty(&generation_config_json(ids))),
+        (
+            "config.json",
+            pretty(&llama_config_json(&params, ids, dtype_name)),
+        ),
+        (
+            "generation_config.json",
+            pretty(&generation_config_json(ids)),
+        ),
         ("tokenizer.json", tokenizer_json.into_bytes()),
         ("tokenizer_config.json", pretty(&tok.tokenizer_config)),
     ];
     write_folder(out, &files, &tensors)?;
-    let report = ConvertReport { out: out.to_path_buf(), architecture, tensors: tensors.len(), parameters, source_types, tokenizer: tok.kind };
+    let report = ConvertReport {
+        out: out.to_path_buf(),
+        architecture,
+        tensors: tensors.len(),
+        parameters,
+        source_types,
+        tokenizer: tok.kind,
+    };
     Ok(report)
 }
 
@@ -97,7 +126,10 @@ fn dtype_label(dtype: Dtype) -> &'static str {
 }
 
 fn map_file(file: &Path) -> Result<Mmap, GgufError> {
-    let io = |cause| GgufError::Io { path: file.to_path_buf(), cause };
+    let io = |cause| GgufError::Io {
+        path: file.to_path_buf(),
+        cause,
+    };
     let handle = File::open(file).map_err(io)?;
     // SAFETY: the map is read-only and lives only for this conversion; as with any memory-mapped
     // input, a concurrent truncation of the file by another process is outside our control.
@@ -112,37 +144,81 @@ fn check_output(out: &Path, force: bool) -> Result<(), GgufError> {
         Err(_) => out.exists(),
     };
     if occupied && !force {
-        return Err(GgufError::OutputExists { path: out.to_path_buf() });
+        return Err(GgufError::OutputExists {
+            path: out.to_path_buf(),
+        });
     }
     Ok(())
 }
 
 /// Maps every tensor to its key and checks its type, shape and extent against the parameters and
 /// the file (`bytes`), before anything is dequantized.
-fn plan_tensors<'a>(gguf: &'a Gguf, bytes: &[u8], params: &LlamaParams) -> Result<Vec<Plan<'a>>, GgufError> {
-    let bad = |info: &TensorInfo, message: String| GgufError::BadTensor { path: gguf.path.clone(), tensor: info.name.clone(), message };
+fn plan_tensors<'a>(
+    gguf: &'a Gguf,
+    bytes: &[u8],
+    params: &LlamaParams,
+) -> Result<Vec<Plan<'a>>, GgufError> {
+    let bad = |info: &TensorInfo, message: String| GgufError::BadTensor {
+        path: gguf.path.clone(),
+        tensor: info.name.clone(),
+        message,
+    };
     let mut expected = expected_shapes(params);
     let mut plans = Vec::with_capacity(gguf.tensors.len());
     for info in &gguf.tensors {
-        let (key, rows) = hf_name(&info.name).ok_or_else(|| GgufError::UnknownTensor { path: gguf.path.clone(), tensor: info.name.clone() })?;
-        let ty = GgmlType::from_id(info.ggml_type).ok_or_else(|| GgufError::UnsupportedTensorType {
+        let (key, rows) = hf_name(&info.name).ok_or_else(|| GgufError::UnknownTensor {
             path: gguf.path.clone(),
             tensor: info.name.clone(),
-            type_name: type_name(info.ggml_type),
         })?;
-        let n = info.n_elements().ok_or_else(|| bad(info, format!("dimensions {:?} overflow", info.dims)))?;
-        let n_bytes = ty.n_bytes(n).ok_or_else(|| bad(info, format!("{n} elements are not whole {} blocks", type_name(info.ggml_type))))?;
+        let ty =
+            GgmlType::from_id(info.ggml_type).ok_or_else(|| GgufError::UnsupportedTensorType {
+                path: gguf.path.clone(),
+                tensor: info.name.clone(),
+                type_name: type_name(info.ggml_type),
+            })?;
+        let n = info
+            .n_elements()
+            .ok_or_else(|| bad(info, format!("dimensions {:?} overflow", info.dims)))?;
+        let n_bytes = ty.n_bytes(n).ok_or_else(|| {
+            bad(
+                info,
+                format!(
+                    "{n} elements are not whole {} blocks",
+                    type_name(info.ggml_type)
+                ),
+            )
+        })?;
         gguf.tensor_data(bytes, info, n_bytes)?;
         // Each expected key is taken once: a second tensor with the same key is caught here too.
-        let shape = expected.remove(&key).ok_or_else(|| bad(info, format!("`{key}` is unexpected, twice present, or beyond {} layers", params.num_hidden_layers)))?;
+        let shape = expected.remove(&key).ok_or_else(|| {
+            bad(
+                info,
+                format!(
+                    "`{key}` is unexpected, twice present, or beyond {} layers",
+                    params.num_hidden_layers
+                ),
+            )
+        })?;
         let found: Vec<u64> = info.dims.iter().rev().copied().collect();
         if found != shape {
-            return Err(bad(info, format!("shape {found:?} (as [out, in]), expected {shape:?} for `{key}`")));
+            return Err(bad(
+                info,
+                format!("shape {found:?} (as [out, in]), expected {shape:?} for `{key}`"),
+            ));
         }
-        plans.push(Plan { info, key, rows, ty, n_bytes });
+        plans.push(Plan {
+            info,
+            key,
+            rows,
+            ty,
+            n_bytes,
+        });
     }
     if !expected.is_empty() {
-        return Err(GgufError::MissingTensors { path: gguf.path.clone(), tensors: expected.into_keys().collect() });
+        return Err(GgufError::MissingTensors {
+            path: gguf.path.clone(),
+            tensors: expected.into_keys().collect(),
+        });
     }
     Ok(plans)
 }
@@ -150,7 +226,10 @@ fn plan_tensors<'a>(gguf: &'a Gguf, bytes: &[u8], params: &LlamaParams) -> Resul
 /// Every key a Llama checkpoint with these parameters has, with its transformers shape.
 fn expected_shapes(p: &LlamaParams) -> BTreeMap<String, Vec<u64>> {
     let (hidden, vocab, ffn) = (p.hidden_size, p.vocab_size, p.intermediate_size);
-    let (q, kv) = (p.num_attention_heads.saturating_mul(p.head_dim), p.num_key_value_heads.saturating_mul(p.head_dim));
+    let (q, kv) = (
+        p.num_attention_heads.saturating_mul(p.head_dim),
+        p.num_key_value_heads.saturating_mul(p.head_dim),
+    );
     let mut shapes = BTreeMap::from([
         ("model.embed_tokens.weight".to_string(), vec![vocab, hidden]),
         ("model.norm.weight".to_string(), vec![hidden]),
@@ -170,14 +249,28 @@ fn expected_shapes(p: &LlamaParams) -> BTreeMap<String, Vec<u64>> {
         ("mlp.down_proj", vec![hidden, ffn]),
     ];
     for layer in 0..p.num_hidden_layers {
-        shapes.extend(per_layer.iter().map(|(m, s)| (format!("model.layers.{layer}.{m}.weight"), s.clone())));
+        shapes.extend(
+            per_layer
+                .iter()
+                .map(|(m, s)| (format!("model.layers.{layer}.{m}.weight"), s.clone())),
+        );
     }
     shapes
 }
 
 /// Dequantizes one tensor, undoes the q/k row permutation and encodes it in `dtype`.
-fn convert_tensor(gguf: &Gguf, bytes: &[u8], plan: &Plan, params: &LlamaParams, dtype: Dtype) -> Result<OwnedTensor, GgufError> {
-    let bad = |message: String| GgufError::BadTensor { path: gguf.path.clone(), tensor: plan.info.name.clone(), message };
+fn convert_tensor(
+    gguf: &Gguf,
+    bytes: &[u8],
+    plan: &Plan,
+    params: &LlamaParams,
+    dtype: Dtype,
+) -> Result<OwnedTensor, GgufError> {
+    let bad = |message: String| GgufError::BadTensor {
+        path: gguf.path.clone(),
+        tensor: plan.info.name.clone(),
+        message,
+    };
     let data = gguf.tensor_data(bytes, plan.info, plan.n_bytes)?;
     let mut values = Vec::new();
     dequantize(plan.ty, data, &mut values);
@@ -191,21 +284,36 @@ fn convert_tensor(gguf: &Gguf, bytes: &[u8], plan: &Plan, params: &LlamaParams, 
         let [rows, cols] = shape[..] else {
             return Err(bad(format!("expected a matrix, found shape {shape:?}")));
         };
-        values = unpermute_rows(&values, rows, cols, heads as usize)
-            .ok_or_else(|| bad(format!("{rows} rows do not split into {heads} heads of pairs")))?;
+        values = unpermute_rows(&values, rows, cols, heads as usize).ok_or_else(|| {
+            bad(format!(
+                "{rows} rows do not split into {heads} heads of pairs"
+            ))
+        })?;
     }
-    let encoded = from_f32(dtype, &values).ok_or_else(|| bad(format!("cannot write dtype {dtype:?}")))?;
-    Ok(OwnedTensor { dtype, shape, bytes: encoded })
+    let encoded =
+        from_f32(dtype, &values).ok_or_else(|| bad(format!("cannot write dtype {dtype:?}")))?;
+    Ok(OwnedTensor {
+        dtype,
+        shape,
+        bytes: encoded,
+    })
 }
 
 /// Writes the folder as `.NAME.tmp-PID` beside `out`, then renames it into place (replacing an
 /// existing `out` only after the new one is complete).
-fn write_folder(out: &Path, files: &[(&str, Vec<u8>)], tensors: &[(String, OwnedTensor)]) -> Result<(), GgufError> {
+fn write_folder(
+    out: &Path,
+    files: &[(&str, Vec<u8>)],
+    tensors: &[(String, OwnedTensor)],
+) -> Result<(), GgufError> {
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |cause| GgufError::Io { path, cause }
@@ -241,7 +349,10 @@ fn swap_into_place(tmp: &Path, out: &Path, parent: &Path, name: &str) -> Result<
     fs::rename(out, &old).map_err(io(out))?;
     if let Err(cause) = fs::rename(tmp, out) {
         let _ = fs::rename(&old, out);
-        return Err(GgufError::Io { path: out.to_path_buf(), cause });
+        return Err(GgufError::Io {
+            path: out.to_path_buf(),
+            cause,
+        });
     }
     fs::remove_dir_all(&old).map_err(io(&old))
 }

@@ -46,7 +46,9 @@ impl GgmlType {
     /// Bytes taken by `n` elements; `None` when `n` is not a whole number of blocks or overflows.
     pub fn n_bytes(self, n: u64) -> Option<u64> {
         let (block, size) = self.block();
-        (n % block as u64 == 0).then(|| (n / block as u64).checked_mul(size as u64)).flatten()
+        (n % block as u64 == 0)
+            .then(|| (n / block as u64).checked_mul(size as u64))
+            .flatten()
     }
 }
 
@@ -152,7 +154,10 @@ mod tests {
 
     #[test]
     fn f32_f16_and_bf16_values_decode_to_themselves() {
-        let f32s: Vec<u8> = [1.5f32, -0.25].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f32s: Vec<u8> = [1.5f32, -0.25]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         assert_eq!(run(GgmlType::F32, &f32s), [1.5, -0.25]);
         // f16 0x3C00 = 1.0, 0xC000 = -2.0; bf16 0x3FC0 = 1.5, 0xBE80 = -0.25
         assert_eq!(run(GgmlType::F16, &[0x00, 0x3C, 0x00, 0xC0]), [1.0, -2.0]);
@@ -197,7 +202,11 @@ mod tests {
     #[case(GgmlType::Q8_0, 32, Some(34))]
     #[case(GgmlType::Q8_0, 33, None)]
     #[case(GgmlType::F16, 3, Some(6))]
-    fn byte_sizes_follow_ggml_block_sizes(#[case] ty: GgmlType, #[case] n: u64, #[case] bytes: Option<u64>) {
+    fn byte_sizes_follow_ggml_block_sizes(
+        #[case] ty: GgmlType,
+        #[case] n: u64,
+        #[case] bytes: Option<u64>,
+    ) {
         assert_eq!(ty.n_bytes(n), bytes);
     }
 

@@ -74,16 +74,52 @@ mod tests {
     #[case("token_embd.weight", "model.embed_tokens.weight", Rows::AsIs)]
     #[case("output_norm.weight", "model.norm.weight", Rows::AsIs)]
     #[case("output.weight", "lm_head.weight", Rows::AsIs)]
-    #[case("blk.0.attn_norm.weight", "model.layers.0.input_layernorm.weight", Rows::AsIs)]
-    #[case("blk.12.attn_q.weight", "model.layers.12.self_attn.q_proj.weight", Rows::QueryHeads)]
-    #[case("blk.3.attn_k.weight", "model.layers.3.self_attn.k_proj.weight", Rows::KvHeads)]
-    #[case("blk.3.attn_v.weight", "model.layers.3.self_attn.v_proj.weight", Rows::AsIs)]
-    #[case("blk.3.attn_output.weight", "model.layers.3.self_attn.o_proj.weight", Rows::AsIs)]
-    #[case("blk.1.ffn_norm.weight", "model.layers.1.post_attention_layernorm.weight", Rows::AsIs)]
-    #[case("blk.1.ffn_gate.weight", "model.layers.1.mlp.gate_proj.weight", Rows::AsIs)]
+    #[case(
+        "blk.0.attn_norm.weight",
+        "model.layers.0.input_layernorm.weight",
+        Rows::AsIs
+    )]
+    #[case(
+        "blk.12.attn_q.weight",
+        "model.layers.12.self_attn.q_proj.weight",
+        Rows::QueryHeads
+    )]
+    #[case(
+        "blk.3.attn_k.weight",
+        "model.layers.3.self_attn.k_proj.weight",
+        Rows::KvHeads
+    )]
+    #[case(
+        "blk.3.attn_v.weight",
+        "model.layers.3.self_attn.v_proj.weight",
+        Rows::AsIs
+    )]
+    #[case(
+        "blk.3.attn_output.weight",
+        "model.layers.3.self_attn.o_proj.weight",
+        Rows::AsIs
+    )]
+    #[case(
+        "blk.1.ffn_norm.weight",
+        "model.layers.1.post_attention_layernorm.weight",
+        Rows::AsIs
+    )]
+    #[case(
+        "blk.1.ffn_gate.weight",
+        "model.layers.1.mlp.gate_proj.weight",
+        Rows::AsIs
+    )]
     #[case("blk.1.ffn_up.weight", "model.layers.1.mlp.up_proj.weight", Rows::AsIs)]
-    #[case("blk.1.ffn_down.weight", "model.layers.1.mlp.down_proj.weight", Rows::AsIs)]
-    fn llama_cpp_names_map_to_transformers_keys(#[case] gguf: &str, #[case] hf: &str, #[case] rows: Rows) {
+    #[case(
+        "blk.1.ffn_down.weight",
+        "model.layers.1.mlp.down_proj.weight",
+        Rows::AsIs
+    )]
+    fn llama_cpp_names_map_to_transformers_keys(
+        #[case] gguf: &str,
+        #[case] hf: &str,
+        #[case] rows: Rows,
+    ) {
         assert_eq!(hf_name(gguf), Some((hf.to_string(), rows)));
     }
 
@@ -122,7 +158,10 @@ mod tests {
     #[test]
     fn unpermuting_one_head_deinterleaves_even_and_odd_rows() {
         // Stored rows (one column) r0 r1 r2 r3 are pairs (r0, r1), (r2, r3): HF order is r0 r2 r1 r3.
-        assert_eq!(unpermute_rows(&[0.0, 1.0, 2.0, 3.0], 4, 1, 1).unwrap(), [0.0, 2.0, 1.0, 3.0]);
+        assert_eq!(
+            unpermute_rows(&[0.0, 1.0, 2.0, 3.0], 4, 1, 1).unwrap(),
+            [0.0, 2.0, 1.0, 3.0]
+        );
     }
 
     #[test]

@@ -117,7 +117,9 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// Number of elements, `None` on overflow.
     pub fn n_elements(&self) -> Option<u64> {
-        self.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        self.dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
     }
 
     /// The PyTorch shape: ggml's dims reversed.
@@ -142,35 +144,55 @@ pub struct Gguf {
 impl Gguf {
     /// Parses the header of `bytes`, the whole content of the file at `path` (named in errors).
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, GgufError> {
-        let mut cur = Cursor { bytes, pos: 0, path };
+        let mut cur = Cursor {
+            bytes,
+            pos: 0,
+            path,
+        };
         let magic = cur.take(4, "magic").map_err(|_| not_gguf(path, bytes))?;
         if magic != b"GGUF" {
             return Err(not_gguf(path, bytes));
         }
         let version = cur.u32("version")?;
         if !(2..=3).contains(&version) {
-            return Err(GgufError::UnsupportedVersion { path: path.to_path_buf(), version });
+            return Err(GgufError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                version,
+            });
         }
         let tensor_count = cur.u64("tensor count")?;
         let kv_count = cur.u64("metadata count")?;
         // Each KV takes at least 8 (key length) + 4 (type) + 1 bytes; each tensor info at least 8 + 4 + 4 + 8.
-        let mut metadata = Vec::with_capacity(cur.bounded_capacity(kv_count, 13, "metadata count")?);
+        let mut metadata =
+            Vec::with_capacity(cur.bounded_capacity(kv_count, 13, "metadata count")?);
         for _ in 0..kv_count {
             let key = cur.string("metadata key")?;
             let value_type = cur.u32(&format!("type of `{key}`"))?;
             let value = cur.value(value_type, &key, 0)?;
             metadata.push((key, value));
         }
-        let mut tensors = Vec::with_capacity(cur.bounded_capacity(tensor_count, 24, "tensor count")?);
+        let mut tensors =
+            Vec::with_capacity(cur.bounded_capacity(tensor_count, 24, "tensor count")?);
         for _ in 0..tensor_count {
             tensors.push(cur.tensor_info()?);
         }
-        let mut gguf = Gguf { path: path.to_path_buf(), version, metadata, tensors, alignment: DEFAULT_ALIGNMENT, data_offset: 0 };
+        let mut gguf = Gguf {
+            path: path.to_path_buf(),
+            version,
+            metadata,
+            tensors,
+            alignment: DEFAULT_ALIGNMENT,
+            data_offset: 0,
+        };
         gguf.alignment = match gguf.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_u64() {
                 Some(a) if a > 0 && a.is_power_of_two() => a,
-                _ => return Err(gguf.invalid(format!("general.alignment must be a power of two, found {v:?}"))),
+                _ => {
+                    return Err(gguf.invalid(format!(
+                        "general.alignment must be a power of two, found {v:?}"
+                    )))
+                }
             },
         };
         // The data section starts at the next multiple of the alignment (gguf-py: `offs += ...`).
@@ -192,17 +214,29 @@ impl Gguf {
 
     /// An optional unsigned integer value; present with another type is an error.
     pub fn get_u64(&self, key: &str) -> Result<Option<u64>, GgufError> {
-        self.get(key).map(|v| v.as_u64().ok_or_else(|| self.wrong_type(key, "an unsigned integer", v))).transpose()
+        self.get(key)
+            .map(|v| {
+                v.as_u64()
+                    .ok_or_else(|| self.wrong_type(key, "an unsigned integer", v))
+            })
+            .transpose()
     }
 
     /// An optional number.
     pub fn get_f64(&self, key: &str) -> Result<Option<f64>, GgufError> {
-        self.get(key).map(|v| v.as_f64().ok_or_else(|| self.wrong_type(key, "a number", v))).transpose()
+        self.get(key)
+            .map(|v| {
+                v.as_f64()
+                    .ok_or_else(|| self.wrong_type(key, "a number", v))
+            })
+            .transpose()
     }
 
     /// An optional boolean.
     pub fn get_bool(&self, key: &str) -> Result<Option<bool>, GgufError> {
-        self.get(key).map(|v| v.as_bool().ok_or_else(|| self.wrong_type(key, "BOOL", v))).transpose()
+        self.get(key)
+            .map(|v| v.as_bool().ok_or_else(|| self.wrong_type(key, "BOOL", v)))
+            .transpose()
     }
 
     /// An optional array.
@@ -215,34 +249,56 @@ impl Gguf {
     }
 
     pub fn require(&self, key: &str) -> Result<&Value, GgufError> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey { path: self.path.clone(), key: key.to_string() })
+        self.get(key).ok_or_else(|| GgufError::MissingKey {
+            path: self.path.clone(),
+            key: key.to_string(),
+        })
     }
 
     /// The bytes of tensor `info` inside `bytes` (the whole file), after checking they lie within it.
-    pub fn tensor_data<'a>(&self, bytes: &'a [u8], info: &TensorInfo, n_bytes: u64) -> Result<&'a [u8], GgufError> {
+    pub fn tensor_data<'a>(
+        &self,
+        bytes: &'a [u8],
+        info: &TensorInfo,
+        n_bytes: u64,
+    ) -> Result<&'a [u8], GgufError> {
         let start = self.data_offset.checked_add(info.offset);
         let end = start.and_then(|s| s.checked_add(n_bytes));
         match (start, end) {
             (Some(s), Some(e)) if e <= bytes.len() as u64 => Ok(&bytes[s as usize..e as usize]),
             _ => Err(GgufError::Truncated {
                 path: self.path.clone(),
-                what: format!("data of tensor `{}` ({n_bytes} bytes at data offset {})", info.name, info.offset),
+                what: format!(
+                    "data of tensor `{}` ({n_bytes} bytes at data offset {})",
+                    info.name, info.offset
+                ),
                 offset: self.data_offset.saturating_add(info.offset),
             }),
         }
     }
 
     pub fn invalid(&self, message: String) -> GgufError {
-        GgufError::Invalid { path: self.path.clone(), message }
+        GgufError::Invalid {
+            path: self.path.clone(),
+            message,
+        }
     }
 
     fn wrong_type(&self, key: &str, expected: &'static str, found: &Value) -> GgufError {
-        GgufError::WrongKeyType { path: self.path.clone(), key: key.to_string(), expected, found: found.type_name() }
+        GgufError::WrongKeyType {
+            path: self.path.clone(),
+            key: key.to_string(),
+            expected,
+            found: found.type_name(),
+        }
     }
 }
 
 fn not_gguf(path: &Path, bytes: &[u8]) -> GgufError {
-    GgufError::NotGguf { path: path.to_path_buf(), magic: bytes.iter().take(4).copied().collect() }
+    GgufError::NotGguf {
+        path: path.to_path_buf(),
+        magic: bytes.iter().take(4).copied().collect(),
+    }
 }
 
 /// A bounds-checked little-endian reader over the file bytes.
@@ -258,7 +314,11 @@ impl<'a> Cursor<'a> {
     }
 
     fn truncated(&self, what: &str) -> GgufError {
-        GgufError::Truncated { path: self.path.to_path_buf(), what: what.to_string(), offset: self.pos as u64 }
+        GgufError::Truncated {
+            path: self.path.to_path_buf(),
+            what: what.to_string(),
+            offset: self.pos as u64,
+        }
     }
 
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], GgufError> {
@@ -291,7 +351,10 @@ impl<'a> Cursor<'a> {
             Some(n) if n <= self.remaining() as u64 => Ok(count.min(1 << 16) as usize),
             _ => Err(GgufError::Truncated {
                 path: self.path.to_path_buf(),
-                what: format!("{what} {count} does not fit in the {} bytes left", self.remaining()),
+                what: format!(
+                    "{what} {count} does not fit in the {} bytes left",
+                    self.remaining()
+                ),
                 offset: self.pos as u64,
             }),
         }
@@ -335,7 +398,10 @@ impl<'a> Cursor<'a> {
 
     fn array_value(&mut self, key: &str, depth: u32) -> Result<Value, GgufError> {
         if depth >= MAX_NESTING {
-            return Err(GgufError::Invalid { path: self.path.to_path_buf(), message: format!("metadata `{key}`: arrays nested too deeply") });
+            return Err(GgufError::Invalid {
+                path: self.path.to_path_buf(),
+                message: format!("metadata `{key}`: arrays nested too deeply"),
+            });
         }
         let elem_type = self.u32(&format!("array type of `{key}`"))?;
         let count = self.u64(&format!("array length of `{key}`"))?;
@@ -347,7 +413,11 @@ impl<'a> Cursor<'a> {
             9 => 12,
             _ => 1,
         };
-        let mut items = Vec::with_capacity(self.bounded_capacity(count, min_size, &format!("array length of `{key}`"))?);
+        let mut items = Vec::with_capacity(self.bounded_capacity(
+            count,
+            min_size,
+            &format!("array length of `{key}`"),
+        )?);
         for _ in 0..count {
             items.push(self.value(elem_type, key, depth + 1)?);
         }
@@ -360,12 +430,21 @@ impl<'a> Cursor<'a> {
         if n_dims == 0 || n_dims > MAX_DIMS {
             return Err(GgufError::Invalid {
                 path: self.path.to_path_buf(),
-                message: format!("tensor `{name}` has {n_dims} dimensions (expected 1 to {MAX_DIMS})"),
+                message: format!(
+                    "tensor `{name}` has {n_dims} dimensions (expected 1 to {MAX_DIMS})"
+                ),
             });
         }
-        let dims = (0..n_dims).map(|_| self.u64(&format!("dimensions of tensor `{name}`"))).collect::<Result<Vec<_>, _>>()?;
+        let dims = (0..n_dims)
+            .map(|_| self.u64(&format!("dimensions of tensor `{name}`")))
+            .collect::<Result<Vec<_>, _>>()?;
         let ggml_type = self.u32(&format!("type of tensor `{name}`"))?;
         let offset = self.u64(&format!("offset of tensor `{name}`"))?;
-        Ok(TensorInfo { name, dims, ggml_type, offset })
+        Ok(TensorInfo {
+            name,
+            dims,
+            ggml_type,
+            offset,
+        })
     }
 }

@@ -42,9 +42,15 @@ pub fn merges_from_scores(tokens: &[String], scores: &[f32]) -> Vec<(String, Str
     // A stable sort, descending: Python's `sorted(..., reverse=True)` keeps ties in order too.
     merges.sort_by(|a, b| {
         let (ka, kb) = (key(a), key(b));
-        kb.0.total_cmp(&ka.0).then(kb.1.cmp(&ka.1)).then(kb.2.cmp(&ka.2)).then(Ordering::Equal)
+        kb.0.total_cmp(&ka.0)
+            .then(kb.1.cmp(&ka.1))
+            .then(kb.2.cmp(&ka.2))
+            .then(Ordering::Equal)
     });
-    merges.into_iter().map(|(l, r, _)| (l.to_string(), r.to_string())).collect()
+    merges
+        .into_iter()
+        .map(|(l, r, _)| (l.to_string(), r.to_string()))
+        .collect()
 }
 
 /// `LlamaTokenizer`'s pre-tokenizer with `add_prefix_space=True, legacy=False`.
@@ -87,7 +93,10 @@ mod tests {
     use super::*;
 
     fn merges(tokens: &[&str], scores: &[f32]) -> Vec<(String, String)> {
-        merges_from_scores(&tokens.iter().map(|t| t.to_string()).collect::<Vec<_>>(), scores)
+        merges_from_scores(
+            &tokens.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            scores,
+        )
     }
 
     #[test]
@@ -100,7 +109,13 @@ mod tests {
     #[test]
     fn equal_scores_put_longer_left_halves_first() {
         // "abc" splits as a + bc and ab + c at one score: (ab, c) has the longer left half.
-        let got = merges(&["a", "b", "c", "ab", "bc", "abc"], &[0.0, 0.0, 0.0, -5.0, -5.0, -1.0]);
-        assert_eq!(got[..2], [("ab".into(), "c".into()), ("a".into(), "bc".into())]);
+        let got = merges(
+            &["a", "b", "c", "ab", "bc", "abc"],
+            &[0.0, 0.0, 0.0, -5.0, -5.0, -1.0],
+        );
+        assert_eq!(
+            got[..2],
+            [("ab".into(), "c".into()), ("a".into(), "bc".into())]
+        );
     }
 }

@@ -22,7 +22,11 @@ impl OwnedTensor {
     /// An f32 tensor from host values.
     pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Self {
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Self { dtype: Dtype::F32, shape, bytes }
+        Self {
+            dtype: Dtype::F32,
+            shape,
+            bytes,
+        }
     }
 }
 
@@ -43,12 +47,18 @@ impl View for &OwnedTensor {
 
 /// The temporary sibling used while `path` is being written.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> WriteError {
-    WriteError::Io { path: path.to_path_buf(), source }
+    WriteError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes `bytes` to `path` atomically.
@@ -92,7 +102,10 @@ fn readable(tmp: &Path) -> std::io::Result<()> {
 
 /// Renames `tmp` into place on success; removes it on failure.
 pub fn finish(tmp: &Path, path: &Path, result: std::io::Result<()>) -> Result<(), WriteError> {
-    match result.and_then(|_| readable(tmp)).and_then(|_| fs::rename(tmp, path)) {
+    match result
+        .and_then(|_| readable(tmp))
+        .and_then(|_| fs::rename(tmp, path))
+    {
         Ok(()) => Ok(()),
         Err(e) => {
             let _ = fs::remove_file(tmp);

@@ -17,11 +17,14 @@ use crate::io::dtype;
 
 /// `pytorch_model.bin`, its index, or shards such as ChatGLM's `pytorch_model-00001-of-00007.bin`.
 fn has_pickle_weights(dir: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
     entries.filter_map(Result::ok).any(|e| {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        name.starts_with("pytorch_model") && (name.ends_with(".bin") || name.ends_with(".bin.index.json"))
+        name.starts_with("pytorch_model")
+            && (name.ends_with(".bin") || name.ends_with(".bin.index.json"))
     })
 }
 
@@ -69,9 +72,14 @@ impl Checkpoint {
             return Self::open_files(&[single]);
         }
         if has_pickle_weights(dir) {
-            return Err(LoadError::PickleCheckpoint { dir: dir.to_path_buf() });
+            return Err(LoadError::PickleCheckpoint {
+                dir: dir.to_path_buf(),
+            });
         }
-        Err(LoadError::MissingFile { path: single, what: "model weights (model.safetensors or its index)" })
+        Err(LoadError::MissingFile {
+            path: single,
+            what: "model weights (model.safetensors or its index)",
+        })
     }
 
     /// Opens the shards named by a `model.safetensors.index.json`, checking that each tensor is
@@ -85,16 +93,27 @@ impl Checkpoint {
         let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
         for path in &paths {
             if !path.is_file() {
-                return Err(LoadError::MissingFile { path: path.clone(), what: "a shard named in the index" });
+                return Err(LoadError::MissingFile {
+                    path: path.clone(),
+                    what: "a shard named in the index",
+                });
             }
         }
         let checkpoint = Self::open_files(&paths)?;
         for (tensor, file) in &index.weight_map {
             let Some(entry) = checkpoint.entries.get(tensor) else {
-                return Err(LoadError::IndexMismatch { index: index_path.to_path_buf(), tensor: tensor.clone(), file: file.clone() });
+                return Err(LoadError::IndexMismatch {
+                    index: index_path.to_path_buf(),
+                    tensor: tensor.clone(),
+                    file: file.clone(),
+                });
             };
             if checkpoint.shards[entry.shard].path != dir.join(file) {
-                return Err(LoadError::IndexMismatch { index: index_path.to_path_buf(), tensor: tensor.clone(), file: file.clone() });
+                return Err(LoadError::IndexMismatch {
+                    index: index_path.to_path_buf(),
+                    tensor: tensor.clone(),
+                    file: file.clone(),
+                });
             }
         }
         Ok(checkpoint)
@@ -105,15 +124,28 @@ impl Checkpoint {
         let mut shards = Vec::new();
         let mut entries = BTreeMap::new();
         for (i, path) in paths.iter().enumerate() {
-            let file = File::open(path).map_err(|source| LoadError::Io { path: path.clone(), source })?;
+            let file = File::open(path).map_err(|source| LoadError::Io {
+                path: path.clone(),
+                source,
+            })?;
             // SAFETY: the map is read-only; a file changed underneath us is the user's race, as in
             // every mmap-based loader (safetensors, transformers).
-            let map = unsafe { Mmap::map(&file) }.map_err(|source| LoadError::Io { path: path.clone(), source })?;
-            let (header_len, metadata) = SafeTensors::read_metadata(&map)
-                .map_err(|e| LoadError::Safetensors { path: path.clone(), message: e.to_string() })?;
+            let map = unsafe { Mmap::map(&file) }.map_err(|source| LoadError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let (header_len, metadata) =
+                SafeTensors::read_metadata(&map).map_err(|e| LoadError::Safetensors {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
             let base = 8 + header_len;
             collect_entries(&metadata, i, base, &mut entries, path)?;
-            shards.push(Shard { path: path.clone(), metadata: metadata.metadata().clone(), map });
+            shards.push(Shard {
+                path: path.clone(),
+                metadata: metadata.metadata().clone(),
+                map,
+            });
         }
         Ok(Self { shards, entries })
     }
@@ -150,11 +182,18 @@ impl Checkpoint {
 
     /// Reads a float tensor as f32 values with its shape.
     pub fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), LoadError> {
-        let entry = self.entries.get(name).ok_or_else(|| LoadError::MissingTensor { tensor: name.to_string() })?;
-        let values = dtype::to_f32(entry.dtype, self.bytes(entry)).ok_or_else(|| LoadError::UnsupportedDtype {
-            path: self.shard_path(entry).to_path_buf(),
-            tensor: name.to_string(),
-            dtype: format!("{:?}", entry.dtype),
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                tensor: name.to_string(),
+            })?;
+        let values = dtype::to_f32(entry.dtype, self.bytes(entry)).ok_or_else(|| {
+            LoadError::UnsupportedDtype {
+                path: self.shard_path(entry).to_path_buf(),
+                tensor: name.to_string(),
+                dtype: format!("{:?}", entry.dtype),
+            }
         })?;
         self.release(entry);
         Ok((values, entry.shape.clone()))
@@ -170,7 +209,13 @@ impl Checkpoint {
             // SAFETY: a read-only, file-backed mapping: MADV_DONTNEED only drops our page-table
             // entries and later reads fault the same file contents back in; no borrowed slice can
             // observe different bytes. memmap2 aligns the range to pages.
-            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, entry.range.start, entry.range.len()) };
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    entry.range.start,
+                    entry.range.len(),
+                )
+            };
         }
     }
 
@@ -178,18 +223,29 @@ impl Checkpoint {
     pub fn read_f32_shaped(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, LoadError> {
         let (values, shape) = self.read_f32(name)?;
         if shape != expected {
-            return Err(LoadError::ShapeMismatch { tensor: name.to_string(), expected: expected.to_vec(), actual: shape });
+            return Err(LoadError::ShapeMismatch {
+                tensor: name.to_string(),
+                expected: expected.to_vec(),
+                actual: shape,
+            });
         }
         Ok(values)
     }
 
     /// Reads an integer tensor (I64 or I32) as i64 values with its shape.
     pub fn read_i64(&self, name: &str) -> Result<(Vec<i64>, Vec<usize>), LoadError> {
-        let entry = self.entries.get(name).ok_or_else(|| LoadError::MissingTensor { tensor: name.to_string() })?;
-        let values = dtype::to_i64(entry.dtype, self.bytes(entry)).ok_or_else(|| LoadError::UnsupportedDtype {
-            path: self.shard_path(entry).to_path_buf(),
-            tensor: name.to_string(),
-            dtype: format!("{:?}", entry.dtype),
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                tensor: name.to_string(),
+            })?;
+        let values = dtype::to_i64(entry.dtype, self.bytes(entry)).ok_or_else(|| {
+            LoadError::UnsupportedDtype {
+                path: self.shard_path(entry).to_path_buf(),
+                tensor: name.to_string(),
+                dtype: format!("{:?}", entry.dtype),
+            }
         })?;
         Ok((values, entry.shape.clone()))
     }
@@ -212,7 +268,10 @@ fn collect_entries(
             range: base + start..base + end,
         };
         if entries.insert(name.clone(), entry).is_some() {
-            return Err(LoadError::DuplicateTensor { path: path.to_path_buf(), tensor: name });
+            return Err(LoadError::DuplicateTensor {
+                path: path.to_path_buf(),
+                tensor: name,
+            });
         }
     }
     Ok(())

@@ -50,7 +50,9 @@ const SUFFIXES: &[(&str, Param)] = &[
 /// Splits an adapter key into (module path, parameter).
 pub fn classify(key: &str) -> Option<(&str, Param)> {
     let rest = key.strip_prefix(KEY_PREFIX)?;
-    SUFFIXES.iter().find_map(|(suffix, param)| rest.strip_suffix(suffix).map(|module| (module, *param)))
+    SUFFIXES
+        .iter()
+        .find_map(|(suffix, param)| rest.strip_suffix(suffix).map(|module| (module, *param)))
 }
 
 /// A loaded adapter: config, weights and `module path -> {param -> adapter key}`.
@@ -72,37 +74,70 @@ impl Adapter {
     pub fn load(dir: &Path) -> Result<Self, MergeError> {
         let config = AdapterConfig::load_dir(dir)?;
         if let Method::PromptLearning(t) = config.method {
-            return Err(MergeError::NotMergeable { dir: dir.to_path_buf(), peft_type: t.as_str().into(), reason: PROMPT_REASON });
+            return Err(MergeError::NotMergeable {
+                dir: dir.to_path_buf(),
+                peft_type: t.as_str().into(),
+                reason: PROMPT_REASON,
+            });
         }
         let file = dir.join(WEIGHTS_FILE);
         if !file.is_file() {
             if dir.join("adapter_model.bin").is_file() {
-                return Err(LoadError::PickleCheckpoint { dir: dir.to_path_buf() }.into());
+                return Err(LoadError::PickleCheckpoint {
+                    dir: dir.to_path_buf(),
+                }
+                .into());
             }
-            return Err(LoadError::MissingFile { path: file, what: "adapter weights" }.into());
+            return Err(LoadError::MissingFile {
+                path: file,
+                what: "adapter weights",
+            }
+            .into());
         }
         let weights = Checkpoint::open_files(std::slice::from_ref(&file))?;
         let mut modules: BTreeMap<String, BTreeMap<Param, String>> = BTreeMap::new();
         for entry in weights.entries() {
             let (module, param) =
-                classify(&entry.name).ok_or_else(|| MergeError::UnknownAdapterKey { file: file.clone(), key: entry.name.clone() })?;
-            modules.entry(module.to_string()).or_default().insert(param, entry.name.clone());
+                classify(&entry.name).ok_or_else(|| MergeError::UnknownAdapterKey {
+                    file: file.clone(),
+                    key: entry.name.clone(),
+                })?;
+            modules
+                .entry(module.to_string())
+                .or_default()
+                .insert(param, entry.name.clone());
         }
-        Ok(Self { dir: dir.to_path_buf(), file, config, weights, modules })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            file,
+            config,
+            weights,
+            modules,
+        })
     }
 
     /// Shape of an adapter tensor (present by construction of `modules`).
     pub fn shape(&self, key: &str) -> Vec<usize> {
-        self.weights.get(key).map(|e| e.shape.clone()).unwrap_or_default()
+        self.weights
+            .get(key)
+            .map(|e| e.shape.clone())
+            .unwrap_or_default()
     }
 
     /// Reads an adapter tensor as f32.
     pub fn read(&self, key: &str) -> Result<Vec<f32>, MergeError> {
-        let entry = self.weights.get(key).ok_or_else(|| LoadError::MissingTensor { tensor: key.to_string() })?;
-        crate::io::dtype::to_f32(entry.dtype, self.weights.bytes(entry)).ok_or_else(|| MergeError::NotFloat {
-            file: self.file.clone(),
-            tensor: key.to_string(),
-            dtype: format!("{:?}", entry.dtype),
+        let entry = self
+            .weights
+            .get(key)
+            .ok_or_else(|| LoadError::MissingTensor {
+                tensor: key.to_string(),
+            })?;
+        crate::io::dtype::to_f32(entry.dtype, self.weights.bytes(entry)).ok_or_else(|| {
+            MergeError::NotFloat {
+                file: self.file.clone(),
+                tensor: key.to_string(),
+                dtype: format!("{:?}", entry.dtype),
+            }
         })
     }
 }
@@ -114,9 +149,18 @@ mod tests {
     #[test]
     fn keys_split_into_module_and_parameter() {
         let k = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
-        assert_eq!(classify(k), Some(("model.layers.0.self_attn.q_proj", Param::A)));
-        assert_eq!(classify("base_model.model.model.layers.1.mlp.up_proj.lora_E"), Some(("model.layers.1.mlp.up_proj", Param::E)));
-        assert_eq!(classify("base_model.model.x.lora_magnitude_vector"), Some(("x", Param::Magnitude)));
+        assert_eq!(
+            classify(k),
+            Some(("model.layers.0.self_attn.q_proj", Param::A))
+        );
+        assert_eq!(
+            classify("base_model.model.model.layers.1.mlp.up_proj.lora_E"),
+            Some(("model.layers.1.mlp.up_proj", Param::E))
+        );
+        assert_eq!(
+            classify("base_model.model.x.lora_magnitude_vector"),
+            Some(("x", Param::Magnitude))
+        );
         assert_eq!(classify("base_model.model.lm_head.weight"), None);
         assert_eq!(classify("model.layers.0.q_proj.lora_A.weight"), None);
     }

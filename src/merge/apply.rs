@@ -18,25 +18,55 @@ use crate::merge::stream::Reader;
 const CHUNK: usize = 16 << 20;
 
 fn not_float(plan: &MergePlan, t: &OutTensor, dtype: Dtype) -> MergeError {
-    let file = plan.base.get(&t.source).map(|e| plan.base.shard_path(e).to_path_buf()).unwrap_or_default();
-    MergeError::NotFloat { file, tensor: t.source.clone(), dtype: format!("{dtype:?}") }
+    let file = plan
+        .base
+        .get(&t.source)
+        .map(|e| plan.base.shard_path(e).to_path_buf())
+        .unwrap_or_default();
+    MergeError::NotFloat {
+        file,
+        tensor: t.source.clone(),
+        dtype: format!("{dtype:?}"),
+    }
 }
 
 /// Writes the bytes of `t` to `out`.
-pub fn write_tensor(plan: &MergePlan, reader: &mut Reader, t: &OutTensor, out: &mut dyn Write) -> Result<(), MergeError> {
-    let entry = plan.base.get(&t.source).ok_or_else(|| crate::error::LoadError::MissingTensor { tensor: t.source.clone() })?;
+pub fn write_tensor(
+    plan: &MergePlan,
+    reader: &mut Reader,
+    t: &OutTensor,
+    out: &mut dyn Write,
+) -> Result<(), MergeError> {
+    let entry = plan
+        .base
+        .get(&t.source)
+        .ok_or_else(|| crate::error::LoadError::MissingTensor {
+            tensor: t.source.clone(),
+        })?;
     let path = plan.base.shard_path(entry).to_path_buf();
-    let io = |source| MergeError::Io { path: plan.options.out.clone(), source };
+    let io = |source| MergeError::Io {
+        path: plan.options.out.clone(),
+        source,
+    };
     if let Some(patches) = plan.patches.get(&t.name) {
         let mut raw = vec![0u8; entry.range.len()];
         reader.read(&path, entry.range.start, &mut raw)?;
-        let mut values = dtype::to_f32(entry.dtype, &raw).ok_or_else(|| not_float(plan, t, entry.dtype))?;
+        let mut values =
+            dtype::to_f32(entry.dtype, &raw).ok_or_else(|| not_float(plan, t, entry.dtype))?;
         drop(raw);
         for patch in patches {
-            apply_patch(&plan.adapters[patch.adapter], patch, &mut values, &entry.shape, plan.options.scale)?;
+            apply_patch(
+                &plan.adapters[patch.adapter],
+                patch,
+                &mut values,
+                &entry.shape,
+                plan.options.scale,
+            )?;
         }
         if values.iter().any(|v| !v.is_finite()) {
-            return Err(MergeError::NonFinite { tensor: t.name.clone() });
+            return Err(MergeError::NonFinite {
+                tensor: t.name.clone(),
+            });
         }
         let bytes = dtype::from_f32(t.dtype, &values).ok_or_else(|| not_float(plan, t, t.dtype))?;
         return out.write_all(&bytes).map_err(io);
@@ -51,8 +81,10 @@ pub fn write_tensor(plan: &MergePlan, reader: &mut Reader, t: &OutTensor, out: &
         if t.dtype == entry.dtype {
             out.write_all(&buf[..n]).map_err(io)?;
         } else {
-            let values = dtype::to_f32(entry.dtype, &buf[..n]).ok_or_else(|| not_float(plan, t, entry.dtype))?;
-            let bytes = dtype::from_f32(t.dtype, &values).ok_or_else(|| not_float(plan, t, t.dtype))?;
+            let values = dtype::to_f32(entry.dtype, &buf[..n])
+                .ok_or_else(|| not_float(plan, t, entry.dtype))?;
+            let bytes =
+                dtype::from_f32(t.dtype, &values).ok_or_else(|| not_float(plan, t, t.dtype))?;
             out.write_all(&bytes).map_err(io)?;
         }
         pos += n;
@@ -61,30 +93,76 @@ pub fn write_tensor(plan: &MergePlan, reader: &mut Reader, t: &OutTensor, out: &
 }
 
 /// Applies one fold to `w` (shape [out, in], or [out] for a bias), weighted by `strength`.
-fn apply_patch(adapter: &Adapter, patch: &Patch, w: &mut [f32], shape: &[usize], strength: f32) -> Result<(), MergeError> {
+fn apply_patch(
+    adapter: &Adapter,
+    patch: &Patch,
+    w: &mut [f32],
+    shape: &[usize],
+    strength: f32,
+) -> Result<(), MergeError> {
     let cols = shape.get(1).copied().unwrap_or(1);
     match &patch.fold {
         Fold::LowRank { a, b, s } => {
             let (a, b) = (adapter.read(a)?, adapter.read(b)?);
             let r = a.len() / cols;
-            delta::add_low_rank(w, cols, &LowRank { a: &a, b: &b, r, s: s * strength });
+            delta::add_low_rank(
+                w,
+                cols,
+                &LowRank {
+                    a: &a,
+                    b: &b,
+                    r,
+                    s: s * strength,
+                },
+            );
         }
         Fold::AdaLora { a, b, e, s } => {
             let (a, b, e) = (adapter.read(a)?, adapter.read(b)?, adapter.read(e)?);
             let ae = delta::fold_singular_values(&a, &e, cols);
-            delta::add_low_rank(w, cols, &LowRank { a: &ae, b: &b, r: e.len(), s: s * strength });
+            delta::add_low_rank(
+                w,
+                cols,
+                &LowRank {
+                    a: &ae,
+                    b: &b,
+                    r: e.len(),
+                    s: s * strength,
+                },
+            );
         }
         Fold::Dora { a, b, magnitude, s } => {
             let (a, b, m) = (adapter.read(a)?, adapter.read(b)?, adapter.read(magnitude)?);
             let r = a.len() / cols;
-            delta::dora(w, cols, &LowRank { a: &a, b: &b, r, s: *s }, &m, strength);
+            delta::dora(
+                w,
+                cols,
+                &LowRank {
+                    a: &a,
+                    b: &b,
+                    r,
+                    s: *s,
+                },
+                &m,
+                strength,
+            );
         }
         Fold::Embedding { a, b, s } => {
             let (a, b) = (adapter.read(a)?, adapter.read(b)?);
             let r = b.len() / cols;
-            delta::add_embedding_low_rank(w, cols, &LowRank { a: &a, b: &b, r, s: s * strength });
+            delta::add_embedding_low_rank(
+                w,
+                cols,
+                &LowRank {
+                    a: &a,
+                    b: &b,
+                    r,
+                    s: s * strength,
+                },
+            );
         }
-        Fold::Ia3 { l, feedforward } => delta::ia3(w, cols, &adapter.read(l)?, *feedforward, strength),
+        Fold::Ia3 { l, feedforward } => {
+            delta::ia3(w, cols, &adapter.read(l)?, *feedforward, strength)
+        }
         Fold::Ia3Bias { l } => delta::ia3_bias(w, &adapter.read(l)?, strength),
     }
     Ok(())

@@ -76,7 +76,11 @@ pub fn dora(weight: &mut [f32], cols: usize, lr: &LowRank, magnitude: &[f32], st
             let o = first + i;
             v.copy_from_slice(row);
             add_low_rank_row(&mut v, lr, &lr.b[o * lr.r..(o + 1) * lr.r]);
-            let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt() as f32;
+            let norm = v
+                .iter()
+                .map(|x| f64::from(*x) * f64::from(*x))
+                .sum::<f64>()
+                .sqrt() as f32;
             let g = magnitude[o] / norm;
             for (w, x) in row.iter_mut().zip(&v) {
                 *w += strength * (g * x - *w);
@@ -88,7 +92,10 @@ pub fn dora(weight: &mut [f32], cols: usize, lr: &LowRank, magnitude: &[f32], st
 /// AdaLoRA's SVD form folds `E` into `A`: `A' = A ⊙ E` (E: [r, 1] scales row k of A).
 /// a: [r, in], e: [r] -> [r, in].
 pub fn fold_singular_values(a: &[f32], e: &[f32], cols: usize) -> Vec<f32> {
-    a.chunks_exact(cols).zip(e).flat_map(|(row, &ek)| row.iter().map(move |x| x * ek)).collect()
+    a.chunks_exact(cols)
+        .zip(e)
+        .flat_map(|(row, &ek)| row.iter().map(move |x| x * ek))
+        .collect()
 }
 
 /// LoRA on an embedding (PEFT lora/layer.py `Embedding.get_delta_weight`):
@@ -99,7 +106,9 @@ pub fn add_embedding_low_rank(weight: &mut [f32], dim: usize, lr: &LowRank) {
         for (i, row) in block.chunks_exact_mut(dim).enumerate() {
             let t = first + i;
             for (d, w) in row.iter_mut().enumerate() {
-                let dot: f32 = (0..lr.r).map(|k| lr.b[d * lr.r + k] * lr.a[k * num + t]).sum();
+                let dot: f32 = (0..lr.r)
+                    .map(|k| lr.b[d * lr.r + k] * lr.a[k * num + t])
+                    .sum();
                 *w += lr.s * dot;
             }
         }
@@ -140,7 +149,11 @@ pub fn lora_scale(alpha: f64, r: usize, rslora: bool) -> f32 {
 /// `init_r` and stays so after pruning (adalora/layer.py `update_layer`, model.py
 /// `resize_modules_by_rank_pattern` copies the old `ranknum` back). `lora_alpha <= 0` means `r`.
 pub fn adalora_scale(alpha: f64, init_r: usize) -> f32 {
-    let scaling = if alpha > 0.0 { alpha as f32 } else { init_r as f32 };
+    let scaling = if alpha > 0.0 {
+        alpha as f32
+    } else {
+        init_r as f32
+    };
     scaling / (init_r as f32 + 1e-5)
 }
 
@@ -149,7 +162,15 @@ mod tests {
     use super::*;
 
     /// Naive `W + s·B·A` for comparison. weight: [out, in].
-    fn reference(w: &[f32], a: &[f32], b: &[f32], out: usize, inp: usize, r: usize, s: f32) -> Vec<f32> {
+    fn reference(
+        w: &[f32],
+        a: &[f32],
+        b: &[f32],
+        out: usize,
+        inp: usize,
+        r: usize,
+        s: f32,
+    ) -> Vec<f32> {
         let mut res = w.to_vec();
         for o in 0..out {
             for j in 0..inp {
@@ -161,7 +182,9 @@ mod tests {
     }
 
     fn ramp(n: usize, k: f32) -> Vec<f32> {
-        (0..n).map(|i| ((i as f32 * k).sin() * 0.5) + 0.01).collect()
+        (0..n)
+            .map(|i| ((i as f32 * k).sin() * 0.5) + 0.01)
+            .collect()
     }
 
     #[test]
@@ -173,7 +196,10 @@ mod tests {
         add_low_rank(&mut got, inp, &LowRank { a: &a, b: &b, r, s });
         let want = reference(&w, &a, &b, out, inp, r, s);
         assert!(got.iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-5));
-        assert!(got.iter().zip(&w).any(|(x, y)| (x - y).abs() > 1e-3), "delta must not be zero");
+        assert!(
+            got.iter().zip(&w).any(|(x, y)| (x - y).abs() > 1e-3),
+            "delta must not be zero"
+        );
     }
 
     #[test]
@@ -182,7 +208,18 @@ mod tests {
         let (a, b) = (ramp(r * inp, 0.7), ramp(out * r, 1.1));
         let mut w = ramp(out * inp, 0.3);
         let m = [1.0, 2.0, 0.5, 3.0];
-        dora(&mut w, inp, &LowRank { a: &a, b: &b, r, s: 2.0 }, &m, 1.0);
+        dora(
+            &mut w,
+            inp,
+            &LowRank {
+                a: &a,
+                b: &b,
+                r,
+                s: 2.0,
+            },
+            &m,
+            1.0,
+        );
         for (row, want) in w.chunks(inp).zip(m) {
             let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
             assert!((norm - want).abs() < 1e-5);
@@ -203,7 +240,16 @@ mod tests {
     fn embedding_delta_is_the_transposed_product() {
         // A_e: [1, 2] (num_embeddings 2), B_e: [3, 1] (dim 3) -> ΔW[t, d] = B[d]·A[t].
         let mut w = vec![0.0; 6];
-        add_embedding_low_rank(&mut w, 3, &LowRank { a: &[1.0, 2.0], b: &[1.0, 10.0, 100.0], r: 1, s: 1.0 });
+        add_embedding_low_rank(
+            &mut w,
+            3,
+            &LowRank {
+                a: &[1.0, 2.0],
+                b: &[1.0, 10.0, 100.0],
+                r: 1,
+                s: 1.0,
+            },
+        );
         assert_eq!(w, [1.0, 10.0, 100.0, 2.0, 20.0, 200.0]);
     }
 

@@ -13,7 +13,10 @@ use crate::merge::stream::{write_file, write_shard, Reader, Sink};
 use crate::merge::{MergePlan, MergeReport, Progress};
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MergeError + '_ {
-    move |source| MergeError::Io { path: path.to_path_buf(), source }
+    move |source| MergeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Files of the base folder that are not weights: config, generation config, tokenizer, chat
@@ -22,8 +25,13 @@ fn auxiliary_files(base: &Path) -> Result<Vec<PathBuf>, MergeError> {
     let mut files = Vec::new();
     for entry in fs::read_dir(base).map_err(io_err(base))? {
         let path = entry.map_err(io_err(base))?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let weights = name.ends_with(".safetensors") || name.ends_with(".bin") || name.ends_with(".index.json");
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let weights = name.ends_with(".safetensors")
+            || name.ends_with(".bin")
+            || name.ends_with(".index.json");
         if path.is_file() && !weights && !name.starts_with('.') && name != "config.json" {
             files.push(path);
         }
@@ -57,14 +65,21 @@ fn config_bytes(config: &Value) -> Vec<u8> {
 
 impl MergePlan {
     /// Writes the merged model into `options.out`. On error nothing is left behind.
-    pub fn execute(&self, sink: &mut dyn Sink, progress: &mut dyn Progress) -> Result<MergeReport, MergeError> {
+    pub fn execute(
+        &self,
+        sink: &mut dyn Sink,
+        progress: &mut dyn Progress,
+    ) -> Result<MergeReport, MergeError> {
         let out = &self.options.out;
         let parent = match out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
         fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-        let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "merged".into());
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "merged".into());
         let tmp = parent.join(format!(".{name}.merge-tmp-{}", std::process::id()));
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
@@ -81,7 +96,12 @@ impl MergePlan {
         written
     }
 
-    fn write_into(&self, dir: &Path, sink: &mut dyn Sink, progress: &mut dyn Progress) -> Result<MergeReport, MergeError> {
+    fn write_into(
+        &self,
+        dir: &Path,
+        sink: &mut dyn Sink,
+        progress: &mut dyn Progress,
+    ) -> Result<MergeReport, MergeError> {
         progress.start(self.total_bytes());
         let mut reader = Reader::default();
         for shard in &self.shards {
@@ -101,7 +121,10 @@ impl MergePlan {
         let mut copied = Vec::new();
         for src in auxiliary_files(&self.options.base)? {
             let bytes = fs::read(&src).map_err(io_err(&src))?;
-            let file_name = src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let file_name = src
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             write_file(sink, &dir.join(&file_name), &bytes)?;
             copied.push(file_name);
         }
@@ -111,7 +134,10 @@ impl MergePlan {
             merged: self.patches.keys().cloned().collect(),
             shards: self.shards.len(),
             bytes: self.total_bytes(),
-            untied: self.untied.as_ref().map(|t| (t.input.clone(), t.output.clone())),
+            untied: self
+                .untied
+                .as_ref()
+                .map(|t| (t.input.clone(), t.output.clone())),
             copied,
         })
     }
@@ -132,10 +158,13 @@ impl MergePlan {
             return Err(io_err(out)(e));
         }
         if replacing {
-            let removed = if old.is_dir() { fs::remove_dir_all(&old) } else { fs::remove_file(&old) };
+            let removed = if old.is_dir() {
+                fs::remove_dir_all(&old)
+            } else {
+                fs::remove_file(&old)
+            };
             removed.map_err(io_err(&old))?;
         }
         Ok(())
     }
 }
-

@@ -37,7 +37,10 @@ pub struct OutShard {
 /// (input embedding, output head) weight names of the families we know.
 const TIED_PAIRS: &[(&str, &str)] = &[
     ("model.embed_tokens.weight", "lm_head.weight"),
-    ("transformer.embedding.word_embeddings.weight", "transformer.output_layer.weight"),
+    (
+        "transformer.embedding.word_embeddings.weight",
+        "transformer.output_layer.weight",
+    ),
 ];
 
 /// A model whose config says `tie_word_embeddings: true`.
@@ -51,15 +54,21 @@ pub struct Tie {
 
 /// Finds the tied pair, if the config ties embeddings and the checkpoint has the input embedding.
 pub fn detect_tie(config: Option<&Value>, base: &Checkpoint) -> Option<Tie> {
-    let tied = config.and_then(|c| c.get("tie_word_embeddings")).and_then(Value::as_bool).unwrap_or(false);
+    let tied = config
+        .and_then(|c| c.get("tie_word_embeddings"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     if !tied {
         return None;
     }
-    TIED_PAIRS.iter().find(|(input, _)| base.contains(input)).map(|(input, output)| Tie {
-        input: input.to_string(),
-        output: output.to_string(),
-        output_stored: base.contains(output),
-    })
+    TIED_PAIRS
+        .iter()
+        .find(|(input, _)| base.contains(input))
+        .map(|(input, output)| Tie {
+            input: input.to_string(),
+            output: output.to_string(),
+            output_stored: base.contains(output),
+        })
 }
 
 /// Looks tensors up in the base checkpoint; an unstored tied head resolves to the input embedding.
@@ -80,8 +89,17 @@ impl BaseLookup for Lookup<'_> {
 
 fn out_tensor(e: &TensorEntry, dtype: Option<Dtype>) -> OutTensor {
     let float = matches!(e.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64);
-    let dtype = if float { dtype.unwrap_or(e.dtype) } else { e.dtype };
-    OutTensor { name: e.name.clone(), source: e.name.clone(), dtype, shape: e.shape.clone() }
+    let dtype = if float {
+        dtype.unwrap_or(e.dtype)
+    } else {
+        e.dtype
+    };
+    OutTensor {
+        name: e.name.clone(),
+        source: e.name.clone(),
+        dtype,
+        shape: e.shape.clone(),
+    }
 }
 
 /// Input tensors grouped by shard, each in file order.
@@ -97,16 +115,29 @@ fn input_shards(base: &Checkpoint) -> Vec<Vec<&TensorEntry>> {
 }
 
 /// The output layout. `untie` adds the tied head (a copy of the input embedding) right after it.
-pub fn plan_layout(base: &Checkpoint, dtype: Option<Dtype>, untie: Option<&Tie>, max_shard_size: Option<u64>) -> Vec<OutShard> {
+pub fn plan_layout(
+    base: &Checkpoint,
+    dtype: Option<Dtype>,
+    untie: Option<&Tie>,
+    max_shard_size: Option<u64>,
+) -> Vec<OutShard> {
     let names: Vec<String> = base
         .shard_paths()
         .iter()
-        .map(|p| p.file_name().map_or_else(|| SINGLE_FILE.to_string(), |n| n.to_string_lossy().into_owned()))
+        .map(|p| {
+            p.file_name().map_or_else(
+                || SINGLE_FILE.to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        })
         .collect();
     let mut shards: Vec<OutShard> = input_shards(base)
         .into_iter()
         .zip(names)
-        .map(|(entries, file)| OutShard { file, tensors: entries.into_iter().map(|e| out_tensor(e, dtype)).collect() })
+        .map(|(entries, file)| OutShard {
+            file,
+            tensors: entries.into_iter().map(|e| out_tensor(e, dtype)).collect(),
+        })
         .collect();
     if let Some(tie) = untie.filter(|t| !t.output_stored) {
         for shard in &mut shards {
@@ -144,7 +175,11 @@ fn repack(tensors: Vec<OutTensor>, limit: u64) -> Vec<OutShard> {
         .into_iter()
         .enumerate()
         .map(|(i, tensors)| {
-            let file = if n == 1 { SINGLE_FILE.to_string() } else { format!("model-{:05}-of-{n:05}.safetensors", i + 1) };
+            let file = if n == 1 {
+                SINGLE_FILE.to_string()
+            } else {
+                format!("model-{:05}-of-{n:05}.safetensors", i + 1)
+            };
             OutShard { file, tensors }
         })
         .collect()
@@ -154,7 +189,9 @@ fn repack(tensors: Vec<OutTensor>, limit: u64) -> Vec<OutShard> {
 /// `10KB`, or a plain byte count.
 pub fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let value: f64 = num.parse().ok()?;
     let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
@@ -189,9 +226,24 @@ mod tests {
 
     #[test]
     fn repacking_never_splits_a_tensor_and_names_shards_of_n() {
-        let t = |n: &str, len: usize| OutTensor { name: n.into(), source: n.into(), dtype: Dtype::F32, shape: vec![len] };
+        let t = |n: &str, len: usize| OutTensor {
+            name: n.into(),
+            source: n.into(),
+            dtype: Dtype::F32,
+            shape: vec![len],
+        };
         let shards = repack(vec![t("a", 10), t("b", 10), t("c", 40), t("d", 1)], 80);
-        let files: Vec<_> = shards.iter().map(|s| (s.file.as_str(), s.tensors.len())).collect();
-        assert_eq!(files, [("model-00001-of-00003.safetensors", 2), ("model-00002-of-00003.safetensors", 1), ("model-00003-of-00003.safetensors", 1)]);
+        let files: Vec<_> = shards
+            .iter()
+            .map(|s| (s.file.as_str(), s.tensors.len()))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ("model-00001-of-00003.safetensors", 2),
+                ("model-00002-of-00003.safetensors", 1),
+                ("model-00003-of-00003.safetensors", 1)
+            ]
+        );
     }
 }

@@ -18,9 +18,19 @@ pub enum Fold {
     /// `W += s·B·A` (LoRA, rsLoRA). A: [r, in], B: [out, r].
     LowRank { a: String, b: String, s: f32 },
     /// AdaLoRA: `W += s·B·(A⊙E)`. E: [r, 1].
-    AdaLora { a: String, b: String, e: String, s: f32 },
+    AdaLora {
+        a: String,
+        b: String,
+        e: String,
+        s: f32,
+    },
     /// DoRA: `W = m/‖W + s·B·A‖_row · (W + s·B·A)`. magnitude: [out].
-    Dora { a: String, b: String, magnitude: String, s: f32 },
+    Dora {
+        a: String,
+        b: String,
+        magnitude: String,
+        s: f32,
+    },
     /// LoRA on an embedding: `W += s·(B_e·A_e)ᵀ`.
     Embedding { a: String, b: String, s: f32 },
     /// IA3 on a weight: scale output rows (or input columns for feed-forward modules).
@@ -58,24 +68,40 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn key(&self, p: Param) -> Result<String, MergeError> {
-        self.params.get(&p).cloned().ok_or_else(|| MergeError::IncompleteModule {
-            file: self.adapter.file.clone(),
-            module: self.module.to_string(),
-            missing: format!("{p:?}"),
-        })
+        self.params
+            .get(&p)
+            .cloned()
+            .ok_or_else(|| MergeError::IncompleteModule {
+                file: self.adapter.file.clone(),
+                module: self.module.to_string(),
+                missing: format!("{p:?}"),
+            })
     }
 
     /// Checks that adapter tensor `p` has shape `expected` (derived from the base tensor).
-    fn check(&self, p: Param, base: &TensorEntry, expected: &[usize]) -> Result<String, MergeError> {
+    fn check(
+        &self,
+        p: Param,
+        base: &TensorEntry,
+        expected: &[usize],
+    ) -> Result<String, MergeError> {
         let key = self.key(p)?;
-        let entry = self.adapter.weights.get(&key).ok_or_else(|| MergeError::IncompleteModule {
-            file: self.adapter.file.clone(),
-            module: self.module.to_string(),
-            missing: key.clone(),
-        })?;
+        let entry = self
+            .adapter
+            .weights
+            .get(&key)
+            .ok_or_else(|| MergeError::IncompleteModule {
+                file: self.adapter.file.clone(),
+                module: self.module.to_string(),
+                missing: key.clone(),
+            })?;
         if !is_float(entry.dtype) {
             let dtype = format!("{:?}", entry.dtype);
-            return Err(MergeError::NotFloat { file: self.adapter.file.clone(), tensor: key, dtype });
+            return Err(MergeError::NotFloat {
+                file: self.adapter.file.clone(),
+                tensor: key,
+                dtype,
+            });
         }
         if entry.shape != expected {
             return Err(MergeError::ShapeMismatch {
@@ -92,7 +118,10 @@ impl Ctx<'_> {
 
     fn refuse_others(&self, allowed: &[Param]) -> Result<(), MergeError> {
         match self.params.iter().find(|(p, _)| !allowed.contains(p)) {
-            Some((_, key)) => Err(MergeError::UnknownAdapterKey { file: self.adapter.file.clone(), key: key.clone() }),
+            Some((_, key)) => Err(MergeError::UnknownAdapterKey {
+                file: self.adapter.file.clone(),
+                key: key.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -102,10 +131,19 @@ impl Ctx<'_> {
 fn base_weight<'b>(ctx: &Ctx, base: &'b dyn BaseLookup) -> Result<&'b TensorEntry, MergeError> {
     let tensor = format!("{}.weight", ctx.module);
     let key = ctx.params.values().next().cloned().unwrap_or_default();
-    let entry =
-        base.lookup(&tensor).ok_or_else(|| MergeError::MissingBaseTensor { file: ctx.adapter.file.clone(), key: key.clone(), tensor })?;
+    let entry = base
+        .lookup(&tensor)
+        .ok_or_else(|| MergeError::MissingBaseTensor {
+            file: ctx.adapter.file.clone(),
+            key: key.clone(),
+            tensor,
+        })?;
     if !is_float(entry.dtype) {
-        return Err(MergeError::NotFloat { file: ctx.adapter.file.clone(), tensor: entry.name.clone(), dtype: format!("{:?}", entry.dtype) });
+        return Err(MergeError::NotFloat {
+            file: ctx.adapter.file.clone(),
+            tensor: entry.name.clone(),
+            dtype: format!("{:?}", entry.dtype),
+        });
     }
     if entry.shape.len() != 2 {
         let expected = vec![0, 0];
@@ -121,7 +159,11 @@ fn base_weight<'b>(ctx: &Ctx, base: &'b dyn BaseLookup) -> Result<&'b TensorEntr
     Ok(entry)
 }
 
-fn lora_folds(ctx: &Ctx, w: &TensorEntry, opts: &LoraOptions) -> Result<Vec<(String, Fold)>, MergeError> {
+fn lora_folds(
+    ctx: &Ctx,
+    w: &TensorEntry,
+    opts: &LoraOptions,
+) -> Result<Vec<(String, Fold)>, MergeError> {
     let (out, inp) = (w.shape[0], w.shape[1]);
     let r = pattern_value(&opts.rank_pattern, ctx.module)?.unwrap_or(opts.r);
     let alpha = pattern_value(&opts.alpha_pattern, ctx.module)?.unwrap_or(opts.lora_alpha);
@@ -145,7 +187,12 @@ fn lora_folds(ctx: &Ctx, w: &TensorEntry, opts: &LoraOptions) -> Result<Vec<(Str
     Ok(vec![(target, Fold::LowRank { a, b, s })])
 }
 
-fn adalora_folds(ctx: &Ctx, w: &TensorEntry, lora: &LoraOptions, ada: &AdaLoraOptions) -> Result<Vec<(String, Fold)>, MergeError> {
+fn adalora_folds(
+    ctx: &Ctx,
+    w: &TensorEntry,
+    lora: &LoraOptions,
+    ada: &AdaLoraOptions,
+) -> Result<Vec<(String, Fold)>, MergeError> {
     ctx.refuse_others(&[Param::A, Param::B, Param::E])?;
     let (out, inp) = (w.shape[0], w.shape[1]);
     // After training, rank_pattern keeps a boolean mask per matrix and the saved tensors hold only
@@ -162,22 +209,49 @@ fn adalora_folds(ctx: &Ctx, w: &TensorEntry, lora: &LoraOptions, ada: &AdaLoraOp
         return Ok(Vec::new());
     }
     let s = adalora_scale(lora.lora_alpha, ada.init_r);
-    Ok(vec![(format!("{}.weight", ctx.module), Fold::AdaLora { a, b, e, s })])
+    Ok(vec![(
+        format!("{}.weight", ctx.module),
+        Fold::AdaLora { a, b, e, s },
+    )])
 }
 
-fn ia3_folds(ctx: &Ctx, w: &TensorEntry, ff: &Matcher, base: &dyn BaseLookup) -> Result<Vec<(String, Fold)>, MergeError> {
+fn ia3_folds(
+    ctx: &Ctx,
+    w: &TensorEntry,
+    ff: &Matcher,
+    base: &dyn BaseLookup,
+) -> Result<Vec<(String, Fold)>, MergeError> {
     ctx.refuse_others(&[Param::Ia3])?;
     let (out, inp) = (w.shape[0], w.shape[1]);
     let feedforward = ff.matches(ctx.module, true);
     let expected = if feedforward { [1, inp] } else { [out, 1] };
     let l = ctx.check(Param::Ia3, w, &expected)?;
-    let mut folds = vec![(format!("{}.weight", ctx.module), Fold::Ia3 { l: l.clone(), feedforward })];
+    let mut folds = vec![(
+        format!("{}.weight", ctx.module),
+        Fold::Ia3 {
+            l: l.clone(),
+            feedforward,
+        },
+    )];
     let bias = format!("{}.bias", ctx.module);
     if !feedforward {
         if let Some(b) = base.lookup(&bias) {
             if b.shape != [out] || !is_float(b.dtype) {
-                let (file, key, tensor, base, actual) = (ctx.adapter.file.clone(), l, bias, b.shape.clone(), b.shape.clone());
-                return Err(MergeError::ShapeMismatch { file, key, tensor, base, expected: vec![out], actual });
+                let (file, key, tensor, base, actual) = (
+                    ctx.adapter.file.clone(),
+                    l,
+                    bias,
+                    b.shape.clone(),
+                    b.shape.clone(),
+                );
+                return Err(MergeError::ShapeMismatch {
+                    file,
+                    key,
+                    tensor,
+                    base,
+                    expected: vec![out],
+                    actual,
+                });
             }
             folds.push((bias, Fold::Ia3Bias { l }));
         }
@@ -190,11 +264,18 @@ pub fn collect(adapters: &[Adapter], base: &dyn BaseLookup) -> Result<Patches, M
     let mut patches = Patches::new();
     for (index, adapter) in adapters.iter().enumerate() {
         let ff = match &adapter.config.method {
-            Method::Ia3(o) => Some(Matcher::new(&o.feedforward_modules, MatchOptions::default())?),
+            Method::Ia3(o) => Some(Matcher::new(
+                &o.feedforward_modules,
+                MatchOptions::default(),
+            )?),
             _ => None,
         };
         for (module, params) in &adapter.modules {
-            let ctx = Ctx { adapter, module, params };
+            let ctx = Ctx {
+                adapter,
+                module,
+                params,
+            };
             let w = base_weight(&ctx, base)?;
             let folds = match (&adapter.config.method, &ff) {
                 (Method::Lora(o), _) => lora_folds(&ctx, w, o)?,
@@ -203,7 +284,10 @@ pub fn collect(adapters: &[Adapter], base: &dyn BaseLookup) -> Result<Patches, M
                 _ => Vec::new(),
             };
             for (tensor, fold) in folds {
-                patches.entry(tensor).or_default().push(Patch { adapter: index, fold });
+                patches.entry(tensor).or_default().push(Patch {
+                    adapter: index,
+                    fold,
+                });
             }
         }
     }

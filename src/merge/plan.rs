@@ -47,7 +47,10 @@ pub struct MergePlan {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MergeError + '_ {
-    move |source| MergeError::Io { path: path.to_path_buf(), source }
+    move |source| MergeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// `path` made absolute with symlinks resolved, even if its last components do not exist yet.
@@ -74,13 +77,20 @@ fn check_out(base: &Path, out: &Path, force: bool) -> Result<(), MergeError> {
     let base_abs = base.canonicalize().map_err(io_err(base))?;
     let out_abs = resolve(out)?;
     if out_abs == base_abs {
-        return Err(MergeError::OutIsBase { path: out.to_path_buf() });
+        return Err(MergeError::OutIsBase {
+            path: out.to_path_buf(),
+        });
     }
     if out_abs.starts_with(&base_abs) || base_abs.starts_with(&out_abs) {
-        return Err(MergeError::OutOverlapsBase { out: out.to_path_buf(), base: base.to_path_buf() });
+        return Err(MergeError::OutOverlapsBase {
+            out: out.to_path_buf(),
+            base: base.to_path_buf(),
+        });
     }
     if out.symlink_metadata().is_ok() && !force {
-        return Err(MergeError::OutExists { path: out.to_path_buf() });
+        return Err(MergeError::OutExists {
+            path: out.to_path_buf(),
+        });
     }
     Ok(())
 }
@@ -120,31 +130,70 @@ impl MergePlan {
     /// Validates everything and decides the output; writes nothing.
     pub fn build(options: MergeOptions) -> Result<Self, MergeError> {
         if !options.scale.is_finite() {
-            return Err(MergeError::Option(format!("--scale must be a finite number, got {}", options.scale)));
+            return Err(MergeError::Option(format!(
+                "--scale must be a finite number, got {}",
+                options.scale
+            )));
         }
         if options.adapters.is_empty() {
             return Err(MergeError::Option("give at least one --adapter".into()));
         }
         if !options.base.is_dir() {
             let path = options.base.clone();
-            return Err(LoadError::MissingFile { path, what: "base model folder" }.into());
+            return Err(LoadError::MissingFile {
+                path,
+                what: "base model folder",
+            }
+            .into());
         }
         check_out(&options.base, &options.out, options.force)?;
         let base = Checkpoint::open_dir(&options.base)?;
         let config = read_config(&options.base)?;
-        let adapters = options.adapters.iter().map(|d| Adapter::load(d)).collect::<Result<Vec<_>, _>>()?;
+        let adapters = options
+            .adapters
+            .iter()
+            .map(|d| Adapter::load(d))
+            .collect::<Result<Vec<_>, _>>()?;
         let tie = detect_tie(config.as_ref(), &base);
-        let patches = collect(&adapters, &Lookup { base: &base, tie: tie.as_ref() })?;
-        let untied = tie.filter(|t| patches.contains_key(&t.input) || patches.contains_key(&t.output));
-        let shards = plan_layout(&base, options.dtype, untied.as_ref(), options.max_shard_size);
-        let had_index = options.base.join(crate::io::checkpoint::INDEX_FILE).is_file();
+        let patches = collect(
+            &adapters,
+            &Lookup {
+                base: &base,
+                tie: tie.as_ref(),
+            },
+        )?;
+        let untied =
+            tie.filter(|t| patches.contains_key(&t.input) || patches.contains_key(&t.output));
+        let shards = plan_layout(
+            &base,
+            options.dtype,
+            untied.as_ref(),
+            options.max_shard_size,
+        );
+        let had_index = options
+            .base
+            .join(crate::io::checkpoint::INDEX_FILE)
+            .is_file();
         let write_index = had_index || shards.len() > 1;
         let config = edit_config(config, untied.is_some(), options.dtype);
-        Ok(Self { options, base, adapters, patches, shards, write_index, untied, config })
+        Ok(Self {
+            options,
+            base,
+            adapters,
+            patches,
+            shards,
+            write_index,
+            untied,
+            config,
+        })
     }
 
     /// Total bytes of tensor data to write.
     pub fn total_bytes(&self) -> u64 {
-        self.shards.iter().flat_map(|s| &s.tensors).map(|t| t.byte_len()).sum()
+        self.shards
+            .iter()
+            .flat_map(|s| &s.tensors)
+            .map(|t| t.byte_len())
+            .sum()
     }
 }

@@ -36,7 +36,10 @@ pub struct FileSink;
 
 impl Sink for FileSink {
     fn create(&mut self, path: &Path) -> io::Result<Box<dyn OutFile>> {
-        Ok(Box::new(BufWriter::with_capacity(1 << 20, File::create(path)?)))
+        Ok(Box::new(BufWriter::with_capacity(
+            1 << 20,
+            File::create(path)?,
+        )))
     }
 }
 
@@ -49,7 +52,10 @@ pub fn header(shard: &OutShard) -> Vec<u8> {
     for t in &shard.tensors {
         let end = offset + t.byte_len();
         let dtype = serde_json::to_value(t.dtype).unwrap_or(Value::Null);
-        map.insert(t.name.clone(), json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, end]}));
+        map.insert(
+            t.name.clone(),
+            json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, end]}),
+        );
         offset = end;
     }
     let mut bytes = serde_json::to_vec(&Value::Object(map)).unwrap_or_default();
@@ -69,9 +75,13 @@ pub struct Reader {
 
 impl Reader {
     pub fn read(&mut self, path: &Path, offset: usize, buf: &mut [u8]) -> Result<(), MergeError> {
-        let err = |source| MergeError::Io { path: path.to_path_buf(), source };
+        let err = |source| MergeError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         if !self.files.contains_key(path) {
-            self.files.insert(path.to_path_buf(), File::open(path).map_err(err)?);
+            self.files
+                .insert(path.to_path_buf(), File::open(path).map_err(err)?);
         }
         match self.files.get(path) {
             Some(f) => f.read_exact_at(buf, offset as u64).map_err(err),
@@ -88,7 +98,10 @@ pub fn write_shard(
     shard: &OutShard,
     mut write_tensor: impl FnMut(usize, &mut dyn Write) -> Result<(), MergeError>,
 ) -> Result<(), MergeError> {
-    let err = |source| MergeError::Io { path: path.to_path_buf(), source };
+    let err = |source| MergeError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = sink.create(path).map_err(err)?;
     file.write_all(&header(shard)).map_err(err)?;
     for i in 0..shard.tensors.len() {
@@ -99,7 +112,10 @@ pub fn write_shard(
 
 /// Writes `bytes` to a new file through the sink.
 pub fn write_file(sink: &mut dyn Sink, path: &Path, bytes: &[u8]) -> Result<(), MergeError> {
-    let err = |source| MergeError::Io { path: path.to_path_buf(), source };
+    let err = |source| MergeError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = sink.create(path).map_err(err)?;
     file.write_all(bytes).map_err(err)?;
     file.finish().map_err(err)
@@ -116,8 +132,18 @@ mod tests {
         let shard = OutShard {
             file: "x.safetensors".into(),
             tensors: vec![
-                OutTensor { name: "b".into(), source: "b".into(), dtype: Dtype::BF16, shape: vec![3] },
-                OutTensor { name: "a".into(), source: "a".into(), dtype: Dtype::F32, shape: vec![0, 4] },
+                OutTensor {
+                    name: "b".into(),
+                    source: "b".into(),
+                    dtype: Dtype::BF16,
+                    shape: vec![3],
+                },
+                OutTensor {
+                    name: "a".into(),
+                    source: "a".into(),
+                    dtype: Dtype::F32,
+                    shape: vec![0, 4],
+                },
             ],
         };
         let mut bytes = header(&shard);

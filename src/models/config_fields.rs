@@ -14,13 +14,19 @@ pub(crate) struct Fields<'a> {
 
 impl Fields<'_> {
     pub fn err(&self, message: String) -> LoadError {
-        LoadError::Config { path: self.path.to_path_buf(), message }
+        LoadError::Config {
+            path: self.path.to_path_buf(),
+            message,
+        }
     }
 
     pub fn usize_req(&self, key: &str) -> Result<usize, LoadError> {
         match self.map.get(key) {
             None | Some(Value::Null) => Err(self.err(format!("missing required field `{key}`"))),
-            Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| self.err(format!("`{key}` must be a positive integer, found {v}"))),
+            Some(v) => v
+                .as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| self.err(format!("`{key}` must be a positive integer, found {v}"))),
         }
     }
 
@@ -34,14 +40,18 @@ impl Fields<'_> {
     pub fn f64_or(&self, key: &str, default: f64) -> Result<f64, LoadError> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| self.err(format!("`{key}` must be a number, found {v}"))),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.err(format!("`{key}` must be a number, found {v}"))),
         }
     }
 
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool, LoadError> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.err(format!("`{key}` must be true or false, found {v}"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.err(format!("`{key}` must be true or false, found {v}"))),
         }
     }
 }

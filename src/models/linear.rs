@@ -18,7 +18,11 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(weight: Param<Tensor<2>>, bias: Option<Param<Tensor<1>>>) -> Self {
-        Self { weight, bias, adapter: None }
+        Self {
+            weight,
+            bias,
+            adapter: None,
+        }
     }
 
     pub fn in_features(&self) -> usize {

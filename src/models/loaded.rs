@@ -7,9 +7,9 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use serde_json::{Map, Value};
 
+use crate::error::AdapterError;
 use crate::error::LoadError;
 use crate::io::Checkpoint;
-use crate::error::AdapterError;
 use crate::models::cache::KvCache;
 use crate::models::chatglm::{self, ChatGlmConfig, ChatGlmForConditionalGeneration};
 use crate::models::linear::Linear;
@@ -46,17 +46,30 @@ pub struct ModulePath {
 impl ModelDir {
     pub fn open(dir: &Path) -> Result<Self, LoadError> {
         if !dir.is_dir() {
-            return Err(LoadError::MissingFile { path: dir.to_path_buf(), what: "model folder" });
+            return Err(LoadError::MissingFile {
+                path: dir.to_path_buf(),
+                what: "model folder",
+            });
         }
         let path = dir.join("config.json");
         if !path.is_file() {
-            return Err(LoadError::MissingFile { path, what: "config.json" });
+            return Err(LoadError::MissingFile {
+                path,
+                what: "config.json",
+            });
         }
         let config_json: Map<String, Value> = crate::io::json::read_json(&path)?;
-        let model_type = config_json.get("model_type").and_then(Value::as_str).unwrap_or("");
+        let model_type = config_json
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let family = match model_type {
-            "llama" | "mistral" | "qwen2" => Family::Llama(LlamaConfig::from_json(&config_json, &path)?),
-            chatglm::config::MODEL_TYPE => Family::ChatGlm(ChatGlmConfig::from_json(&config_json, &path)?),
+            "llama" | "mistral" | "qwen2" => {
+                Family::Llama(LlamaConfig::from_json(&config_json, &path)?)
+            }
+            chatglm::config::MODEL_TYPE => {
+                Family::ChatGlm(ChatGlmConfig::from_json(&config_json, &path)?)
+            }
             other => {
                 return Err(LoadError::UnknownModelType {
                     path,
@@ -65,7 +78,11 @@ impl ModelDir {
                 })
             }
         };
-        Ok(Self { dir: dir.to_path_buf(), config_json, family })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config_json,
+            family,
+        })
     }
 
     pub fn model_type(&self) -> &str {
@@ -96,7 +113,10 @@ impl ModelDir {
                 ("head_dim", c.head_dim.to_string()),
                 ("rope_theta", c.rope_theta.to_string()),
                 ("rope_scaling", format!("{:?}", c.rope_scaling)),
-                ("max_position_embeddings", c.max_position_embeddings.to_string()),
+                (
+                    "max_position_embeddings",
+                    c.max_position_embeddings.to_string(),
+                ),
                 ("tie_word_embeddings", c.tie_word_embeddings.to_string()),
             ],
             Family::ChatGlm(c) => vec![
@@ -118,8 +138,16 @@ impl ModelDir {
     pub fn load(&self, device: &Device) -> Result<CausalLm, LoadError> {
         let checkpoint = Checkpoint::open_dir(&self.dir)?;
         match &self.family {
-            Family::Llama(c) => Ok(CausalLm::Llama(llama::weights::load(c.clone(), &checkpoint, device)?)),
-            Family::ChatGlm(c) => Ok(CausalLm::ChatGlm(chatglm::weights::load(c.clone(), &checkpoint, device)?)),
+            Family::Llama(c) => Ok(CausalLm::Llama(llama::weights::load(
+                c.clone(),
+                &checkpoint,
+                device,
+            )?)),
+            Family::ChatGlm(c) => Ok(CausalLm::ChatGlm(chatglm::weights::load(
+                c.clone(),
+                &checkpoint,
+                device,
+            )?)),
         }
     }
 
@@ -133,9 +161,21 @@ impl ModelDir {
                     d_in: c.vocab_size,
                     d_out: c.hidden_size,
                 }];
-                out.extend(c.linear_shapes().into_iter().map(|(path, d_in, d_out, _)| ModulePath { path, kind: "linear", d_in, d_out }));
+                out.extend(c.linear_shapes().into_iter().map(|(path, d_in, d_out, _)| {
+                    ModulePath {
+                        path,
+                        kind: "linear",
+                        d_in,
+                        d_out,
+                    }
+                }));
                 if !c.tie_word_embeddings {
-                    out.push(ModulePath { path: "lm_head".into(), kind: "linear", d_in: c.hidden_size, d_out: c.vocab_size });
+                    out.push(ModulePath {
+                        path: "lm_head".into(),
+                        kind: "linear",
+                        d_in: c.hidden_size,
+                        d_out: c.vocab_size,
+                    });
                 }
                 out
             }
@@ -146,8 +186,20 @@ impl ModelDir {
                     d_in: c.padded_vocab_size,
                     d_out: c.hidden_size,
                 }];
-                out.extend(c.linear_shapes().into_iter().map(|(path, d_in, d_out, _)| ModulePath { path, kind: "linear", d_in, d_out }));
-                out.push(ModulePath { path: "transformer.output_layer".into(), kind: "linear", d_in: c.hidden_size, d_out: c.padded_vocab_size });
+                out.extend(c.linear_shapes().into_iter().map(|(path, d_in, d_out, _)| {
+                    ModulePath {
+                        path,
+                        kind: "linear",
+                        d_in,
+                        d_out,
+                    }
+                }));
+                out.push(ModulePath {
+                    path: "transformer.output_layer".into(),
+                    kind: "linear",
+                    d_in: c.hidden_size,
+                    d_out: c.padded_vocab_size,
+                });
                 out
             }
         }
@@ -162,7 +214,11 @@ impl ModelDir {
                     .iter()
                     .map(|(_, i, o, bias)| i * o + if *bias { *o } else { 0 })
                     .sum();
-                let head = if c.tie_word_embeddings { 0 } else { c.hidden_size * c.vocab_size };
+                let head = if c.tie_word_embeddings {
+                    0
+                } else {
+                    c.hidden_size * c.vocab_size
+                };
                 let norms = c.hidden_size * (2 * c.num_hidden_layers + 1);
                 c.vocab_size * c.hidden_size + linear + head + norms
             }
@@ -190,7 +246,12 @@ impl CausalLm {
     /// Logits for every position with a prompt-learning state: [batch, seq, vocab]. ChatGLM only
     /// for now (its native P-tuning v2 key/value prefixes); virtual input embeddings are not
     /// consumed yet.
-    pub fn forward_with_prompt(&self, inputs: &Inputs, cache: Option<&mut KvCache>, prompt: Option<&PromptState>) -> Result<Tensor<3>, AdapterError> {
+    pub fn forward_with_prompt(
+        &self,
+        inputs: &Inputs,
+        cache: Option<&mut KvCache>,
+        prompt: Option<&PromptState>,
+    ) -> Result<Tensor<3>, AdapterError> {
         match (self, prompt) {
             (_, Some(p)) if p.input_embeds.is_some() => {
                 Err(AdapterError::Unsupported("virtual input embeddings (prompt tuning, P-tuning v1) are not wired into the models yet".into()))
@@ -213,7 +274,8 @@ impl CausalLm {
             Self::ChatGlm(m) => {
                 let hidden = m.hidden_states(inputs, cache, None);
                 let [b, s, h] = hidden.dims();
-                m.logits(hidden.slice([0..b, s - 1..s, 0..h])).squeeze_dim::<2>(1)
+                m.logits(hidden.slice([0..b, s - 1..s, 0..h]))
+                    .squeeze_dim::<2>(1)
             }
         }
     }
@@ -281,12 +343,18 @@ impl CausalLm {
                 for (l, layer) in m.transformer.encoder.layers.iter_mut().enumerate() {
                     let p = format!("transformer.encoder.layers.{l}");
                     let (a, f) = (&mut layer.self_attention, &mut layer.mlp);
-                    out.push((format!("{p}.self_attention.query_key_value"), &mut a.query_key_value));
+                    out.push((
+                        format!("{p}.self_attention.query_key_value"),
+                        &mut a.query_key_value,
+                    ));
                     out.push((format!("{p}.self_attention.dense"), &mut a.dense));
                     out.push((format!("{p}.mlp.dense_h_to_4h"), &mut f.dense_h_to_4h));
                     out.push((format!("{p}.mlp.dense_4h_to_h"), &mut f.dense_4h_to_h));
                 }
-                out.push(("transformer.output_layer".into(), &mut m.transformer.output_layer));
+                out.push((
+                    "transformer.output_layer".into(),
+                    &mut m.transformer.output_layer,
+                ));
                 out
             }
         }

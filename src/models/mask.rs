@@ -20,19 +20,33 @@ pub struct Inputs {
 impl Inputs {
     /// A batch without padding.
     pub fn new(ids: Vec<i64>, batch: usize, seq: usize) -> Self {
-        Self { ids, batch, seq, key_mask: None, positions: None }
+        Self {
+            ids,
+            batch,
+            seq,
+            key_mask: None,
+            positions: None,
+        }
     }
 
     /// From HF-style `input_ids` and `attention_mask` (0/1) rows.
     pub fn with_mask(ids: Vec<i64>, mask: &[i64], batch: usize, seq: usize) -> Self {
-        Self { ids, batch, seq, key_mask: Some(mask.iter().map(|&m| m != 0).collect()), positions: None }
+        Self {
+            ids,
+            batch,
+            seq,
+            key_mask: Some(mask.iter().map(|&m| m != 0).collect()),
+            positions: None,
+        }
     }
 
     /// Position ids: explicit, or `past + i` for every row.
     pub fn positions(&self, past: usize) -> Vec<usize> {
         match &self.positions {
             Some(p) => p.clone(),
-            None => (0..self.batch).flat_map(|_| (0..self.seq).map(move |i| past + i)).collect(),
+            None => (0..self.batch)
+                .flat_map(|_| (0..self.seq).map(move |i| past + i))
+                .collect(),
         }
     }
 
@@ -52,6 +66,9 @@ impl Inputs {
                 }
             }
         }
-        Tensor::from_data(TensorData::new(masked, [self.batch, 1, self.seq, total]), device)
+        Tensor::from_data(
+            TensorData::new(masked, [self.batch, 1, self.seq, total]),
+            device,
+        )
     }
 }

@@ -3,8 +3,8 @@
 //! attention masks) live beside them.
 
 pub mod cache;
-pub mod config_fields;
 pub mod chatglm;
+pub mod config_fields;
 pub mod layers;
 pub mod linear;
 pub mod llama;

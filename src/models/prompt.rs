@@ -20,7 +20,10 @@ pub struct PromptState {
 impl PromptState {
     /// Number of prefix key/value positions.
     pub fn prefix_len(&self) -> usize {
-        self.kv_prefix.as_ref().and_then(|p| p.first()).map_or(0, |(k, _)| k.dims()[2])
+        self.kv_prefix
+            .as_ref()
+            .and_then(|p| p.first())
+            .map_or(0, |(k, _)| k.dims()[2])
     }
 
     /// Number of prepended virtual tokens.

@@ -10,9 +10,16 @@ use burn::tensor::{Device, Tensor, TensorData};
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (= inv_freq / factor).
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.1's piecewise scaling by wavelength.
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: f32 },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: f32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -32,7 +39,12 @@ impl Rope {
         let inv_freq = match *scaling {
             RopeScaling::None => inv_freq,
             RopeScaling::Linear { factor } => inv_freq.iter().map(|f| f / factor).collect(),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings: old } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
                 let low_wavelen = old / low_freq_factor;
                 let high_wavelen = old / high_freq_factor;
                 inv_freq
@@ -42,7 +54,8 @@ impl Rope {
                         let scaled = if wavelen > low_wavelen { f / factor } else { f };
                         let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
                         if medium {
-                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * scaled / factor + smooth * scaled
                         } else {
                             scaled
@@ -55,7 +68,13 @@ impl Rope {
     }
 
     /// cos and sin for each position: positions [batch, seq] (row-major) -> two [batch, 1, seq, head_dim].
-    pub fn cos_sin(&self, positions: &[usize], batch: usize, seq: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
+    pub fn cos_sin(
+        &self,
+        positions: &[usize],
+        batch: usize,
+        seq: usize,
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<4>) {
         let half = self.head_dim / 2;
         let mut cos = Vec::with_capacity(batch * seq * self.head_dim);
         let mut sin = Vec::with_capacity(batch * seq * self.head_dim);

@@ -22,7 +22,14 @@ pub struct Shape {
 }
 
 /// SmolLM2-135M: hidden 576, 30 layers, 9 heads / 3 KV heads, intermediate 1536, vocab 49152.
-pub const SMOLLM2_135M: Shape = Shape { hidden: 576, layers: 30, heads: 9, kv_heads: 3, intermediate: 1536, vocab: 49152 };
+pub const SMOLLM2_135M: Shape = Shape {
+    hidden: 576,
+    layers: 30,
+    heads: 9,
+    kv_heads: 3,
+    intermediate: 1536,
+    vocab: 49152,
+};
 
 impl Shape {
     /// The config.json of this shape (tied embeddings, rope_theta 1e5 as SmolLM2).
@@ -39,26 +46,48 @@ impl Shape {
 
 /// Writes `config.json` and a `model.safetensors` of U(−0.02, 0.02) weights (norms at 1).
 pub fn write_random_llama(dir: &Path, shape: Shape, seed: u64) -> Result<(), LoadError> {
-    let io = |e: std::io::Error| LoadError::Io { path: dir.to_path_buf(), source: e };
+    let io = |e: std::io::Error| LoadError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    };
     std::fs::create_dir_all(dir).map_err(io)?;
     std::fs::write(dir.join("config.json"), shape.config().to_string()).map_err(io)?;
     let model = ModelDir::open(dir)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut tensors = Vec::new();
     for m in model.module_paths() {
-        let shape = if m.kind == "embedding" { vec![m.d_in, m.d_out] } else { vec![m.d_out, m.d_in] };
-        let values: Vec<f32> = (0..m.d_in * m.d_out).map(|_| rng.random_range(-0.02..0.02)).collect();
-        tensors.push((format!("{}.weight", m.path), OwnedTensor::from_f32(shape, &values)));
+        let shape = if m.kind == "embedding" {
+            vec![m.d_in, m.d_out]
+        } else {
+            vec![m.d_out, m.d_in]
+        };
+        let values: Vec<f32> = (0..m.d_in * m.d_out)
+            .map(|_| rng.random_range(-0.02..0.02))
+            .collect();
+        tensors.push((
+            format!("{}.weight", m.path),
+            OwnedTensor::from_f32(shape, &values),
+        ));
     }
     let ones = vec![1.0f32; shape.hidden];
     for l in 0..shape.layers {
         for norm in ["input_layernorm", "post_attention_layernorm"] {
-            tensors.push((format!("model.layers.{l}.{norm}.weight"), OwnedTensor::from_f32(vec![shape.hidden], &ones)));
+            tensors.push((
+                format!("model.layers.{l}.{norm}.weight"),
+                OwnedTensor::from_f32(vec![shape.hidden], &ones),
+            ));
         }
     }
-    tensors.push(("model.norm.weight".into(), OwnedTensor::from_f32(vec![shape.hidden], &ones)));
-    write_safetensors_atomic(&dir.join("model.safetensors"), &tensors, None)
-        .map_err(|e| LoadError::Config { path: dir.to_path_buf(), message: e.to_string() })
+    tensors.push((
+        "model.norm.weight".into(),
+        OwnedTensor::from_f32(vec![shape.hidden], &ones),
+    ));
+    write_safetensors_atomic(&dir.join("model.safetensors"), &tensors, None).map_err(|e| {
+        LoadError::Config {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        }
+    })
 }
 
 /// Peak resident memory of this process so far (VmHWM), in MiB.

@@ -41,5 +41,9 @@ pub fn ids_tensor(ids: &[i64], batch: usize, seq: usize, device: &Device) -> Ten
 
 /// A float tensor's values on the host.
 pub fn to_vec<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
-    tensor.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default()
 }

@@ -18,8 +18,14 @@ use crate::peft::walker::{Spec, Target};
 /// Host values of one adapter, in PEFT's orientation: `lora_a: [r, in]`, `lora_b: [out, r]`.
 #[derive(Debug, Clone)]
 pub enum AdapterValues {
-    Lora { lora_a: Vec<f32>, lora_b: Vec<f32>, magnitude: Option<Vec<f32>> },
-    Ia3 { ia3_l: Vec<f32> },
+    Lora {
+        lora_a: Vec<f32>,
+        lora_b: Vec<f32>,
+        magnitude: Option<Vec<f32>>,
+    },
+    Ia3 {
+        ia3_l: Vec<f32>,
+    },
 }
 
 fn uniform(n: usize, bound: f32, rng: &mut StdRng) -> Vec<f32> {
@@ -41,30 +47,59 @@ pub fn init_values(target: &Target, init: LoraInit, rng: &mut StdRng) -> Adapter
         Spec::Lora { r, .. } => {
             let lora_a = match init {
                 LoraInit::Gaussian => (0..r * i).map(|_| normal(rng) / r as f32).collect(),
-                LoraInit::Default | LoraInit::Random => uniform(r * i, 1.0 / (i as f32).sqrt(), rng),
+                LoraInit::Default | LoraInit::Random => {
+                    uniform(r * i, 1.0 / (i as f32).sqrt(), rng)
+                }
             };
             let lora_b = match init {
                 LoraInit::Random => uniform(o * r, 1.0 / (r as f32).sqrt(), rng),
                 _ => vec![0.0; o * r],
             };
-            AdapterValues::Lora { lora_a, lora_b, magnitude: None }
+            AdapterValues::Lora {
+                lora_a,
+                lora_b,
+                magnitude: None,
+            }
         }
-        Spec::Ia3 { feedforward } => AdapterValues::Ia3 { ia3_l: vec![1.0; if feedforward { i } else { o }] },
+        Spec::Ia3 { feedforward } => AdapterValues::Ia3 {
+            ia3_l: vec![1.0; if feedforward { i } else { o }],
+        },
     }
 }
 
 /// DoRA's magnitude at init: ‖W + s·B·A‖ per output row (PEFT `DoraLinearLayer.update_layer`).
 fn dora_magnitude(linear: &Linear, lora: &Lora) -> Vec<f32> {
-    let delta = lora.lora_a.val().matmul(lora.lora_b.val()).mul_scalar(lora.scale);
+    let delta = lora
+        .lora_a
+        .val()
+        .matmul(lora.lora_b.val())
+        .mul_scalar(lora.scale);
     let w = linear.weight.val() + delta;
     to_vec(w.powi_scalar(2).sum_dim(0).sqrt())
 }
 
 /// Builds the burn adapter for `target` from host values (PEFT orientation).
-pub fn build(target: &Target, linear: &Linear, values: AdapterValues, device: &Device) -> Result<LinearAdapter, AdapterError> {
+pub fn build(
+    target: &Target,
+    linear: &Linear,
+    values: AdapterValues,
+    device: &Device,
+) -> Result<LinearAdapter, AdapterError> {
     let (i, o) = (target.d_in, target.d_out);
     match (&target.spec, values) {
-        (Spec::Lora { r, scale, dora, dropout }, AdapterValues::Lora { lora_a, lora_b, magnitude }) => {
+        (
+            Spec::Lora {
+                r,
+                scale,
+                dora,
+                dropout,
+            },
+            AdapterValues::Lora {
+                lora_a,
+                lora_b,
+                magnitude,
+            },
+        ) => {
             let r = *r;
             let a = crate::models::tensor_util::transpose(&lora_a, r, i);
             let b = crate::models::tensor_util::transpose(&lora_b, o, r);
@@ -85,9 +120,13 @@ pub fn build(target: &Target, linear: &Linear, values: AdapterValues, device: &D
             }
             Ok(LinearAdapter::Lora(lora))
         }
-        (Spec::Ia3 { feedforward }, AdapterValues::Ia3 { ia3_l }) => {
-            Ok(LinearAdapter::Ia3(Ia3 { ia3_l: trainable(tensor1(ia3_l, device)), feedforward: *feedforward }))
-        }
-        _ => Err(AdapterError::Unsupported(format!("adapter values do not fit the method at `{}`", target.path))),
+        (Spec::Ia3 { feedforward }, AdapterValues::Ia3 { ia3_l }) => Ok(LinearAdapter::Ia3(Ia3 {
+            ia3_l: trainable(tensor1(ia3_l, device)),
+            feedforward: *feedforward,
+        })),
+        _ => Err(AdapterError::Unsupported(format!(
+            "adapter values do not fit the method at `{}`",
+            target.path
+        ))),
     }
 }

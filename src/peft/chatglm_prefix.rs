@@ -63,7 +63,12 @@ pub struct PrefixShape {
 
 impl PrefixShape {
     pub fn of(config: &ChatGlmConfig) -> Self {
-        Self { num_layers: config.num_layers, groups: config.kv_groups, kv_channels: config.kv_channels, hidden_size: config.hidden_size }
+        Self {
+            num_layers: config.num_layers,
+            groups: config.kv_groups,
+            kv_channels: config.kv_channels,
+            hidden_size: config.hidden_size,
+        }
     }
 
     pub fn kv_size(&self) -> usize {
@@ -83,42 +88,87 @@ pub struct PrefixEncoder {
 }
 
 fn config_err(path: &Path, message: String) -> AdapterError {
-    AdapterError::Config { path: path.to_path_buf(), message }
+    AdapterError::Config {
+        path: path.to_path_buf(),
+        message,
+    }
 }
 
 /// Reads `name` (or the same key without `transformer.prefix_encoder.`, as THUDM's loading code
 /// strips it) with the expected PyTorch shape.
 fn read(file: &Checkpoint, name: &str, shape: &[usize]) -> Result<Vec<f32>, AdapterError> {
     let full = format!("{KEY_PREFIX}{name}");
-    let key = if file.contains(&full) { full } else if file.contains(name) { name.to_string() } else { return Err(AdapterError::MissingTensor { tensor: full }) };
-    let entry = file.get(&key).ok_or_else(|| AdapterError::MissingTensor { tensor: key.clone() })?;
+    let key = if file.contains(&full) {
+        full
+    } else if file.contains(name) {
+        name.to_string()
+    } else {
+        return Err(AdapterError::MissingTensor { tensor: full });
+    };
+    let entry = file.get(&key).ok_or_else(|| AdapterError::MissingTensor {
+        tensor: key.clone(),
+    })?;
     if entry.shape != shape {
-        return Err(AdapterError::ShapeMismatch { tensor: key, expected: shape.to_vec(), actual: entry.shape.clone() });
+        return Err(AdapterError::ShapeMismatch {
+            tensor: key,
+            expected: shape.to_vec(),
+            actual: entry.shape.clone(),
+        });
     }
     Ok(file.read_f32(&key)?.0)
 }
 
 /// A `[out, in]` linear (+ bias) read into burn's orientation, trainable.
-fn read_linear(file: &Checkpoint, name: &str, d_in: usize, d_out: usize, device: &Device) -> Result<Linear, AdapterError> {
-    let w = transpose(&read(file, &format!("{name}.weight"), &[d_out, d_in])?, d_out, d_in);
+fn read_linear(
+    file: &Checkpoint,
+    name: &str,
+    d_in: usize,
+    d_out: usize,
+    device: &Device,
+) -> Result<Linear, AdapterError> {
+    let w = transpose(
+        &read(file, &format!("{name}.weight"), &[d_out, d_in])?,
+        d_out,
+        d_in,
+    );
     let b = read(file, &format!("{name}.bias"), &[d_out])?;
-    Ok(Linear::new(trainable(tensor2(w, [d_in, d_out], device)), Some(trainable(tensor1(b, device)))))
+    Ok(Linear::new(
+        trainable(tensor2(w, [d_in, d_out], device)),
+        Some(trainable(tensor1(b, device))),
+    ))
 }
 
 fn linear_tensors(name: &str, linear: &Linear) -> Vec<(String, OwnedTensor)> {
     let (i, o) = (linear.in_features(), linear.out_features());
-    let mut out = vec![(format!("{KEY_PREFIX}{name}.weight"), OwnedTensor::from_f32(vec![o, i], &transpose(&to_vec(linear.weight.val()), i, o)))];
+    let mut out = vec![(
+        format!("{KEY_PREFIX}{name}.weight"),
+        OwnedTensor::from_f32(vec![o, i], &transpose(&to_vec(linear.weight.val()), i, o)),
+    )];
     if let Some(b) = &linear.bias {
-        out.push((format!("{KEY_PREFIX}{name}.bias"), OwnedTensor::from_f32(vec![o], &to_vec(b.val()))));
+        out.push((
+            format!("{KEY_PREFIX}{name}.bias"),
+            OwnedTensor::from_f32(vec![o], &to_vec(b.val())),
+        ));
     }
     out
 }
 
 impl PrefixEncoder {
     /// From host values: `embedding` [pre_seq_len, kv_size] and, with projection, the MLP.
-    fn from_parts(shape: PrefixShape, embedding: Vec<f32>, pre_seq_len: usize, trans: Option<PrefixMlp>, device: &Device) -> Self {
+    fn from_parts(
+        shape: PrefixShape,
+        embedding: Vec<f32>,
+        pre_seq_len: usize,
+        trans: Option<PrefixMlp>,
+        device: &Device,
+    ) -> Self {
         let weight = trainable(tensor2(embedding, [pre_seq_len, shape.kv_size()], device));
-        Self { embedding: Embedding { weight }, trans, dropout: DropoutConfig::new(0.1).init(), shape }
+        Self {
+            embedding: Embedding { weight },
+            trans,
+            dropout: DropoutConfig::new(0.1).init(),
+            shape,
+        }
     }
 
     pub fn pre_seq_len(&self) -> usize {
@@ -126,12 +176,21 @@ impl PrefixEncoder {
     }
 
     /// Loads `ptuning_config.json` + `prefix_encoder.safetensors` from `dir` for a model of `config`.
-    pub fn load_dir(dir: &Path, config: &ChatGlmConfig, device: &Device) -> Result<Self, AdapterError> {
+    pub fn load_dir(
+        dir: &Path,
+        config: &ChatGlmConfig,
+        device: &Device,
+    ) -> Result<Self, AdapterError> {
         let config_path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&config_path).map_err(|e| config_err(&config_path, e.to_string()))?;
-        let ptuning: PtuningConfig = serde_json::from_str(&text).map_err(|e| config_err(&config_path, e.to_string()))?;
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|e| config_err(&config_path, e.to_string()))?;
+        let ptuning: PtuningConfig =
+            serde_json::from_str(&text).map_err(|e| config_err(&config_path, e.to_string()))?;
         if ptuning.pre_seq_len == 0 {
-            return Err(config_err(&config_path, "pre_seq_len must be positive".into()));
+            return Err(config_err(
+                &config_path,
+                "pre_seq_len must be positive".into(),
+            ));
         }
         let weights = dir.join(WEIGHTS_FILE);
         if !weights.is_file() {
@@ -142,25 +201,41 @@ impl PrefixEncoder {
         let (kv, h) = (shape.kv_size(), shape.hidden_size);
         let embedding = read(&file, "embedding.weight", &[ptuning.pre_seq_len, kv])?;
         let trans = if ptuning.prefix_projection {
-            Some(PrefixMlp { trans_0: read_linear(&file, "trans.0", kv, h, device)?, trans_2: read_linear(&file, "trans.2", h, kv, device)? })
+            Some(PrefixMlp {
+                trans_0: read_linear(&file, "trans.0", kv, h, device)?,
+                trans_2: read_linear(&file, "trans.2", h, kv, device)?,
+            })
         } else {
             None
         };
-        Ok(Self::from_parts(shape, embedding, ptuning.pre_seq_len, trans, device))
+        Ok(Self::from_parts(
+            shape,
+            embedding,
+            ptuning.pre_seq_len,
+            trans,
+            device,
+        ))
     }
 
     /// Writes `ptuning_config.json` and `prefix_encoder.safetensors` (THUDM's keys) into `dir`.
     pub fn save_dir(&self, dir: &Path) -> Result<(), AdapterError> {
         std::fs::create_dir_all(dir).map_err(|e| config_err(dir, e.to_string()))?;
         let (p, kv) = (self.pre_seq_len(), self.shape.kv_size());
-        let mut tensors = vec![(format!("{KEY_PREFIX}embedding.weight"), OwnedTensor::from_f32(vec![p, kv], &to_vec(self.embedding.weight.val())))];
+        let mut tensors = vec![(
+            format!("{KEY_PREFIX}embedding.weight"),
+            OwnedTensor::from_f32(vec![p, kv], &to_vec(self.embedding.weight.val())),
+        )];
         if let Some(mlp) = &self.trans {
             tensors.extend(linear_tensors("trans.0", &mlp.trans_0));
             tensors.extend(linear_tensors("trans.2", &mlp.trans_2));
         }
         crate::io::write_safetensors_atomic(&dir.join(WEIGHTS_FILE), &tensors, None)?;
-        let ptuning = PtuningConfig { pre_seq_len: p, prefix_projection: self.trans.is_some() };
-        let text = serde_json::to_string_pretty(&ptuning).map_err(|e| config_err(dir, e.to_string()))?;
+        let ptuning = PtuningConfig {
+            pre_seq_len: p,
+            prefix_projection: self.trans.is_some(),
+        };
+        let text =
+            serde_json::to_string_pretty(&ptuning).map_err(|e| config_err(dir, e.to_string()))?;
         crate::io::write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
         Ok(())
     }
@@ -179,12 +254,23 @@ impl PrefixEncoder {
         let s = self.shape;
         let p = self.pre_seq_len();
         // [p, kv] -> [p, layers·2, groups, d] -> [layers·2, groups, p, d]
-        let all = self.dropout.forward(self.prefix()).reshape([p, s.num_layers * 2, s.groups, s.kv_channels]).permute([1, 2, 0, 3]);
+        let all = self
+            .dropout
+            .forward(self.prefix())
+            .reshape([p, s.num_layers * 2, s.groups, s.kv_channels])
+            .permute([1, 2, 0, 3]);
         let one = |i: usize| -> Tensor<4> {
-            all.clone().slice([i..i + 1, 0..s.groups, 0..p, 0..s.kv_channels]).expand([batch, s.groups, p, s.kv_channels])
+            all.clone()
+                .slice([i..i + 1, 0..s.groups, 0..p, 0..s.kv_channels])
+                .expand([batch, s.groups, p, s.kv_channels])
         };
-        let kv_prefix = (0..s.num_layers).map(|l| (one(2 * l), one(2 * l + 1))).collect();
-        PromptState { input_embeds: None, kv_prefix: Some(kv_prefix) }
+        let kv_prefix = (0..s.num_layers)
+            .map(|l| (one(2 * l), one(2 * l + 1)))
+            .collect();
+        PromptState {
+            input_embeds: None,
+            kv_prefix: Some(kv_prefix),
+        }
     }
 
     /// PEFT's PREFIX_TUNING files for this prefix: `adapter_config.json` (as JSON) and the
@@ -211,32 +297,52 @@ impl PrefixEncoder {
             "auto_mapping": null,
         });
         let values = to_vec(self.prefix());
-        (config, OwnedTensor::from_f32(vec![self.pre_seq_len(), s.kv_size()], &values))
+        (
+            config,
+            OwnedTensor::from_f32(vec![self.pre_seq_len(), s.kv_size()], &values),
+        )
     }
 
     /// Writes PEFT's `adapter_config.json` + `adapter_model.safetensors` into `dir`.
     pub fn save_peft_dir(&self, dir: &Path) -> Result<(), AdapterError> {
         std::fs::create_dir_all(dir).map_err(|e| config_err(dir, e.to_string()))?;
         let (config, tensor) = self.to_peft();
-        crate::io::write_safetensors_atomic(&dir.join(crate::peft::config::WEIGHTS_FILE), &[(PEFT_KEY.to_string(), tensor)], None)?;
-        let text = serde_json::to_string_pretty(&config).map_err(|e| config_err(dir, e.to_string()))?;
+        crate::io::write_safetensors_atomic(
+            &dir.join(crate::peft::config::WEIGHTS_FILE),
+            &[(PEFT_KEY.to_string(), tensor)],
+            None,
+        )?;
+        let text =
+            serde_json::to_string_pretty(&config).map_err(|e| config_err(dir, e.to_string()))?;
         crate::io::write_atomic(&dir.join("adapter_config.json"), text.as_bytes())?;
         Ok(())
     }
 
     /// Reads a PEFT PREFIX_TUNING folder whose layout fits ChatGLM (`token_dim` =
     /// groups · kv_channels) into a prefix without projection.
-    pub fn from_peft_dir(dir: &Path, config: &ChatGlmConfig, device: &Device) -> Result<Self, AdapterError> {
+    pub fn from_peft_dir(
+        dir: &Path,
+        config: &ChatGlmConfig,
+        device: &Device,
+    ) -> Result<Self, AdapterError> {
         let path = dir.join("adapter_config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| config_err(&path, e.to_string()))?;
-        let map: Map<String, Value> = serde_json::from_str(&text).map_err(|e| config_err(&path, e.to_string()))?;
+        let map: Map<String, Value> =
+            serde_json::from_str(&text).map_err(|e| config_err(&path, e.to_string()))?;
         let field = |k: &str| map.get(k).and_then(Value::as_u64).map(|v| v as usize);
         if map.get("peft_type").and_then(Value::as_str) != Some("PREFIX_TUNING") {
             return Err(config_err(&path, "expected peft_type PREFIX_TUNING".into()));
         }
         let shape = PrefixShape::of(config);
         let token_dim = shape.groups * shape.kv_channels;
-        let p = field("num_virtual_tokens").filter(|&p| p > 0).ok_or_else(|| config_err(&path, "num_virtual_tokens must be a positive integer".into()))?;
+        let p = field("num_virtual_tokens")
+            .filter(|&p| p > 0)
+            .ok_or_else(|| {
+                config_err(
+                    &path,
+                    "num_virtual_tokens must be a positive integer".into(),
+                )
+            })?;
         if field("num_layers") != Some(shape.num_layers) || field("token_dim") != Some(token_dim) {
             return Err(config_err(&path, format!(
                 "num_layers {:?} and token_dim {:?} do not fit this ChatGLM model (needs num_layers {} and token_dim = multi_query_group_num · kv_channels = {token_dim}; PEFT's own prefix tuning on ChatGLM records hidden_size instead, peft#919)",
@@ -244,9 +350,17 @@ impl PrefixEncoder {
             )));
         }
         let file = Checkpoint::open_files(&[dir.join(crate::peft::config::WEIGHTS_FILE)])?;
-        let entry = file.get(PEFT_KEY).ok_or_else(|| AdapterError::MissingTensor { tensor: PEFT_KEY.into() })?;
+        let entry = file
+            .get(PEFT_KEY)
+            .ok_or_else(|| AdapterError::MissingTensor {
+                tensor: PEFT_KEY.into(),
+            })?;
         if entry.shape != [p, shape.kv_size()] {
-            return Err(AdapterError::ShapeMismatch { tensor: PEFT_KEY.into(), expected: vec![p, shape.kv_size()], actual: entry.shape.clone() });
+            return Err(AdapterError::ShapeMismatch {
+                tensor: PEFT_KEY.into(),
+                expected: vec![p, shape.kv_size()],
+                actual: entry.shape.clone(),
+            });
         }
         let values = file.read_f32(PEFT_KEY)?.0;
         Ok(Self::from_parts(shape, values, p, None, device))

@@ -132,31 +132,90 @@ pub struct AdapterConfig {
 }
 
 fn err(path: &Path, message: impl Into<String>) -> AdapterError {
-    AdapterError::Config { path: path.to_path_buf(), message: message.into() }
+    AdapterError::Config {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
 }
 
 /// Keys PEFT writes for each method; anything else is unknown to us and is warned about.
 const COMMON_KEYS: &[&str] = &[
-    "peft_type", "task_type", "auto_mapping", "base_model_name_or_path", "revision", "inference_mode",
-    "peft_version", "target_modules", "exclude_modules", "modules_to_save", "fan_in_fan_out",
-    "layers_to_transform", "layers_pattern",
+    "peft_type",
+    "task_type",
+    "auto_mapping",
+    "base_model_name_or_path",
+    "revision",
+    "inference_mode",
+    "peft_version",
+    "target_modules",
+    "exclude_modules",
+    "modules_to_save",
+    "fan_in_fan_out",
+    "layers_to_transform",
+    "layers_pattern",
 ];
 const LORA_KEYS: &[&str] = &[
-    "r", "lora_alpha", "lora_dropout", "bias", "use_rslora", "use_dora", "init_lora_weights", "rank_pattern",
-    "alpha_pattern", "megatron_config", "megatron_core", "loftq_config", "eva_config", "corda_config",
-    "lora_ga_config", "layer_replication", "lora_bias", "target_parameters", "trainable_token_indices",
-    "use_qalora", "qalora_group_size", "alora_invocation_tokens", "arrow_config", "ensure_weight_tying",
-    "kasa_config", "monteclora_config", "use_bdlora", "velora_config",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "bias",
+    "use_rslora",
+    "use_dora",
+    "init_lora_weights",
+    "rank_pattern",
+    "alpha_pattern",
+    "megatron_config",
+    "megatron_core",
+    "loftq_config",
+    "eva_config",
+    "corda_config",
+    "lora_ga_config",
+    "layer_replication",
+    "lora_bias",
+    "target_parameters",
+    "trainable_token_indices",
+    "use_qalora",
+    "qalora_group_size",
+    "alora_invocation_tokens",
+    "arrow_config",
+    "ensure_weight_tying",
+    "kasa_config",
+    "monteclora_config",
+    "use_bdlora",
+    "velora_config",
 ];
-const ADALORA_KEYS: &[&str] =
-    &["target_r", "init_r", "tinit", "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight", "total_step"];
+const ADALORA_KEYS: &[&str] = &[
+    "target_r",
+    "init_r",
+    "tinit",
+    "tfinal",
+    "deltaT",
+    "beta1",
+    "beta2",
+    "orth_reg_weight",
+    "total_step",
+];
 const IA3_KEYS: &[&str] = &["feedforward_modules", "init_ia3_weights"];
 
 /// Keys that must hold their PEFT default (null, false, {} or []) because we do not implement them.
 const MUST_BE_DEFAULT: &[&str] = &[
-    "megatron_config", "eva_config", "corda_config", "lora_ga_config", "layer_replication", "lora_bias",
-    "target_parameters", "trainable_token_indices", "use_qalora", "alora_invocation_tokens", "arrow_config",
-    "kasa_config", "monteclora_config", "use_bdlora", "velora_config", "modules_to_save", "fan_in_fan_out",
+    "megatron_config",
+    "eva_config",
+    "corda_config",
+    "lora_ga_config",
+    "layer_replication",
+    "lora_bias",
+    "target_parameters",
+    "trainable_token_indices",
+    "use_qalora",
+    "alora_invocation_tokens",
+    "arrow_config",
+    "kasa_config",
+    "monteclora_config",
+    "use_bdlora",
+    "velora_config",
+    "modules_to_save",
+    "fan_in_fan_out",
     "loftq_config",
 ];
 
@@ -169,36 +228,64 @@ fn is_default(v: &Value) -> bool {
     }
 }
 
-fn get_f64(raw: &Map<String, Value>, key: &str, default: f64, path: &Path) -> Result<f64, AdapterError> {
-    match raw.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => v.as_f64().ok_or_else(|| err(path, format!("`{key}` must be a number, found {v}"))),
-    }
-}
-
-fn get_usize(raw: &Map<String, Value>, key: &str, default: usize, path: &Path) -> Result<usize, AdapterError> {
+fn get_f64(
+    raw: &Map<String, Value>,
+    key: &str,
+    default: f64,
+    path: &Path,
+) -> Result<f64, AdapterError> {
     match raw.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(v) => v
-            .as_u64()
-            .map(|x| x as usize)
-            .ok_or_else(|| err(path, format!("`{key}` must be a non-negative integer, found {v}"))),
+            .as_f64()
+            .ok_or_else(|| err(path, format!("`{key}` must be a number, found {v}"))),
     }
 }
 
-fn get_bool(raw: &Map<String, Value>, key: &str, default: bool, path: &Path) -> Result<bool, AdapterError> {
+fn get_usize(
+    raw: &Map<String, Value>,
+    key: &str,
+    default: usize,
+    path: &Path,
+) -> Result<usize, AdapterError> {
     match raw.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(v) => v.as_bool().ok_or_else(|| err(path, format!("`{key}` must be true or false, found {v}"))),
+        Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
+            err(
+                path,
+                format!("`{key}` must be a non-negative integer, found {v}"),
+            )
+        }),
     }
 }
 
-fn get_targets(raw: &Map<String, Value>, key: &str, path: &Path) -> Result<Option<Targets>, AdapterError> {
+fn get_bool(
+    raw: &Map<String, Value>,
+    key: &str,
+    default: bool,
+    path: &Path,
+) -> Result<bool, AdapterError> {
+    match raw.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| err(path, format!("`{key}` must be true or false, found {v}"))),
+    }
+}
+
+fn get_targets(
+    raw: &Map<String, Value>,
+    key: &str,
+    path: &Path,
+) -> Result<Option<Targets>, AdapterError> {
     match raw.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => Targets::from_json(v)
-            .map(Some)
-            .ok_or_else(|| err(path, format!("`{key}` must be a list of names or a regex string, found {v}"))),
+        Some(v) => Targets::from_json(v).map(Some).ok_or_else(|| {
+            err(
+                path,
+                format!("`{key}` must be a list of names or a regex string, found {v}"),
+            )
+        }),
     }
 }
 
@@ -212,7 +299,11 @@ fn get_pattern<T>(
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Object(m)) => m
             .iter()
-            .map(|(k, v)| parse(v).map(|t| (k.clone(), t)).ok_or_else(|| err(path, format!("`{key}.{k}` has an invalid value {v}"))))
+            .map(|(k, v)| {
+                parse(v)
+                    .map(|t| (k.clone(), t))
+                    .ok_or_else(|| err(path, format!("`{key}.{k}` has an invalid value {v}")))
+            })
             .collect(),
         Some(v) => Err(err(path, format!("`{key}` must be an object, found {v}"))),
     }
@@ -222,13 +313,19 @@ fn parse_lora(raw: &Map<String, Value>, path: &Path) -> Result<LoraOptions, Adap
     for key in MUST_BE_DEFAULT {
         if let Some(v) = raw.get(*key) {
             if !is_default(v) {
-                return Err(AdapterError::Unsupported(format!("{}: `{key}` = {v} is not supported", path.display())));
+                return Err(AdapterError::Unsupported(format!(
+                    "{}: `{key}` = {v} is not supported",
+                    path.display()
+                )));
             }
         }
     }
     if let Some(bias) = raw.get("bias").and_then(Value::as_str) {
         if bias != "none" {
-            return Err(AdapterError::Unsupported(format!("{}: `bias` = \"{bias}\" (only \"none\")", path.display())));
+            return Err(AdapterError::Unsupported(format!(
+                "{}: `bias` = \"{bias}\" (only \"none\")",
+                path.display()
+            )));
         }
     }
     let init = match raw.get("init_lora_weights") {
@@ -249,7 +346,9 @@ fn parse_lora(raw: &Map<String, Value>, path: &Path) -> Result<LoraOptions, Adap
         use_rslora: get_bool(raw, "use_rslora", false, path)?,
         use_dora: get_bool(raw, "use_dora", false, path)?,
         init,
-        rank_pattern: get_pattern(raw, "rank_pattern", path, |v| v.as_u64().map(|x| x as usize))?,
+        rank_pattern: get_pattern(raw, "rank_pattern", path, |v| {
+            v.as_u64().map(|x| x as usize)
+        })?,
         alpha_pattern: get_pattern(raw, "alpha_pattern", path, Value::as_f64)?,
     })
 }
@@ -260,7 +359,11 @@ fn parse_adalora(raw: &Map<String, Value>, path: &Path) -> Result<AdaLoraOptions
         Some(_) => Some(get_usize(raw, "total_step", 0, path)?),
     };
     let rank_pattern = get_pattern(raw, "rank_pattern", path, |v| {
-        v.as_array().map(|a| a.iter().map(|b| b.as_bool().unwrap_or(false)).collect::<Vec<bool>>())
+        v.as_array().map(|a| {
+            a.iter()
+                .map(|b| b.as_bool().unwrap_or(false))
+                .collect::<Vec<bool>>()
+        })
     })
     .unwrap_or_default();
     Ok(AdaLoraOptions {
@@ -282,19 +385,29 @@ impl AdapterConfig {
     pub fn load_dir(dir: &Path) -> Result<Self, AdapterError> {
         let path = dir.join(CONFIG_FILE);
         if !path.is_file() {
-            return Err(err(&path, "missing adapter_config.json (is this a PEFT adapter folder?)"));
+            return Err(err(
+                &path,
+                "missing adapter_config.json (is this a PEFT adapter folder?)",
+            ));
         }
         let text = std::fs::read_to_string(&path).map_err(|e| err(&path, e.to_string()))?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| err(&path, format!("invalid JSON: {e}")))?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| err(&path, format!("invalid JSON: {e}")))?;
         Self::from_json(value, &path)
     }
 
     /// Parses a config object; `path` is only used in messages.
     pub fn from_json(value: Value, path: &Path) -> Result<Self, AdapterError> {
-        let Value::Object(raw) = value else { return Err(err(path, "expected a JSON object")) };
-        let peft_type_str = raw.get("peft_type").and_then(Value::as_str).ok_or_else(|| err(path, "missing `peft_type`"))?;
-        let peft_type = PeftType::parse(peft_type_str)
-            .ok_or_else(|| AdapterError::Unsupported(format!("{}: peft_type `{peft_type_str}`", path.display())))?;
+        let Value::Object(raw) = value else {
+            return Err(err(path, "expected a JSON object"));
+        };
+        let peft_type_str = raw
+            .get("peft_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| err(path, "missing `peft_type`"))?;
+        let peft_type = PeftType::parse(peft_type_str).ok_or_else(|| {
+            AdapterError::Unsupported(format!("{}: peft_type `{peft_type_str}`", path.display()))
+        })?;
         let method_keys: Vec<&str> = match peft_type {
             PeftType::Lora => LORA_KEYS.to_vec(),
             PeftType::AdaLora => LORA_KEYS.iter().chain(ADALORA_KEYS).copied().collect(),
@@ -308,22 +421,34 @@ impl AdapterConfig {
                 lora_raw.remove("rank_pattern");
                 let lora = parse_lora(&lora_raw, path)?;
                 if lora.use_dora {
-                    return Err(AdapterError::Unsupported(format!("{}: AdaLoRA does not support use_dora", path.display())));
+                    return Err(AdapterError::Unsupported(format!(
+                        "{}: AdaLoRA does not support use_dora",
+                        path.display()
+                    )));
                 }
                 Method::AdaLora(lora, parse_adalora(&raw, path)?)
             }
             PeftType::Ia3 => {
                 for key in ["modules_to_save", "fan_in_fan_out"] {
                     if raw.get(key).is_some_and(|v| !is_default(v)) {
-                        return Err(AdapterError::Unsupported(format!("{}: `{key}` is not supported", path.display())));
+                        return Err(AdapterError::Unsupported(format!(
+                            "{}: `{key}` is not supported",
+                            path.display()
+                        )));
                     }
                 }
-                let ff = get_targets(&raw, "feedforward_modules", path)?.unwrap_or(Targets::Names(Vec::new()));
-                Method::Ia3(Ia3Options { feedforward_modules: ff })
+                let ff = get_targets(&raw, "feedforward_modules", path)?
+                    .unwrap_or(Targets::Names(Vec::new()));
+                Method::Ia3(Ia3Options {
+                    feedforward_modules: ff,
+                })
             }
             other => Method::PromptLearning(other),
         };
-        if matches!(peft_type, PeftType::Lora | PeftType::AdaLora | PeftType::Ia3) {
+        if matches!(
+            peft_type,
+            PeftType::Lora | PeftType::AdaLora | PeftType::Ia3
+        ) {
             for key in raw.keys() {
                 if !COMMON_KEYS.contains(&key.as_str()) && !method_keys.contains(&key.as_str()) {
                     tracing::warn!("{}: ignoring unknown key `{key}`", path.display());
@@ -333,17 +458,32 @@ impl AdapterConfig {
         let layers_to_transform = match raw.get("layers_to_transform") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as usize]),
-            Some(Value::Array(a)) => Some(a.iter().filter_map(|v| v.as_u64().map(|x| x as usize)).collect()),
-            Some(v) => return Err(err(path, format!("`layers_to_transform` must be an int or a list, found {v}"))),
+            Some(Value::Array(a)) => Some(
+                a.iter()
+                    .filter_map(|v| v.as_u64().map(|x| x as usize))
+                    .collect(),
+            ),
+            Some(v) => {
+                return Err(err(
+                    path,
+                    format!("`layers_to_transform` must be an int or a list, found {v}"),
+                ))
+            }
         };
         let layers_pattern = match raw.get("layers_pattern") {
             Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
             _ => Vec::new(),
         };
         Ok(Self {
             peft_type,
-            base_model_name_or_path: raw.get("base_model_name_or_path").and_then(Value::as_str).map(String::from),
+            base_model_name_or_path: raw
+                .get("base_model_name_or_path")
+                .and_then(Value::as_str)
+                .map(String::from),
             target_modules: get_targets(&raw, "target_modules", path)?,
             exclude_modules: get_targets(&raw, "exclude_modules", path)?,
             layers_to_transform,
@@ -355,11 +495,14 @@ impl AdapterConfig {
 
     /// The matcher for this config's `target_modules`; `default_targets` is used when the config
     /// names none (PEFT's per-architecture defaults).
-    pub fn matcher(&self, default_targets: &[&str], output_head: &[&str]) -> Result<Matcher, AdapterError> {
-        let targets = self
-            .target_modules
-            .clone()
-            .unwrap_or_else(|| Targets::Names(default_targets.iter().map(|s| s.to_string()).collect()));
+    pub fn matcher(
+        &self,
+        default_targets: &[&str],
+        output_head: &[&str],
+    ) -> Result<Matcher, AdapterError> {
+        let targets = self.target_modules.clone().unwrap_or_else(|| {
+            Targets::Names(default_targets.iter().map(|s| s.to_string()).collect())
+        });
         Matcher::new(
             &targets,
             MatchOptions {

@@ -6,17 +6,24 @@
 
 use burn::tensor::Tensor;
 
-use crate::models::Linear;
 use crate::models::tensor_util::frozen;
+use crate::models::Linear;
 use crate::peft::adapter::LinearAdapter;
 
 /// Replaces `linear`'s weights by the adapted ones and removes the adapter.
 pub fn fold(linear: &mut Linear) {
-    let Some(adapter) = linear.adapter.take() else { return };
+    let Some(adapter) = linear.adapter.take() else {
+        return;
+    };
     let w = linear.weight.val().detach();
     let (w, bias) = match adapter {
         LinearAdapter::Lora(l) => {
-            let merged = w + l.lora_a.val().matmul(l.lora_b.val()).mul_scalar(l.scale).detach();
+            let merged = w + l
+                .lora_a
+                .val()
+                .matmul(l.lora_b.val())
+                .mul_scalar(l.scale)
+                .detach();
             match &l.magnitude {
                 // DoRA: W' = (m / ‖W + ΔW‖_row) · (W + ΔW); the bias is not rescaled.
                 Some(m) => {
@@ -31,10 +38,16 @@ pub fn fold(linear: &mut Linear) {
             let l = a.ia3_l.val().detach();
             if a.feedforward {
                 // base(x ⊙ l): scale the input rows of W.
-                (w * l.unsqueeze_dim::<2>(1), linear.bias.as_ref().map(|b| b.val()))
+                (
+                    w * l.unsqueeze_dim::<2>(1),
+                    linear.bias.as_ref().map(|b| b.val()),
+                )
             } else {
                 // base(x) ⊙ l: scale the output columns of W and the bias.
-                (w * l.clone().unsqueeze::<2>(), linear.bias.as_ref().map(|b| b.val() * l))
+                (
+                    w * l.clone().unsqueeze::<2>(),
+                    linear.bias.as_ref().map(|b| b.val() * l),
+                )
             }
         }
     };

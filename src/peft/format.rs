@@ -26,7 +26,10 @@ pub fn tensor_keys(target: &Target) -> Vec<(String, Vec<usize>)> {
     let (i, o) = (target.d_in, target.d_out);
     match target.spec {
         Spec::Lora { r, dora, .. } => {
-            let mut keys = vec![(format!("{p}.lora_A.weight"), vec![r, i]), (format!("{p}.lora_B.weight"), vec![o, r])];
+            let mut keys = vec![
+                (format!("{p}.lora_A.weight"), vec![r, i]),
+                (format!("{p}.lora_B.weight"), vec![o, r]),
+            ];
             if dora {
                 keys.push((format!("{p}.lora_magnitude_vector"), vec![o]));
             }
@@ -51,24 +54,42 @@ pub fn inject_new(
         _ => crate::peft::config::LoraInit::Default,
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    attach(model, &targets, &mut |t, linear| build(t, linear, init_values(t, init, &mut rng), device))
+    attach(model, &targets, &mut |t, linear| {
+        build(t, linear, init_values(t, init, &mut rng), device)
+    })
 }
 
 fn read(file: &Checkpoint, key: &str, shape: &[usize]) -> Result<Vec<f32>, AdapterError> {
-    let Some(entry) = file.get(key) else { return Err(AdapterError::MissingTensor { tensor: key.to_string() }) };
+    let Some(entry) = file.get(key) else {
+        return Err(AdapterError::MissingTensor {
+            tensor: key.to_string(),
+        });
+    };
     if entry.shape != shape {
-        return Err(AdapterError::ShapeMismatch { tensor: key.to_string(), expected: shape.to_vec(), actual: entry.shape.clone() });
+        return Err(AdapterError::ShapeMismatch {
+            tensor: key.to_string(),
+            expected: shape.to_vec(),
+            actual: entry.shape.clone(),
+        });
     }
     Ok(file.read_f32(key)?.0)
 }
 
 /// Loads a PEFT adapter folder into `model`: every tensor the config implies must be in the file
 /// with PEFT's shape, and every tensor in the file must belong to a targeted module.
-pub fn load_adapter(model: &mut CausalLm, model_type: &str, dir: &Path, device: &Device) -> Result<(AdapterConfig, InjectionReport), AdapterError> {
+pub fn load_adapter(
+    model: &mut CausalLm,
+    model_type: &str,
+    dir: &Path,
+    device: &Device,
+) -> Result<(AdapterConfig, InjectionReport), AdapterError> {
     let config = AdapterConfig::load_dir(dir)?;
     let path = dir.join(WEIGHTS_FILE);
     if !path.is_file() {
-        return Err(AdapterError::Config { path, message: "missing adapter_model.safetensors".into() });
+        return Err(AdapterError::Config {
+            path,
+            message: "missing adapter_model.safetensors".into(),
+        });
     }
     let file = Checkpoint::open_files(&[path])?;
     let targets = plan(model, model_type, &config)?;
@@ -77,9 +98,17 @@ pub fn load_adapter(model: &mut CausalLm, model_type: &str, dir: &Path, device: 
         expected.extend(tensor_keys(t).into_iter().map(|(k, _)| k));
     }
     if let Some(extra) = file.entries().find(|e| !expected.contains(&e.name)) {
-        let module = extra.name.trim_start_matches(KEY_PREFIX).split(".lora_").next().unwrap_or(&extra.name);
+        let module = extra
+            .name
+            .trim_start_matches(KEY_PREFIX)
+            .split(".lora_")
+            .next()
+            .unwrap_or(&extra.name);
         let module = module.split(".ia3_l").next().unwrap_or(module).to_string();
-        return Err(AdapterError::UnknownModule { tensor: extra.name.clone(), module });
+        return Err(AdapterError::UnknownModule {
+            tensor: extra.name.clone(),
+            module,
+        });
     }
     let report = attach(model, &targets, &mut |t, linear| {
         let keys = tensor_keys(t);
@@ -87,9 +116,15 @@ pub fn load_adapter(model: &mut CausalLm, model_type: &str, dir: &Path, device: 
             Spec::Lora { dora, .. } => AdapterValues::Lora {
                 lora_a: read(&file, &keys[0].0, &keys[0].1)?,
                 lora_b: read(&file, &keys[1].0, &keys[1].1)?,
-                magnitude: if dora { Some(read(&file, &keys[2].0, &keys[2].1)?) } else { None },
+                magnitude: if dora {
+                    Some(read(&file, &keys[2].0, &keys[2].1)?)
+                } else {
+                    None
+                },
             },
-            Spec::Ia3 { .. } => AdapterValues::Ia3 { ia3_l: read(&file, &keys[0].0, &keys[0].1)? },
+            Spec::Ia3 { .. } => AdapterValues::Ia3 {
+                ia3_l: read(&file, &keys[0].0, &keys[0].1)?,
+            },
         };
         build(t, linear, values, device)
     })?;
@@ -105,18 +140,34 @@ fn linear_tensors(path: &str, linear: &Linear) -> Vec<(String, OwnedTensor)> {
             let [i, r] = l.lora_a.val().dims();
             let [_, o] = l.lora_b.val().dims();
             let mut out = vec![
-                (format!("{p}.lora_A.weight"), OwnedTensor::from_f32(vec![r, i], &transpose(&to_vec(l.lora_a.val()), i, r))),
-                (format!("{p}.lora_B.weight"), OwnedTensor::from_f32(vec![o, r], &transpose(&to_vec(l.lora_b.val()), r, o))),
+                (
+                    format!("{p}.lora_A.weight"),
+                    OwnedTensor::from_f32(vec![r, i], &transpose(&to_vec(l.lora_a.val()), i, r)),
+                ),
+                (
+                    format!("{p}.lora_B.weight"),
+                    OwnedTensor::from_f32(vec![o, r], &transpose(&to_vec(l.lora_b.val()), r, o)),
+                ),
             ];
             if let Some(m) = &l.magnitude {
-                out.push((format!("{p}.lora_magnitude_vector"), OwnedTensor::from_f32(vec![o], &to_vec(m.val()))));
+                out.push((
+                    format!("{p}.lora_magnitude_vector"),
+                    OwnedTensor::from_f32(vec![o], &to_vec(m.val())),
+                ));
             }
             out
         }
         Some(LinearAdapter::Ia3(a)) => {
             let n = a.num_params();
-            let shape = if a.feedforward { vec![1, n] } else { vec![n, 1] };
-            vec![(format!("{p}.ia3_l"), OwnedTensor::from_f32(shape, &to_vec(a.ia3_l.val())))]
+            let shape = if a.feedforward {
+                vec![1, n]
+            } else {
+                vec![n, 1]
+            };
+            vec![(
+                format!("{p}.ia3_l"),
+                OwnedTensor::from_f32(shape, &to_vec(a.ia3_l.val())),
+            )]
         }
     }
 }
@@ -144,12 +195,23 @@ pub fn adapter_param_ids(model: &mut CausalLm) -> Vec<(String, burn::module::Par
 
 /// Every adapter tensor of the model, keyed as PEFT saves them.
 pub fn adapter_tensors(model: &mut CausalLm) -> Vec<(String, OwnedTensor)> {
-    model.linears_mut().into_iter().flat_map(|(path, linear)| linear_tensors(&path, linear)).collect()
+    model
+        .linears_mut()
+        .into_iter()
+        .flat_map(|(path, linear)| linear_tensors(&path, linear))
+        .collect()
 }
 
 /// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` (created if needed).
-pub fn save_adapter(model: &mut CausalLm, config: &AdapterConfig, dir: &Path) -> Result<(), AdapterError> {
-    std::fs::create_dir_all(dir).map_err(|e| AdapterError::Config { path: dir.to_path_buf(), message: e.to_string() })?;
+pub fn save_adapter(
+    model: &mut CausalLm,
+    config: &AdapterConfig,
+    dir: &Path,
+) -> Result<(), AdapterError> {
+    std::fs::create_dir_all(dir).map_err(|e| AdapterError::Config {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let tensors = adapter_tensors(model);
     crate::io::write_safetensors_atomic(&dir.join(WEIGHTS_FILE), &tensors, None)?;
     config.save_dir(dir)?;

@@ -38,13 +38,26 @@ impl Lora {
     /// `y = W·x + b + s·B(A(dropout(x)))`; DoRA rescales rows by `m / ‖W + s·BA‖_row` with the
     /// norm detached (DoRA §4.3, PEFT `DoraLinearVariant.forward`).
     pub fn forward<const D: usize>(&self, base: &Linear, x: Tensor<D>) -> Tensor<D> {
-        let low = linear(linear(self.dropout.forward(x.clone()), self.lora_a.val(), None), self.lora_b.val(), None);
+        let low = linear(
+            linear(self.dropout.forward(x.clone()), self.lora_a.val(), None),
+            self.lora_b.val(),
+            None,
+        );
         let Some(magnitude) = &self.magnitude else {
             return base.base_forward(x) + low.mul_scalar(self.scale);
         };
         // ‖W + s·A·B‖ over the input dimension, in burn orientation [in, out] -> [out].
-        let delta = self.lora_a.val().matmul(self.lora_b.val()).mul_scalar(self.scale);
-        let norm = (base.weight.val() + delta).detach().powi_scalar(2).sum_dim(0).sqrt().squeeze_dim::<1>(0);
+        let delta = self
+            .lora_a
+            .val()
+            .matmul(self.lora_b.val())
+            .mul_scalar(self.scale);
+        let norm = (base.weight.val() + delta)
+            .detach()
+            .powi_scalar(2)
+            .sum_dim(0)
+            .sqrt()
+            .squeeze_dim::<1>(0);
         let gain = (magnitude.val() / norm).unsqueeze::<D>();
         let plain = linear(x, base.weight.val(), None);
         let out = (plain + low.mul_scalar(self.scale)) * gain;

@@ -25,9 +25,12 @@ impl Targets {
         match value {
             serde_json::Value::String(s) if s == "all-linear" => Some(Self::AllLinear),
             serde_json::Value::String(s) => Some(Self::Regex(s.clone())),
-            serde_json::Value::Array(items) => {
-                Some(Self::Names(items.iter().filter_map(|v| v.as_str().map(String::from)).collect()))
-            }
+            serde_json::Value::Array(items) => Some(Self::Names(
+                items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect(),
+            )),
             _ => None,
         }
     }
@@ -77,8 +80,10 @@ pub struct MatchOptions {
 }
 
 fn full_regex(pattern: &str) -> Result<Regex, AdapterError> {
-    Regex::new(&format!("^(?:{pattern})$"))
-        .map_err(|e| AdapterError::Regex { pattern: pattern.to_string(), message: e.to_string() })
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| AdapterError::Regex {
+        pattern: pattern.to_string(),
+        message: e.to_string(),
+    })
 }
 
 fn compile(targets: &Targets) -> Result<Compiled, AdapterError> {
@@ -91,7 +96,10 @@ fn compile(targets: &Targets) -> Result<Compiled, AdapterError> {
 
 /// True when `path` equals `name` or ends with `.name`.
 pub fn suffix_match(path: &str, name: &str) -> bool {
-    path == name || (path.len() > name.len() && path.ends_with(name) && path.as_bytes()[path.len() - name.len() - 1] == b'.')
+    path == name
+        || (path.len() > name.len()
+            && path.ends_with(name)
+            && path.as_bytes()[path.len() - name.len() - 1] == b'.')
 }
 
 impl Matcher {
@@ -139,7 +147,9 @@ impl Matcher {
 pub fn layer_index(path: &str, patterns: &[String]) -> Option<usize> {
     let parts: Vec<&str> = path.split('.').collect();
     for i in (1..parts.len().saturating_sub(1)).rev() {
-        let Ok(index) = parts[i].parse::<usize>() else { continue };
+        let Ok(index) = parts[i].parse::<usize>() else {
+            continue;
+        };
         if patterns.is_empty() || patterns.iter().any(|p| p == parts[i - 1]) {
             return Some(index);
         }
@@ -149,10 +159,16 @@ pub fn layer_index(path: &str, patterns: &[String]) -> Option<usize> {
 
 /// The first pattern key (in file order) matching `path` as `(.*\.)?(key)$`, as PEFT's
 /// `get_pattern_key`.
-pub fn pattern_value<T: Clone>(patterns: &[(String, T)], path: &str) -> Result<Option<T>, AdapterError> {
+pub fn pattern_value<T: Clone>(
+    patterns: &[(String, T)],
+    path: &str,
+) -> Result<Option<T>, AdapterError> {
     for (key, value) in patterns {
-        let re = Regex::new(&format!(r"^(?:.*\.)?(?:{key})$"))
-            .map_err(|e| AdapterError::Regex { pattern: key.clone(), message: e.to_string() })?;
+        let re =
+            Regex::new(&format!(r"^(?:.*\.)?(?:{key})$")).map_err(|e| AdapterError::Regex {
+                pattern: key.clone(),
+                message: e.to_string(),
+            })?;
         if re.is_match(path) {
             return Ok(Some(value.clone()));
         }
@@ -174,7 +190,10 @@ mod tests {
     #[test]
     fn layer_index_reads_the_number_after_the_pattern() {
         assert_eq!(layer_index("model.layers.12.mlp.up_proj", &[]), Some(12));
-        assert_eq!(layer_index("model.layers.12.mlp.up_proj", &["layers".into()]), Some(12));
+        assert_eq!(
+            layer_index("model.layers.12.mlp.up_proj", &["layers".into()]),
+            Some(12)
+        );
         assert_eq!(layer_index("model.h.3.attn", &["layers".into()]), None);
     }
 }

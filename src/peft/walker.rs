@@ -24,8 +24,15 @@ pub fn default_targets(model_type: &str, method: &Method) -> &'static [&'static 
 /// What to attach at one module.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Spec {
-    Lora { r: usize, scale: f64, dora: bool, dropout: f64 },
-    Ia3 { feedforward: bool },
+    Lora {
+        r: usize,
+        scale: f64,
+        dora: bool,
+        dropout: f64,
+    },
+    Ia3 {
+        feedforward: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -46,8 +53,16 @@ pub struct InjectionReport {
 
 impl fmt::Display for InjectionReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let pct = if self.total == 0 { 0.0 } else { 100.0 * self.trainable as f64 / self.total as f64 };
-        write!(f, "trainable params: {} || all params: {} || trainable%: {:.4}", self.trainable, self.total, pct)
+        let pct = if self.total == 0 {
+            0.0
+        } else {
+            100.0 * self.trainable as f64 / self.total as f64
+        };
+        write!(
+            f,
+            "trainable params: {} || all params: {} || trainable%: {:.4}",
+            self.trainable, self.total, pct
+        )
     }
 }
 
@@ -58,21 +73,39 @@ pub fn lora_spec(opts: &LoraOptions, path: &str) -> Result<Spec, AdapterError> {
     if r == 0 {
         return Err(AdapterError::Unsupported(format!("rank 0 for `{path}`")));
     }
-    let scale = if opts.use_rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 };
-    Ok(Spec::Lora { r, scale, dora: opts.use_dora, dropout: opts.lora_dropout })
+    let scale = if opts.use_rslora {
+        alpha / (r as f64).sqrt()
+    } else {
+        alpha / r as f64
+    };
+    Ok(Spec::Lora {
+        r,
+        scale,
+        dora: opts.use_dora,
+        dropout: opts.lora_dropout,
+    })
 }
 
 fn targets_match(targets: &Targets, path: &str) -> bool {
     match targets {
         Targets::Names(names) => names.iter().any(|n| suffix_match(path, n)),
-        Targets::Regex(re) => regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(path)),
+        Targets::Regex(re) => {
+            regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(path))
+        }
         Targets::AllLinear => true,
     }
 }
 
 /// The modules `config` targets in `model`, with what to attach at each.
-pub fn plan(model: &mut CausalLm, model_type: &str, config: &AdapterConfig) -> Result<Vec<Target>, AdapterError> {
-    let matcher: Matcher = config.matcher(default_targets(model_type, &config.method), model.output_head())?;
+pub fn plan(
+    model: &mut CausalLm,
+    model_type: &str,
+    config: &AdapterConfig,
+) -> Result<Vec<Target>, AdapterError> {
+    let matcher: Matcher = config.matcher(
+        default_targets(model_type, &config.method),
+        model.output_head(),
+    )?;
     let mut targets = Vec::new();
     let mut all_paths = vec![model.embedding_path().to_string()];
     if matcher.matches(model.embedding_path(), false) {
@@ -88,12 +121,22 @@ pub fn plan(model: &mut CausalLm, model_type: &str, config: &AdapterConfig) -> R
         }
         let spec = match &config.method {
             Method::Lora(opts) => lora_spec(opts, &path)?,
-            Method::Ia3(opts) => Spec::Ia3 { feedforward: targets_match(&opts.feedforward_modules, &path) },
+            Method::Ia3(opts) => Spec::Ia3 {
+                feedforward: targets_match(&opts.feedforward_modules, &path),
+            },
             Method::AdaLora(..) | Method::PromptLearning(_) => {
-                return Err(AdapterError::Unsupported(format!("{} adapters are not supported yet", config.peft_type.as_str())))
+                return Err(AdapterError::Unsupported(format!(
+                    "{} adapters are not supported yet",
+                    config.peft_type.as_str()
+                )))
             }
         };
-        targets.push(Target { path, d_in: linear.in_features(), d_out: linear.out_features(), spec });
+        targets.push(Target {
+            path,
+            d_in: linear.in_features(),
+            d_out: linear.out_features(),
+            spec,
+        });
     }
     if targets.is_empty() {
         let patterns = config
@@ -102,7 +145,10 @@ pub fn plan(model: &mut CausalLm, model_type: &str, config: &AdapterConfig) -> R
             .map(Targets::describe)
             .unwrap_or_else(|| format!("{:?}", default_targets(model_type, &config.method)));
         let sample_paths = all_paths.into_iter().take(12).collect();
-        return Err(AdapterError::NoMatchingTarget { patterns, sample_paths });
+        return Err(AdapterError::NoMatchingTarget {
+            patterns,
+            sample_paths,
+        });
     }
     Ok(targets)
 }
@@ -115,7 +161,8 @@ pub fn attach(
 ) -> Result<InjectionReport, AdapterError> {
     let base_params = model.num_params();
     let mut trainable = 0;
-    let mut by_path: std::collections::HashMap<&str, &Target> = targets.iter().map(|t| (t.path.as_str(), t)).collect();
+    let mut by_path: std::collections::HashMap<&str, &Target> =
+        targets.iter().map(|t| (t.path.as_str(), t)).collect();
     for (path, linear) in model.linears_mut() {
         if let Some(target) = by_path.remove(path.as_str()) {
             let adapter = build(target, linear)?;
@@ -124,5 +171,9 @@ pub fn attach(
         }
     }
     let total = base_params + trainable;
-    Ok(InjectionReport { matched: targets.iter().map(|t| t.path.clone()).collect(), trainable, total })
+    Ok(InjectionReport {
+        matched: targets.iter().map(|t| t.path.clone()).collect(),
+        trainable,
+        total,
+    })
 }

@@ -35,13 +35,25 @@ pub struct TrainerState {
 }
 
 fn err(path: &Path, e: impl ToString) -> TrainError {
-    TrainError::Checkpoint { path: path.to_path_buf(), message: e.to_string() }
+    TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
 }
 
 /// Saves a checkpoint (adapter + optimizer + state) into `dir`, atomically as a whole.
-pub fn save(dir: &Path, model: &mut CausalLm, config: &AdapterConfig, optim: &AdamW, state: &TrainerState) -> Result<(), TrainError> {
+pub fn save(
+    dir: &Path,
+    model: &mut CausalLm,
+    config: &AdapterConfig,
+    optim: &AdamW,
+    state: &TrainerState,
+) -> Result<(), TrainError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = parent.join(format!(".{name}.partial"));
     let _ = std::fs::remove_dir_all(&tmp);
     let result = (|| {
@@ -67,22 +79,40 @@ fn save_optimizer(path: &Path, model: &mut CausalLm, optim: &AdamW) -> Result<()
         if let Some(m) = optim.state.get(&id) {
             let avg = to_vec(m.exp_avg.clone());
             let sq = to_vec(m.exp_avg_sq.clone());
-            tensors.push((format!("{name}.exp_avg"), OwnedTensor::from_f32(vec![avg.len()], &avg)));
-            tensors.push((format!("{name}.exp_avg_sq"), OwnedTensor::from_f32(vec![sq.len()], &sq)));
+            tensors.push((
+                format!("{name}.exp_avg"),
+                OwnedTensor::from_f32(vec![avg.len()], &avg),
+            ));
+            tensors.push((
+                format!("{name}.exp_avg_sq"),
+                OwnedTensor::from_f32(vec![sq.len()], &sq),
+            ));
         }
     }
     let mut meta = HashMap::new();
     meta.insert("step".to_string(), optim.step.to_string());
-    meta.insert("adamw".to_string(), serde_json::to_string(&optim.config).unwrap_or_default());
+    meta.insert(
+        "adamw".to_string(),
+        serde_json::to_string(&optim.config).unwrap_or_default(),
+    );
     write_safetensors_atomic(path, &tensors, Some(meta))?;
     Ok(())
 }
 
 /// Restores optimizer moments for the adapter now attached to `model` (same tensor names).
-pub fn load_optimizer(dir: &Path, model: &mut CausalLm, optim: &mut AdamW, device: &Device) -> Result<(), TrainError> {
+pub fn load_optimizer(
+    dir: &Path,
+    model: &mut CausalLm,
+    optim: &mut AdamW,
+    device: &Device,
+) -> Result<(), TrainError> {
     let path = dir.join(OPTIMIZER_FILE);
     let file = Checkpoint::open_files(&[path.clone()])?;
-    optim.step = file.metadata().and_then(|m| m.get("step")).and_then(|s| s.parse().ok()).unwrap_or(0);
+    optim.step = file
+        .metadata()
+        .and_then(|m| m.get("step"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let inner = device.clone().inner();
     let tensor = |key: &str| -> Result<Tensor<1>, TrainError> {
         let (v, _) = file.read_f32(key)?;
@@ -93,11 +123,20 @@ pub fn load_optimizer(dir: &Path, model: &mut CausalLm, optim: &mut AdamW, devic
     for (name, id) in adapter_param_ids(model) {
         let key = format!("{name}.exp_avg");
         if file.contains(&key) {
-            state.insert(id, Moments { exp_avg: tensor(&key)?, exp_avg_sq: tensor(&format!("{name}.exp_avg_sq"))? });
+            state.insert(
+                id,
+                Moments {
+                    exp_avg: tensor(&key)?,
+                    exp_avg_sq: tensor(&format!("{name}.exp_avg_sq"))?,
+                },
+            );
         }
     }
     if state.is_empty() && optim.step > 0 {
-        return Err(err(&path, "no optimizer state matches the adapter's tensors"));
+        return Err(err(
+            &path,
+            "no optimizer state matches the adapter's tensors",
+        ));
     }
     optim.state = state;
     Ok(())

@@ -18,9 +18,18 @@ pub fn evaluate(model: &CausalLm, batches: &[Batch]) -> EvalResult {
     let mut tokens = 0;
     for batch in batches {
         let logits = model.forward(&batch.inputs(), None);
-        sum += token_loss_sum(logits, &batch.labels, batch.batch, batch.seq).into_scalar::<f32>() as f64;
+        sum += token_loss_sum(logits, &batch.labels, batch.batch, batch.seq).into_scalar::<f32>()
+            as f64;
         tokens += batch.targets();
     }
-    let loss = if tokens == 0 { f64::NAN } else { sum / tokens as f64 };
-    EvalResult { loss, perplexity: loss.exp(), tokens }
+    let loss = if tokens == 0 {
+        f64::NAN
+    } else {
+        sum / tokens as f64
+    };
+    EvalResult {
+        loss,
+        perplexity: loss.exp(),
+        tokens,
+    }
 }

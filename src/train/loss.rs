@@ -9,7 +9,14 @@ pub const IGNORE_INDEX: i64 = -100;
 
 /// Non-ignored target tokens in `labels` [batch, seq] after the shift.
 pub fn count_targets(labels: &[i64], batch: usize, seq: usize) -> usize {
-    (0..batch).map(|b| labels[b * seq + 1..(b + 1) * seq].iter().filter(|&&l| l != IGNORE_INDEX).count()).sum()
+    (0..batch)
+        .map(|b| {
+            labels[b * seq + 1..(b + 1) * seq]
+                .iter()
+                .filter(|&&l| l != IGNORE_INDEX)
+                .count()
+        })
+        .sum()
 }
 
 /// logits: [batch, seq, vocab], labels: [batch, seq] -> sum over targets of −log p(label), [1].
@@ -27,8 +34,10 @@ pub fn token_loss_sum(logits: Tensor<3>, labels: &[i64], batch: usize, seq: usiz
     }
     let shifted = logits.slice([0..batch, 0..seq - 1, 0..vocab]);
     let logp = log_softmax(shifted, 2);
-    let targets: Tensor<3, Int> = Tensor::from_data(TensorData::new(targets, [batch, seq - 1, 1]), &device);
-    let weights: Tensor<3> = Tensor::from_data(TensorData::new(weights, [batch, seq - 1, 1]), &device);
+    let targets: Tensor<3, Int> =
+        Tensor::from_data(TensorData::new(targets, [batch, seq - 1, 1]), &device);
+    let weights: Tensor<3> =
+        Tensor::from_data(TensorData::new(weights, [batch, seq - 1, 1]), &device);
     (logp.gather(2, targets) * weights).sum().neg()
 }
 

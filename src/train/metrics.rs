@@ -19,7 +19,12 @@ pub struct Metrics {
 
 impl Metrics {
     /// Opens `metrics.jsonl` in `out` (appending when resuming) and a progress bar at `start`.
-    pub fn open(out: &Path, total_steps: usize, start: usize, append: bool) -> Result<Self, TrainError> {
+    pub fn open(
+        out: &Path,
+        total_steps: usize,
+        start: usize,
+        append: bool,
+    ) -> Result<Self, TrainError> {
         let path = out.join(METRICS_FILE);
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -27,11 +32,16 @@ impl Metrics {
             .write(true)
             .truncate(!append)
             .open(&path)
-            .map_err(|e| TrainError::Checkpoint { path: path.clone(), message: e.to_string() })?;
+            .map_err(|e| TrainError::Checkpoint {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         let bar = ProgressBar::new(total_steps as u64);
         bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_position(start as u64);
         Ok(Self { file, bar })
@@ -44,17 +54,30 @@ impl Metrics {
         }
     }
 
-    pub fn train_step(&mut self, step: usize, loss: f64, lr: f64, grad_norm: f64, tokens: usize, tokens_per_s: f64) -> Value {
+    pub fn train_step(
+        &mut self,
+        step: usize,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        tokens: usize,
+        tokens_per_s: f64,
+    ) -> Value {
         let entry = json!({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "tokens_per_s": tokens_per_s});
         self.log(&entry);
-        self.bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s"));
+        self.bar.set_message(format!(
+            "loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s"
+        ));
         entry
     }
 
     pub fn eval(&mut self, step: usize, loss: f64, tokens: usize) -> Value {
         let entry = json!({"step": step, "split": "eval", "loss": loss, "perplexity": loss.exp(), "tokens": tokens});
         self.log(&entry);
-        self.bar.println(format!("step {step}: eval loss {loss:.4} (perplexity {:.2})", loss.exp()));
+        self.bar.println(format!(
+            "step {step}: eval loss {loss:.4} (perplexity {:.2})",
+            loss.exp()
+        ));
         entry
     }
 }

@@ -27,7 +27,12 @@ pub struct AdamWConfig {
 impl Default for AdamWConfig {
     /// torch's defaults.
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
     }
 }
 
@@ -75,7 +80,9 @@ struct UpdateMapper<'a> {
 
 impl ModuleMapper for UpdateMapper<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some(grad) = self.grads.remove::<D>(param.id) else { return param };
+        let Some(grad) = self.grads.remove::<D>(param.id) else {
+            return param;
+        };
         let (id, tensor, mapper) = param.consume();
         let require_grad = tensor.is_require_grad();
         let shape = tensor.dims();
@@ -92,29 +99,58 @@ impl ModuleMapper for UpdateMapper<'_> {
 
 impl AdamW {
     pub fn new(config: AdamWConfig) -> Self {
-        Self { config, step: 0, state: HashMap::new() }
+        Self {
+            config,
+            step: 0,
+            state: HashMap::new(),
+        }
     }
 
     fn update(&mut self, id: ParamId, theta: Tensor<1>, g: Tensor<1>, lr: f64) -> Tensor<1> {
         let c = self.config;
         let t = self.step as i32;
-        let m = self.state.remove(&id).unwrap_or_else(|| Moments { exp_avg: g.zeros_like(), exp_avg_sq: g.zeros_like() });
+        let m = self.state.remove(&id).unwrap_or_else(|| Moments {
+            exp_avg: g.zeros_like(),
+            exp_avg_sq: g.zeros_like(),
+        });
         let theta = theta.mul_scalar(1.0 - lr * c.weight_decay);
         let exp_avg = m.exp_avg.mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
-        let exp_avg_sq = m.exp_avg_sq.mul_scalar(c.beta2) + (g.clone() * g).mul_scalar(1.0 - c.beta2);
+        let exp_avg_sq =
+            m.exp_avg_sq.mul_scalar(c.beta2) + (g.clone() * g).mul_scalar(1.0 - c.beta2);
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
-        let denom = exp_avg_sq.clone().sqrt().div_scalar(bias2_sqrt).add_scalar(c.eps);
+        let denom = exp_avg_sq
+            .clone()
+            .sqrt()
+            .div_scalar(bias2_sqrt)
+            .add_scalar(c.eps);
         let theta = theta - (exp_avg.clone() / denom).mul_scalar(lr / bias1);
-        self.state.insert(id, Moments { exp_avg, exp_avg_sq });
+        self.state.insert(
+            id,
+            Moments {
+                exp_avg,
+                exp_avg_sq,
+            },
+        );
         theta
     }
 
     /// One optimizer step over every parameter with a gradient; gradients are multiplied by
     /// `grad_scale` first (global-norm clipping).
-    pub fn step<M: Module>(&mut self, model: M, mut grads: GradientsParams, lr: f64, grad_scale: f64) -> M {
+    pub fn step<M: Module>(
+        &mut self,
+        model: M,
+        mut grads: GradientsParams,
+        lr: f64,
+        grad_scale: f64,
+    ) -> M {
         self.step += 1;
-        let mut mapper = UpdateMapper { optim: self, grads: &mut grads, lr, grad_scale };
+        let mut mapper = UpdateMapper {
+            optim: self,
+            grads: &mut grads,
+            lr,
+            grad_scale,
+        };
         model.map(&mut mapper)
     }
 }

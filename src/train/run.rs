@@ -63,11 +63,18 @@ pub struct RunSummary {
 
 /// Steps a run will take: `max_steps`, or whole epochs of accumulated batches.
 pub fn total_steps(config: &RunConfig, batches_per_epoch: usize) -> usize {
-    config.max_steps.unwrap_or_else(|| config.epochs * batches_per_epoch.div_ceil(config.grad_accum.max(1)))
+    config
+        .max_steps
+        .unwrap_or_else(|| config.epochs * batches_per_epoch.div_ceil(config.grad_accum.max(1)))
 }
 
 /// Takes the next `n` micro-batches, moving to the next epoch when one runs out.
-fn next_micro_batches(train: &dyn Fn(usize) -> Vec<Batch>, state: &mut TrainerState, epoch_batches: &mut Vec<Batch>, n: usize) -> Vec<Batch> {
+fn next_micro_batches(
+    train: &dyn Fn(usize) -> Vec<Batch>,
+    state: &mut TrainerState,
+    epoch_batches: &mut Vec<Batch>,
+    n: usize,
+) -> Vec<Batch> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         if state.position >= epoch_batches.len() {
@@ -88,20 +95,42 @@ fn next_micro_batches(train: &dyn Fn(usize) -> Vec<Batch>, state: &mut TrainerSt
 pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
     let first = (run.train)(0);
     if first.is_empty() {
-        return Err(TrainError::NoData("the training set produced no batches".into()));
+        return Err(TrainError::NoData(
+            "the training set produced no batches".into(),
+        ));
     }
     let c = run.config.clone();
     let total = total_steps(&c, first.len());
-    let warmup = if c.warmup_steps > 0 { c.warmup_steps } else { (c.warmup_ratio * total as f64).ceil() as usize };
-    let schedule = Schedule { kind: c.scheduler, base_lr: c.lr, warmup_steps: warmup, total_steps: total };
+    let warmup = if c.warmup_steps > 0 {
+        c.warmup_steps
+    } else {
+        (c.warmup_ratio * total as f64).ceil() as usize
+    };
+    let schedule = Schedule {
+        kind: c.scheduler,
+        base_lr: c.lr,
+        warmup_steps: warmup,
+        total_steps: total,
+    };
     let (mut state, mut optim) = match run.resume.take() {
         Some((s, o)) => (s, o),
         None => (
-            TrainerState { global_step: 0, max_steps: total, epoch: 0, position: 0, seed: c.seed, log_history: Vec::new() },
+            TrainerState {
+                global_step: 0,
+                max_steps: total,
+                epoch: 0,
+                position: 0,
+                seed: c.seed,
+                log_history: Vec::new(),
+            },
             AdamW::new(c.adamw),
         ),
     };
-    let mut epoch_batches = if state.epoch == 0 { first } else { (run.train)(state.epoch) };
+    let mut epoch_batches = if state.epoch == 0 {
+        first
+    } else {
+        (run.train)(state.epoch)
+    };
     let interrupted = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted));
     let mut metrics = Metrics::open(&run.out, total, state.global_step, state.global_step > 0)?;
@@ -114,12 +143,28 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
         if interrupted.load(Ordering::SeqCst) {
             let dir = checkpoint::checkpoint_dir(&run.out, state.global_step);
             checkpoint::save(&dir, &mut model, &run.adapter_config, &optim, &state)?;
-            metrics.bar.abandon_with_message(format!("interrupted: checkpoint saved to {}", dir.display()));
-            return Ok(RunSummary { steps: state.global_step, interrupted: true, losses, eval_loss: None, tokens: tokens_total, seconds: started.elapsed().as_secs_f64() });
+            metrics.bar.abandon_with_message(format!(
+                "interrupted: checkpoint saved to {}",
+                dir.display()
+            ));
+            return Ok(RunSummary {
+                steps: state.global_step,
+                interrupted: true,
+                losses,
+                eval_loss: None,
+                tokens: tokens_total,
+                seconds: started.elapsed().as_secs_f64(),
+            });
         }
-        let micro = next_micro_batches(run.train, &mut state, &mut epoch_batches, c.grad_accum.max(1));
+        let micro = next_micro_batches(
+            run.train,
+            &mut state,
+            &mut epoch_batches,
+            c.grad_accum.max(1),
+        );
         // Dropout masks depend only on (seed, step): a resumed run draws the same ones.
-        run.device.seed(c.seed.wrapping_add(state.global_step as u64));
+        run.device
+            .seed(c.seed.wrapping_add(state.global_step as u64));
         let lr = schedule.lr(state.global_step);
         let t = Instant::now();
         let (next, stats) = train_step(model, &mut optim, &micro, lr, c.max_grad_norm);
@@ -132,7 +177,11 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
                 }
             }
             let last_checkpoint = saved.pop().map(|(_, dir)| dir);
-            return Err(TrainError::NonFiniteLoss { step: state.global_step + 1, loss: stats.loss, last_checkpoint });
+            return Err(TrainError::NonFiniteLoss {
+                step: state.global_step + 1,
+                loss: stats.loss,
+                last_checkpoint,
+            });
         }
         model = next;
         state.global_step += 1;
@@ -140,7 +189,14 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
         losses.push(stats.loss);
         let step = state.global_step;
         if step % c.logging_steps.max(1) == 0 || step == total {
-            let entry = metrics.train_step(step, stats.loss, lr, stats.grad_norm, stats.tokens, stats.tokens as f64 / t.elapsed().as_secs_f64());
+            let entry = metrics.train_step(
+                step,
+                stats.loss,
+                lr,
+                stats.grad_norm,
+                stats.tokens,
+                stats.tokens as f64 / t.elapsed().as_secs_f64(),
+            );
             state.log_history.push(entry);
         }
         metrics.bar.set_position(step as u64);
@@ -158,12 +214,22 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
         None
     } else {
         let e = evaluate(&model.valid(), &run.eval);
-        state.log_history.push(metrics.eval(state.global_step, e.loss, e.tokens));
+        state
+            .log_history
+            .push(metrics.eval(state.global_step, e.loss, e.tokens));
         Some(e.loss)
     };
     metrics.bar.finish_with_message("done");
     save_adapter(&mut model, &run.adapter_config, &run.out)?;
-    let json = serde_json::to_string_pretty(&state).map_err(|e| TrainError::Option(e.to_string()))?;
+    let json =
+        serde_json::to_string_pretty(&state).map_err(|e| TrainError::Option(e.to_string()))?;
     crate::io::write_atomic(&run.out.join(checkpoint::STATE_FILE), json.as_bytes())?;
-    Ok(RunSummary { steps: state.global_step, interrupted: false, losses, eval_loss, tokens: tokens_total, seconds: started.elapsed().as_secs_f64() })
+    Ok(RunSummary {
+        steps: state.global_step,
+        interrupted: false,
+        losses,
+        eval_loss,
+        tokens: tokens_total,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }

@@ -3,7 +3,9 @@
 
 use std::f64::consts::PI;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
     Constant,
@@ -21,7 +23,11 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn lr(&self, step: usize) -> f64 {
-        let (k, w, t) = (step as f64, self.warmup_steps as f64, self.total_steps as f64);
+        let (k, w, t) = (
+            step as f64,
+            self.warmup_steps as f64,
+            self.total_steps as f64,
+        );
         let factor = if step < self.warmup_steps {
             k / w.max(1.0)
         } else {
@@ -42,7 +48,12 @@ mod tests {
 
     #[test]
     fn linear_schedule_warms_up_then_decays_to_zero() {
-        let s = Schedule { kind: ScheduleKind::Linear, base_lr: 1.0, warmup_steps: 2, total_steps: 10 };
+        let s = Schedule {
+            kind: ScheduleKind::Linear,
+            base_lr: 1.0,
+            warmup_steps: 2,
+            total_steps: 10,
+        };
         let lrs: Vec<f64> = (0..11).map(|k| s.lr(k)).collect();
         assert_eq!(lrs[0], 0.0);
         assert_eq!(lrs[1], 0.5);
@@ -53,7 +64,12 @@ mod tests {
 
     #[test]
     fn cosine_schedule_is_half_way_at_the_middle() {
-        let s = Schedule { kind: ScheduleKind::Cosine, base_lr: 2.0, warmup_steps: 0, total_steps: 10 };
+        let s = Schedule {
+            kind: ScheduleKind::Cosine,
+            base_lr: 2.0,
+            warmup_steps: 0,
+            total_steps: 10,
+        };
         assert!((s.lr(5) - 1.0).abs() < 1e-12);
         assert_eq!(s.lr(0), 2.0);
     }

@@ -70,5 +70,13 @@ pub fn train_step(
     let scale = clip_factor(grad_norm, max_grad_norm);
     let model = optim.step(model, grads, lr, scale);
     let tokens = micro_batches.iter().map(Batch::tokens).sum();
-    (model, StepStats { loss: loss_sum, grad_norm, tokens, targets })
+    (
+        model,
+        StepStats {
+            loss: loss_sum,
+            grad_norm,
+            tokens,
+            targets,
+        },
+    )
 }

@@ -16,7 +16,13 @@ use crate::common::*;
 
 fn with_adapter(name: &str) -> CausalLm {
     let mut model = load_model("llama-tiny");
-    load_adapter(&mut model, "llama", &fixture(&format!("adapters/{name}")), &device()).expect("adapter loads");
+    load_adapter(
+        &mut model,
+        "llama",
+        &fixture(&format!("adapters/{name}")),
+        &device(),
+    )
+    .expect("adapter loads");
     model
 }
 
@@ -32,10 +38,16 @@ fn adapter_reproduces_peft_logits(#[case] name: &str) {
     let logits = to_vec(model.forward(&reference.inputs(), None));
     let (diff, compared) = reference.compare(&logits);
     assert!(compared > 40, "compared only {compared} positions");
-    assert!(diff <= LOGITS_TOL, "{name}: max abs diff {diff} > {LOGITS_TOL}");
+    assert!(
+        diff <= LOGITS_TOL,
+        "{name}: max abs diff {diff} > {LOGITS_TOL}"
+    );
     // The adapter must matter: the base model's logits are far from the adapted ones.
     let base = to_vec(load_model("llama-tiny").forward(&reference.inputs(), None));
-    assert!(reference.compare(&base).0 > 10.0 * LOGITS_TOL, "{name}: adapter changed nothing");
+    assert!(
+        reference.compare(&base).0 > 10.0 * LOGITS_TOL,
+        "{name}: adapter changed nothing"
+    );
 }
 
 #[rstest]
@@ -49,20 +61,34 @@ fn loading_and_saving_an_adapter_keeps_every_tensor_bit_for_bit(#[case] name: &s
     let out = tempfile::tempdir().unwrap();
     save_adapter(&mut model, &config, out.path()).unwrap();
     let ours = Checkpoint::open_files(&[out.path().join("adapter_model.safetensors")]).unwrap();
-    let theirs = Checkpoint::open_files(&[fixture(&format!("adapters/{name}/adapter_model.safetensors"))]).unwrap();
+    let theirs = Checkpoint::open_files(&[fixture(&format!(
+        "adapters/{name}/adapter_model.safetensors"
+    ))])
+    .unwrap();
     let mut compared = 0;
     for entry in theirs.entries() {
-        let mine = ours.get(&entry.name).unwrap_or_else(|| panic!("missing {}", entry.name));
+        let mine = ours
+            .get(&entry.name)
+            .unwrap_or_else(|| panic!("missing {}", entry.name));
         assert_eq!(mine.shape, entry.shape, "{}", entry.name);
         assert_eq!(ours.bytes(mine), theirs.bytes(entry), "{}", entry.name);
         compared += 1;
     }
     assert_eq!(compared, ours.entries().count());
     assert!(compared > 0);
-    assert_eq!(ours.metadata().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
-    let saved: serde_json::Value = serde_json::from_str(&fs::read_to_string(out.path().join("adapter_config.json")).unwrap()).unwrap();
-    let original: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(fixture(&format!("adapters/{name}/adapter_config.json"))).unwrap()).unwrap();
+    assert_eq!(
+        ours.metadata()
+            .and_then(|m| m.get("format"))
+            .map(String::as_str),
+        Some("pt")
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.path().join("adapter_config.json")).unwrap())
+            .unwrap();
+    let original: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(fixture(&format!("adapters/{name}/adapter_config.json"))).unwrap(),
+    )
+    .unwrap();
     assert_eq!(saved, original, "adapter_config.json differs from PEFT's");
 }
 
@@ -78,7 +104,11 @@ fn folding_an_adapter_into_the_weights_gives_the_unfolded_logits(#[case] name: &
         peft::peft::fold::fold(linear);
     }
     let folded = to_vec(model.forward(&reference.inputs(), None));
-    let worst = unfolded.iter().zip(&folded).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let worst = unfolded
+        .iter()
+        .zip(&folded)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(worst < 1e-4, "{name}: folded vs unfolded {worst}");
 }
 
@@ -97,13 +127,20 @@ fn backward_reaches_only_adapter_parameters_and_the_optimizer_holds_only_them() 
     // 14 adapted linears × (A, B) and nothing else.
     assert_eq!(grads.len(), 28);
     for id in &base_ids {
-        assert!(grads.get::<2>(*id).is_none() && grads.get::<1>(*id).is_none(), "base parameter {id} got a gradient");
+        assert!(
+            grads.get::<2>(*id).is_none() && grads.get::<1>(*id).is_none(),
+            "base parameter {id} got a gradient"
+        );
     }
     let mut optim = AdamWConfig::new().init();
     let model = optim.step(1e-3, model, grads);
     let record = optim.to_record();
     // AdamW keeps a few tensors (moments) per trainable parameter: only the 28 adapter tensors.
-    assert!(record.len() % 28 == 0 && record.len() <= 3 * 28, "optimizer state holds {} tensors", record.len());
+    assert!(
+        record.len() % 28 == 0 && record.len() <= 3 * 28,
+        "optimizer state holds {} tensors",
+        record.len()
+    );
     assert!(model.num_params() > 0);
 }
 
@@ -112,13 +149,16 @@ fn walker_report_matches_peft_trainable_parameter_counts() {
     let mut model = load_model("llama-tiny");
     let config = AdapterConfig::load_dir(&fixture("adapters/lora")).unwrap();
     let report = inject_new(&mut model, "llama", &config, 0, &device()).unwrap();
-    let from_file: usize = Checkpoint::open_files(&[fixture("adapters/lora/adapter_model.safetensors")])
-        .unwrap()
-        .entries()
-        .map(|e| e.shape.iter().product::<usize>())
-        .sum();
+    let from_file: usize =
+        Checkpoint::open_files(&[fixture("adapters/lora/adapter_model.safetensors")])
+            .unwrap()
+            .entries()
+            .map(|e| e.shape.iter().product::<usize>())
+            .sum();
     assert_eq!(report.trainable, from_file);
-    assert!(report.to_string().starts_with(&format!("trainable params: {from_file} || all params: ")));
+    assert!(report
+        .to_string()
+        .starts_with(&format!("trainable params: {from_file} || all params: ")));
 }
 
 #[test]
@@ -126,7 +166,11 @@ fn saved_new_adapter_reloads_to_the_same_logits() {
     let mut model = load_model("llama-tiny");
     let mut config = AdapterConfig::load_dir(&fixture("adapters/lora")).unwrap();
     config.raw.insert("init_lora_weights".into(), false.into());
-    let config = AdapterConfig::from_json(serde_json::Value::Object(config.raw), std::path::Path::new("x")).unwrap();
+    let config = AdapterConfig::from_json(
+        serde_json::Value::Object(config.raw),
+        std::path::Path::new("x"),
+    )
+    .unwrap();
     inject_new(&mut model, "llama", &config, 7, &device()).unwrap();
     let out = tempfile::tempdir().unwrap();
     save_adapter(&mut model, &config, out.path()).unwrap();

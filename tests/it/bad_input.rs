@@ -24,9 +24,20 @@ fn copy_model(from: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 fn generate_fails(dir: &Path, prompt: &str) -> String {
-    let out = run_peft(&["generate", "--model", path_str(dir), "--prompt", prompt, "--max-new-tokens", "2"]);
+    let out = run_peft(&[
+        "generate",
+        "--model",
+        path_str(dir),
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        "2",
+    ]);
     let err = stderr(&out);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
     assert_ne!(out.status.code(), Some(101), "peft panicked: {err}");
     err
 }
@@ -69,14 +80,33 @@ fn tensor_with_an_unsupported_dtype_is_named() {
     let file = peft::io::Checkpoint::open_dir(&dir).unwrap();
     let mut tensors: Vec<(String, OwnedTensor)> = file
         .entries()
-        .map(|e| (e.name.clone(), OwnedTensor { dtype: e.dtype, shape: e.shape.clone(), bytes: file.bytes(e).to_vec() }))
+        .map(|e| {
+            (
+                e.name.clone(),
+                OwnedTensor {
+                    dtype: e.dtype,
+                    shape: e.shape.clone(),
+                    bytes: file.bytes(e).to_vec(),
+                },
+            )
+        })
         .collect();
     drop(file);
-    let norm = tensors.iter_mut().find(|(n, _)| n == "model.norm.weight").unwrap();
-    norm.1 = OwnedTensor { dtype: Dtype::I32, shape: norm.1.shape.clone(), bytes: vec![0; norm.1.bytes.len()] };
+    let norm = tensors
+        .iter_mut()
+        .find(|(n, _)| n == "model.norm.weight")
+        .unwrap();
+    norm.1 = OwnedTensor {
+        dtype: Dtype::I32,
+        shape: norm.1.shape.clone(),
+        bytes: vec![0; norm.1.bytes.len()],
+    };
     write_safetensors_atomic(&dir.join("model.safetensors"), &tensors, None).unwrap();
     let err = generate_fails(&dir, "Hello");
-    assert!(err.contains("model.norm.weight") && err.contains("I32"), "{err}");
+    assert!(
+        err.contains("model.norm.weight") && err.contains("I32"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -86,7 +116,10 @@ fn truncated_safetensors_file_is_rejected() {
     let bytes = fs::read(&path).unwrap();
     fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let err = generate_fails(&dir, "Hello");
-    assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("not a valid safetensors"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -97,7 +130,10 @@ fn header_claiming_an_absurd_length_is_rejected() {
     bytes[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
     fs::write(&path, &bytes).unwrap();
     let err = generate_fails(&dir, "Hello");
-    assert!(err.contains("model.safetensors") && err.contains("header"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("header"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -107,7 +143,12 @@ fn wrong_tensor_shape_names_the_tensor_and_both_shapes() {
         c.insert("intermediate_size".into(), 96.into());
     });
     let err = generate_fails(&dir, "Hello");
-    assert!(err.contains("model.layers.0.mlp.gate_proj.weight") && err.contains("[96, 64]") && err.contains("[128, 64]"), "{err}");
+    assert!(
+        err.contains("model.layers.0.mlp.gate_proj.weight")
+            && err.contains("[96, 64]")
+            && err.contains("[128, 64]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -117,7 +158,10 @@ fn unknown_model_type_is_a_clear_error() {
         c.insert("model_type".into(), "gpt_neox".into());
     });
     let err = generate_fails(&dir, "Hello");
-    assert!(err.contains("gpt_neox") && err.contains("config.json"), "{err}");
+    assert!(
+        err.contains("gpt_neox") && err.contains("config.json"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -141,7 +185,15 @@ fn prompt_longer_than_the_context_is_refused() {
 #[cfg(not(feature = "wgpu"))]
 #[test]
 fn wgpu_device_without_the_feature_says_how_to_build_it() {
-    let out = run_peft(&["generate", "--model", path_str(&fixture("llama-tiny")), "--prompt", "Hi", "--device", "wgpu"]);
+    let out = run_peft(&[
+        "generate",
+        "--model",
+        path_str(&fixture("llama-tiny")),
+        "--prompt",
+        "Hi",
+        "--device",
+        "wgpu",
+    ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--features wgpu"), "{}", stderr(&out));
 }

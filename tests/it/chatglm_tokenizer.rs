@@ -16,8 +16,16 @@ fn expected(model: &str) -> serde_json::Value {
 /// A ChatGLM-style tokenizer folder: `tokenizer.model` + `tokenizer_config.json`, no tokenizer.json.
 fn chatglm_folder(model: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    fs::copy(fixture(&format!("spm-tiny/{model}.model")), dir.path().join("tokenizer.model")).unwrap();
-    fs::write(dir.path().join("tokenizer_config.json"), r#"{"tokenizer_class": "ChatGLMTokenizer", "eos_token": "</s>"}"#).unwrap();
+    fs::copy(
+        fixture(&format!("spm-tiny/{model}.model")),
+        dir.path().join("tokenizer.model"),
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join("tokenizer_config.json"),
+        r#"{"tokenizer_class": "ChatGLMTokenizer", "eos_token": "</s>"}"#,
+    )
+    .unwrap();
     dir
 }
 
@@ -32,13 +40,35 @@ fn sentencepiece_model_encodes_as_the_python_library(#[case] model: &str) {
     let mut compared = 0;
     for case in expected["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let ids: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-        assert_eq!(tokenizer.encode(text, false).unwrap(), ids, "{model}: {text:?}");
+        let ids: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            tokenizer.encode(text, false).unwrap(),
+            ids,
+            "{model}: {text:?}"
+        );
         compared += 1;
     }
     assert!(compared >= 8);
     // ChatGLM3's specials follow the vocabulary, and encoding with specials prefixes [gMASK] sop.
-    for (i, s) in ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"].iter().enumerate() {
+    for (i, s) in [
+        "[MASK]",
+        "[gMASK]",
+        "[sMASK]",
+        "sop",
+        "eop",
+        "<|system|>",
+        "<|user|>",
+        "<|assistant|>",
+        "<|observation|>",
+    ]
+    .iter()
+    .enumerate()
+    {
         assert_eq!(tokenizer.token_id(s), Some(n + i as u32), "{s}");
     }
     let with_prefix = tokenizer.encode("Hello", true).unwrap();
@@ -59,7 +89,11 @@ fn sentencepiece_decoding_matches_the_python_library(#[case] model: &str) {
             continue;
         }
         let ids = tokenizer.encode(text, false).unwrap();
-        assert_eq!(tokenizer.decode(&ids, true).unwrap(), case["decoded"].as_str().unwrap(), "{model}: {text:?}");
+        assert_eq!(
+            tokenizer.decode(&ids, true).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "{model}: {text:?}"
+        );
         compared += 1;
     }
     assert!(compared >= 5);
@@ -69,7 +103,9 @@ fn sentencepiece_decoding_matches_the_python_library(#[case] model: &str) {
 fn a_chatglm_folder_without_a_template_gets_the_builtin_chatglm3_one() {
     let dir = chatglm_folder("bpe");
     let tokenizer = TextTokenizer::load(dir.path()).unwrap();
-    let text = tokenizer.apply_chat_template(&[Message::new("user", "你好")], true).unwrap();
+    let text = tokenizer
+        .apply_chat_template(&[Message::new("user", "你好")], true)
+        .unwrap();
     assert_eq!(text, "[gMASK]sop<|user|>\n 你好<|assistant|>");
 }
 
@@ -92,6 +128,12 @@ fn chatglm3_template_renders_every_turn_with_one_prefix() {
 fn a_corrupt_tokenizer_model_names_the_file() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("tokenizer.model"), [0x0a, 0x40, 0x01]).unwrap();
-    let err = TextTokenizer::load(dir.path()).err().expect("must fail").to_string();
-    assert!(err.contains("tokenizer.model") && err.contains("protobuf"), "{err}");
+    let err = TextTokenizer::load(dir.path())
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(
+        err.contains("tokenizer.model") && err.contains("protobuf"),
+        "{err}"
+    );
 }

@@ -14,7 +14,9 @@ use peft::models::{CausalLm, Inputs, ModelDir};
 pub const LOGITS_TOL: f32 = 1e-4;
 
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 pub fn device() -> Device {
@@ -38,11 +40,20 @@ pub struct Reference {
 }
 
 pub fn reference(rel: &str) -> Reference {
-    let file = Checkpoint::open_files(&[fixture(rel).join("reference.safetensors")]).expect("reference opens");
+    let file = Checkpoint::open_files(&[fixture(rel).join("reference.safetensors")])
+        .expect("reference opens");
     let (ids, shape) = file.read_i64("input_ids").expect("input_ids");
     let (mask, _) = file.read_i64("attention_mask").expect("attention_mask");
     let (logits, logits_shape) = file.read_f32("logits").expect("logits");
-    Reference { ids, mask, batch: shape[0], seq: shape[1], logits, logits_shape, file }
+    Reference {
+        ids,
+        mask,
+        batch: shape[0],
+        seq: shape[1],
+        logits,
+        logits_shape,
+        file,
+    }
 }
 
 impl Reference {

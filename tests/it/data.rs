@@ -19,7 +19,10 @@ fn tokenizer() -> TextTokenizer {
 fn data_file(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data.jsonl");
-    std::fs::File::create(&path).unwrap().write_all(bytes).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
     (dir, path)
 }
 
@@ -44,7 +47,9 @@ fn learned_runs(tokenizer: &TextTokenizer, record: &Encoded) -> Vec<String> {
         }
         previous = learned;
     }
-    runs.iter().map(|ids| tokenizer.decode(ids, false).unwrap()).collect()
+    runs.iter()
+        .map(|ids| tokenizer.decode(ids, false).unwrap())
+        .collect()
 }
 
 const MULTI_TURN: &str = r#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}, {"role": "user", "content": "How are you?"}, {"role": "assistant", "content": "Fine, thanks."}]}"#;
@@ -53,8 +58,16 @@ const MULTI_TURN: &str = r#"{"messages": [{"role": "system", "content": "Be brie
 fn labels_cover_exactly_every_assistant_turn_with_its_end_of_turn_token() {
     let prepared = prepare(MULTI_TURN.as_bytes(), |_| {}).unwrap();
     let record = &prepared.train[0];
-    assert_eq!(learned_runs(&tokenizer(), record), ["Hello there<|im_end|>\n", "Fine, thanks.<|im_end|>\n"]);
-    let text = tokenizer().decode(&record.ids.iter().map(|&i| i as u32).collect::<Vec<_>>(), false).unwrap();
+    assert_eq!(
+        learned_runs(&tokenizer(), record),
+        ["Hello there<|im_end|>\n", "Fine, thanks.<|im_end|>\n"]
+    );
+    let text = tokenizer()
+        .decode(
+            &record.ids.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            false,
+        )
+        .unwrap();
     assert_eq!(
         text,
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello there<|im_end|>\n\
@@ -72,47 +85,78 @@ fn training_on_the_prompt_learns_every_token() {
 #[test]
 fn the_builtin_chatml_template_masks_like_the_tokenizers_own() {
     let own = prepare(MULTI_TURN.as_bytes(), |_| {}).unwrap();
-    let builtin = prepare(MULTI_TURN.as_bytes(), |c| c.template = Template::Builtin(Builtin::ChatMl)).unwrap();
+    let builtin = prepare(MULTI_TURN.as_bytes(), |c| {
+        c.template = Template::Builtin(Builtin::ChatMl)
+    })
+    .unwrap();
     assert_eq!(own.train, builtin.train);
 }
 
 #[rstest]
 #[case::plain("The quick brown fox.", false)]
 #[case::with_eos("混合 text, 123", true)]
-fn text_records_encode_exactly_as_the_tokenizer_with_its_specials(#[case] text: &str, #[case] append_eos: bool) {
+fn text_records_encode_exactly_as_the_tokenizer_with_its_specials(
+    #[case] text: &str,
+    #[case] append_eos: bool,
+) {
     let line = serde_json::json!({ "text": text }).to_string();
     let prepared = prepare(line.as_bytes(), |c| c.append_eos = append_eos).unwrap();
     let tokenizer = tokenizer();
-    let mut expected: Vec<i64> = tokenizer.encode(text, true).unwrap().into_iter().map(i64::from).collect();
+    let mut expected: Vec<i64> = tokenizer
+        .encode(text, true)
+        .unwrap()
+        .into_iter()
+        .map(i64::from)
+        .collect();
     expected.extend(append_eos.then(|| i64::from(tokenizer.eos_id().unwrap())));
     assert_eq!(prepared.train[0].ids, expected);
     assert_eq!(prepared.train[0].labels, expected);
 }
 
 #[rstest]
-#[case::alpaca(r#"{"instruction": "Add", "input": "1+1", "output": "2"}"#, "<|im_start|>user\nAdd\n1+1<|im_end|>\n")]
-#[case::sharegpt(r#"{"conversations": [{"from": "human", "value": "Add 1+1"}, {"from": "gpt", "value": "2"}]}"#, "<|im_start|>user\nAdd 1+1<|im_end|>\n")]
+#[case::alpaca(
+    r#"{"instruction": "Add", "input": "1+1", "output": "2"}"#,
+    "<|im_start|>user\nAdd\n1+1<|im_end|>\n"
+)]
+#[case::sharegpt(
+    r#"{"conversations": [{"from": "human", "value": "Add 1+1"}, {"from": "gpt", "value": "2"}]}"#,
+    "<|im_start|>user\nAdd 1+1<|im_end|>\n"
+)]
 #[case::messages(r#"{"messages": [{"role": "user", "content": "Add 1+1"}, {"role": "assistant", "content": "2"}]}"#, "<|im_start|>user\nAdd 1+1<|im_end|>\n")]
 fn each_chat_format_is_detected_and_learns_its_answer(#[case] line: &str, #[case] prompt: &str) {
     let prepared = prepare(line.as_bytes(), |_| {}).unwrap();
     let tokenizer = tokenizer();
     let ids: Vec<u32> = prepared.train[0].ids.iter().map(|&i| i as u32).collect();
     assert!(tokenizer.decode(&ids, false).unwrap().starts_with(prompt));
-    assert_eq!(learned_runs(&tokenizer, &prepared.train[0]), ["2<|im_end|>\n"]);
+    assert_eq!(
+        learned_runs(&tokenizer, &prepared.train[0]),
+        ["2<|im_end|>\n"]
+    );
 }
 
 #[test]
 fn alpaca_history_turns_are_learned_too() {
     let line = r#"{"instruction": "and 2+2?", "output": "4", "history": [["1+1?", "2"]]}"#;
     let prepared = prepare(line.as_bytes(), |_| {}).unwrap();
-    assert_eq!(learned_runs(&tokenizer(), &prepared.train[0]), ["2<|im_end|>\n", "4<|im_end|>\n"]);
+    assert_eq!(
+        learned_runs(&tokenizer(), &prepared.train[0]),
+        ["2<|im_end|>\n", "4<|im_end|>\n"]
+    );
 }
 
 #[test]
 fn a_forced_format_overrides_detection() {
     let line = r#"{"text": "plain", "instruction": "x", "output": "y"}"#;
     let prepared = prepare(line.as_bytes(), |c| c.format = Some(Format::Text)).unwrap();
-    assert_eq!(prepared.train[0].ids, tokenizer().encode("plain", true).unwrap().into_iter().map(i64::from).collect::<Vec<_>>());
+    assert_eq!(
+        prepared.train[0].ids,
+        tokenizer()
+            .encode("plain", true)
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -128,21 +172,37 @@ fn truncation_cuts_the_prompt_from_the_left_and_keeps_the_whole_response() {
     let prepared = prepare(line.as_bytes(), |c| c.max_len = 32).unwrap();
     let record = &prepared.train[0];
     assert_eq!(record.len(), 32);
-    assert_eq!(learned_runs(&tokenizer(), record), ["The answer.<|im_end|>\n"]);
+    assert_eq!(
+        learned_runs(&tokenizer(), record),
+        ["The answer.<|im_end|>\n"]
+    );
     assert_eq!((prepared.stats.truncated, prepared.stats.dropped), (1, 0));
 }
 
 #[test]
 fn a_record_whose_response_cannot_fit_is_dropped_and_counted() {
     let fits = r#"{"instruction": "Hi", "output": "Yo"}"#;
-    let too_long = serde_json::json!({"instruction": "Hi", "output": "word ".repeat(100)}).to_string();
-    let prepared = prepare(format!("{fits}\n{too_long}\n").as_bytes(), |c| c.max_len = 24).unwrap();
-    assert_eq!((prepared.train.len(), prepared.stats.dropped, prepared.stats.records), (1, 1, 2));
+    let too_long =
+        serde_json::json!({"instruction": "Hi", "output": "word ".repeat(100)}).to_string();
+    let prepared = prepare(format!("{fits}\n{too_long}\n").as_bytes(), |c| {
+        c.max_len = 24
+    })
+    .unwrap();
+    assert_eq!(
+        (
+            prepared.train.len(),
+            prepared.stats.dropped,
+            prepared.stats.records
+        ),
+        (1, 1, 2)
+    );
 }
 
 #[test]
 fn the_eval_split_is_seeded_and_disjoint() {
-    let lines: String = (0..20).map(|i| format!("{{\"instruction\": \"q{i}\", \"output\": \"a{i}\"}}\n")).collect();
+    let lines: String = (0..20)
+        .map(|i| format!("{{\"instruction\": \"q{i}\", \"output\": \"a{i}\"}}\n"))
+        .collect();
     let a = prepare(lines.as_bytes(), |c| c.eval_split = 0.2).unwrap();
     let b = prepare(lines.as_bytes(), |c| c.eval_split = 0.2).unwrap();
     assert_eq!((a.train.len(), a.eval.len()), (16, 4));
@@ -162,14 +222,28 @@ fn batches_from_prepared_records_are_right_padded_with_the_pad_id() {
     let short = r#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}"#;
     let lines = format!("{MULTI_TURN}\n{short}\n");
     let prepared = prepare(lines.as_bytes(), |_| {}).unwrap();
-    let config = BatchConfig { batch_size: 2, seed: 1, shuffle: true, group_by_length: true, pack: None, pad_id: prepared.pad_id };
+    let config = BatchConfig {
+        batch_size: 2,
+        seed: 1,
+        shuffle: true,
+        group_by_length: true,
+        pack: None,
+        pad_id: prepared.pad_id,
+    };
     let batches = data::batches(&prepared.train, &config, 0);
     let pad = i64::from(tokenizer().pad_id().unwrap());
     assert_eq!(batches.len(), 1);
     let b = &batches[0];
-    assert_eq!(b.seq, prepared.train.iter().map(Encoded::len).max().unwrap());
+    assert_eq!(
+        b.seq,
+        prepared.train.iter().map(Encoded::len).max().unwrap()
+    );
     for (t, &m) in b.mask.iter().enumerate() {
-        assert_eq!(m == 0, b.ids[t] == pad && b.labels[t] == -100, "position {t}");
+        assert_eq!(
+            m == 0,
+            b.ids[t] == pad && b.labels[t] == -100,
+            "position {t}"
+        );
     }
 }
 
@@ -181,25 +255,61 @@ fn batches_from_prepared_records_are_right_padded_with_the_pad_id() {
 #[case::chatterbot_english("chatterbot/english.jsonl", 874)]
 #[case::chatterbot_chinese("chatterbot/chinese.jsonl", 465)]
 fn the_committed_datasets_encode_without_loss(#[case] file: &str, #[case] records: usize) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("datasets")
+        .join(file);
     let tokenizer = TextTokenizer::load(&fixture("llama-tiny")).unwrap();
-    let prepared = data::prepare(&DataConfig { max_len: 4096, ..DataConfig::new(path) }, &tokenizer).unwrap();
-    assert_eq!((prepared.train.len(), prepared.stats.dropped, prepared.stats.skipped), (records, 0, 0));
+    let prepared = data::prepare(
+        &DataConfig {
+            max_len: 4096,
+            ..DataConfig::new(path)
+        },
+        &tokenizer,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            prepared.train.len(),
+            prepared.stats.dropped,
+            prepared.stats.skipped
+        ),
+        (records, 0, 0)
+    );
     assert!(prepared.train.iter().all(|r| r.targets() > 0));
 }
 
 /// Every bad data file fails with a message naming the file (and line) and the problem.
 #[rstest]
 #[case::malformed_json(b"{\"text\": \"ok\"}\n{\"text\": oops}\n" as &[u8], ":2: invalid JSON: expected value")]
-#[case::missing_field(b"{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"a\"}\n", ":2: alpaca record is missing the field `output`")]
-#[case::unknown_fields(b"{\"prompt\": \"a\"}\n", ":1: cannot tell the format from the fields [prompt]")]
-#[case::empty_role(b"{\"messages\": [{\"role\": \"\", \"content\": \"a\"}]}\n", ":1: message 0 has an empty role")]
-#[case::no_assistant(b"{\"conversations\": [{\"from\": \"human\", \"value\": \"a\"}]}\n", ":1: the conversation has no assistant turn")]
-#[case::non_utf8(b"{\"text\": \"ok\"}\n{\"text\": \"\xc3\x28\"}\n", ":2: not valid UTF-8 (invalid byte at column 11)")]
+#[case::missing_field(
+    b"{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"a\"}\n",
+    ":2: alpaca record is missing the field `output`"
+)]
+#[case::unknown_fields(
+    b"{\"prompt\": \"a\"}\n",
+    ":1: cannot tell the format from the fields [prompt]"
+)]
+#[case::empty_role(
+    b"{\"messages\": [{\"role\": \"\", \"content\": \"a\"}]}\n",
+    ":1: message 0 has an empty role"
+)]
+#[case::no_assistant(
+    b"{\"conversations\": [{\"from\": \"human\", \"value\": \"a\"}]}\n",
+    ":1: the conversation has no assistant turn"
+)]
+#[case::non_utf8(
+    b"{\"text\": \"ok\"}\n{\"text\": \"\xc3\x28\"}\n",
+    ":2: not valid UTF-8 (invalid byte at column 11)"
+)]
 #[case::empty_file(b"\n\n", "no records (the file is empty)")]
-fn bad_data_files_are_errors_naming_the_file_line_and_problem(#[case] bytes: &[u8], #[case] message: &str) {
+fn bad_data_files_are_errors_naming_the_file_line_and_problem(
+    #[case] bytes: &[u8],
+    #[case] message: &str,
+) {
     let (_dir, path) = data_file(bytes);
-    let err = data::prepare(&DataConfig::new(&path), &tokenizer()).unwrap_err().to_string();
+    let err = data::prepare(&DataConfig::new(&path), &tokenizer())
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with(&path.display().to_string()), "{err}");
     assert!(err.contains(message), "{err}");
 }
@@ -208,26 +318,48 @@ fn bad_data_files_are_errors_naming_the_file_line_and_problem(#[case] bytes: &[u
 fn skipping_bad_records_counts_them_and_keeps_the_rest() {
     let bytes = b"{\"text\": \"ok\"}\n{oops\n{\"body\": 1}\n\xff\n{\"text\": \"fine\"}\n";
     let prepared = prepare(bytes, |c| c.skip_bad_records = true).unwrap();
-    assert_eq!((prepared.train.len(), prepared.stats.skipped, prepared.stats.records), (2, 3, 2));
+    assert_eq!(
+        (
+            prepared.train.len(),
+            prepared.stats.skipped,
+            prepared.stats.records
+        ),
+        (2, 3, 2)
+    );
 }
 
 #[test]
 fn a_file_of_only_bad_records_is_empty_even_when_skipping() {
-    let err = prepare(b"{oops\n", |c| c.skip_bad_records = true).unwrap_err().to_string();
-    assert!(err.contains("no records (the file is empty, or all 1 were bad and skipped)"), "{err}");
+    let err = prepare(b"{oops\n", |c| c.skip_bad_records = true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no records (the file is empty, or all 1 were bad and skipped)"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_dataset_where_every_record_is_dropped_is_an_error() {
     let line = serde_json::json!({"instruction": "Hi", "output": "word ".repeat(100)}).to_string();
-    let err = prepare(line.as_bytes(), |c| c.max_len = 24).unwrap_err().to_string();
-    assert!(err.contains("all 1 records were dropped: none fits in --max-len 24"), "{err}");
+    let err = prepare(line.as_bytes(), |c| c.max_len = 24)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("all 1 records were dropped: none fits in --max-len 24"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_max_len_smaller_than_the_template_is_an_error() {
-    let err = prepare(MULTI_TURN.as_bytes(), |c| c.max_len = 8).unwrap_err().to_string();
-    assert!(err.starts_with("--max-len 8 is smaller than the chat template itself"), "{err}");
+    let err = prepare(MULTI_TURN.as_bytes(), |c| c.max_len = 8)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("--max-len 8 is smaller than the chat template itself"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -238,8 +370,16 @@ fn a_chat_file_needs_a_template_when_the_tokenizer_has_none() {
     }
     let no_template = TextTokenizer::load(dir.path()).unwrap();
     let (_data, path) = data_file(MULTI_TURN.as_bytes());
-    let err = data::prepare(&DataConfig::new(&path), &no_template).unwrap_err().to_string();
-    assert!(err.contains("messages records need a chat template, but the tokenizer has none"), "{err}");
-    let config = DataConfig { template: Template::Builtin(Builtin::ChatMl), ..DataConfig::new(&path) };
+    let err = data::prepare(&DataConfig::new(&path), &no_template)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("messages records need a chat template, but the tokenizer has none"),
+        "{err}"
+    );
+    let config = DataConfig {
+        template: Template::Builtin(Builtin::ChatMl),
+        ..DataConfig::new(&path)
+    };
     assert_eq!(data::prepare(&config, &no_template).unwrap().train.len(), 1);
 }

@@ -12,7 +12,8 @@ use super::{check_tokenizer_parity, fixture, peft, read_json};
 fn smollm2_dir(test: &str) -> Option<PathBuf> {
     let dir = match std::env::var_os("PEFT_SMOLLM2_DIR") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/peft/SmolLM2-135M-Instruct"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/peft/SmolLM2-135M-Instruct"),
     };
     if dir.join("config.json").is_file() && dir.join("model.safetensors").is_file() {
         return Some(dir);
@@ -32,7 +33,9 @@ fn smollm2_dir(test: &str) -> Option<PathBuf> {
 
 #[test]
 fn smollm2_config_has_the_published_hyperparameters() {
-    let Some(dir) = smollm2_dir("smollm2_config_has_the_published_hyperparameters") else { return };
+    let Some(dir) = smollm2_dir("smollm2_config_has_the_published_hyperparameters") else {
+        return;
+    };
     let config = read_json(&dir.join("config.json"));
     let expect = [
         ("num_hidden_layers", Json::from(30)),
@@ -54,40 +57,102 @@ fn smollm2_config_has_the_published_hyperparameters() {
 
 #[test]
 fn smollm2_tokenizer_encodes_like_transformers_gguf_conversion() {
-    let Some(dir) = smollm2_dir("smollm2_tokenizer_encodes_like_transformers_gguf_conversion") else { return };
-    let compared = check_tokenizer_parity(&dir.join("tokenizer.json"), &fixture("smollm2_tokenizer_parity.json"));
+    let Some(dir) = smollm2_dir("smollm2_tokenizer_encodes_like_transformers_gguf_conversion")
+    else {
+        return;
+    };
+    let compared = check_tokenizer_parity(
+        &dir.join("tokenizer.json"),
+        &fixture("smollm2_tokenizer_parity.json"),
+    );
     assert!(compared >= 10, "only {compared} parity cases");
 }
 
 #[test]
 fn smollm2_greedy_continuation_names_paris() {
-    let Some(dir) = smollm2_dir("smollm2_greedy_continuation_names_paris") else { return };
+    let Some(dir) = smollm2_dir("smollm2_greedy_continuation_names_paris") else {
+        return;
+    };
     let model = dir.to_str().unwrap();
-    let run = peft(&["generate", "--model", model, "--prompt", "The capital of France is", "--greedy", "--max-new-tokens", "8", "--json"]);
-    assert!(run.status.success(), "stderr: {}", String::from_utf8_lossy(&run.stderr));
-    let out: Json = serde_json::from_slice(&run.stdout).expect("generate --json prints one JSON object");
+    let run = peft(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "The capital of France is",
+        "--greedy",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]);
+    assert!(
+        run.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let out: Json =
+        serde_json::from_slice(&run.stdout).expect("generate --json prints one JSON object");
     let text = out["text"].as_str().expect("`text` in the JSON output");
     assert!(text.starts_with(" Paris"), "continuation was {text:?}");
 }
 
 #[test]
 fn smollm2_greedy_ids_match_transformers_on_the_converted_folder() {
-    let Some(dir) = smollm2_dir("smollm2_greedy_ids_match_transformers_on_the_converted_folder") else { return };
+    let Some(dir) = smollm2_dir("smollm2_greedy_ids_match_transformers_on_the_converted_folder")
+    else {
+        return;
+    };
     // Recorded by check_with_transformers.py: transformers 5.24, float32, CPU, from the GGUF itself.
-    let reference = read_json(&fixture("smollm2_transformers_check.json"))["greedy_prompt_transformers_gguf"].clone();
-    let run = peft(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "The capital of France is", "--greedy", "--max-new-tokens", "8", "--json"]);
-    assert!(run.status.success(), "stderr: {}", String::from_utf8_lossy(&run.stderr));
-    let ours: Json = serde_json::from_slice(&run.stdout).expect("generate --json prints one JSON object");
+    let reference = read_json(&fixture("smollm2_transformers_check.json"))
+        ["greedy_prompt_transformers_gguf"]
+        .clone();
+    let run = peft(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "The capital of France is",
+        "--greedy",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]);
+    assert!(
+        run.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let ours: Json =
+        serde_json::from_slice(&run.stdout).expect("generate --json prints one JSON object");
     assert_eq!(ours["prompt_ids"], reference["prompt_ids"]);
-    assert_eq!(ours["new_ids"], reference["new_ids"], "ours: {:?}, transformers: {:?}", ours["text"], reference["text"]);
+    assert_eq!(
+        ours["new_ids"], reference["new_ids"],
+        "ours: {:?}, transformers: {:?}",
+        ours["text"], reference["text"]
+    );
 }
 
 #[test]
 fn smollm2_chat_answer_names_paris() {
-    let Some(dir) = smollm2_dir("smollm2_chat_answer_names_paris") else { return };
+    let Some(dir) = smollm2_dir("smollm2_chat_answer_names_paris") else {
+        return;
+    };
     let model = dir.to_str().unwrap();
-    let run = peft(&["generate", "--model", model, "--chat", "What is the capital of France?", "--greedy", "--max-new-tokens", "32"]);
-    assert!(run.status.success(), "stderr: {}", String::from_utf8_lossy(&run.stderr));
+    let run = peft(&[
+        "generate",
+        "--model",
+        model,
+        "--chat",
+        "What is the capital of France?",
+        "--greedy",
+        "--max-new-tokens",
+        "32",
+    ]);
+    assert!(
+        run.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let answer = String::from_utf8_lossy(&run.stdout);
     assert!(answer.contains("Paris"), "answer was {answer:?}");
 }

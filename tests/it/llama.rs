@@ -16,7 +16,10 @@ fn logits_match_transformers_at_every_unmasked_position(#[case] fixture_dir: &st
     let logits = to_vec(model.forward(&reference.inputs(), None));
     let (diff, compared) = reference.compare(&logits);
     assert!(compared > 40, "compared only {compared} positions");
-    assert!(diff <= LOGITS_TOL, "{fixture_dir}: max abs diff {diff} > {LOGITS_TOL}");
+    assert!(
+        diff <= LOGITS_TOL,
+        "{fixture_dir}: max abs diff {diff} > {LOGITS_TOL}"
+    );
 }
 
 #[test]
@@ -26,7 +29,11 @@ fn greedy_continuation_matches_transformers_generate() {
     let (prompt, _) = reference.file.read_i64("greedy_prompt_ids").unwrap();
     let (expected, _) = reference.file.read_i64("greedy_new_ids").unwrap();
     let prompt: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
-    let cfg = SamplingConfig { max_new_tokens: expected.len(), stop_at_eos: false, ..Default::default() };
+    let cfg = SamplingConfig {
+        max_new_tokens: expected.len(),
+        stop_at_eos: false,
+        ..Default::default()
+    };
     let new = generate(&model, &prompt, &cfg, &mut |_| {}).unwrap();
     let expected: Vec<u32> = expected.iter().map(|&t| t as u32).collect();
     assert_eq!(new, expected);
@@ -41,7 +48,11 @@ fn cached_decoding_gives_the_same_logits_as_a_full_forward() {
     let _ = model.forward(&Inputs::new(ids[..5].to_vec(), 1, 5), Some(&mut cache));
     let rest = to_vec(model.forward(&Inputs::new(ids[5..].to_vec(), 1, 3), Some(&mut cache)));
     let vocab = model.vocab_size();
-    let worst = full[5 * vocab..].iter().zip(&rest).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let worst = full[5 * vocab..]
+        .iter()
+        .zip(&rest)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(worst < 1e-4, "cached vs full: {worst}");
 }
 
@@ -57,6 +68,10 @@ fn left_padding_gives_the_same_logits_as_no_padding() {
     inputs.positions = Some(vec![0, 0, 0, 1, 2, 3]);
     let out = to_vec(model.forward(&inputs, None));
     let vocab = model.vocab_size();
-    let worst = alone.iter().zip(&out[2 * vocab..]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let worst = alone
+        .iter()
+        .zip(&out[2 * vocab..])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(worst < 1e-4, "left padded vs alone: {worst}");
 }

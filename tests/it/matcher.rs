@@ -29,9 +29,18 @@ const HEAD: &str = "lm_head";
 #[case::exclude_leaves_the_rest(names(&["q_proj", "k_proj"]), MatchOptions { exclude: Some(names(&["k_proj"])), ..Default::default() }, Q0, true)]
 #[case::all_linear_takes_projections(Targets::AllLinear, MatchOptions { output_head: vec![HEAD.into()], ..Default::default() }, DOWN1, true)]
 #[case::all_linear_skips_the_output_head(Targets::AllLinear, MatchOptions { output_head: vec![HEAD.into()], ..Default::default() }, HEAD, false)]
-fn matcher_follows_peft_rules(#[case] targets: Targets, #[case] options: MatchOptions, #[case] path: &str, #[case] expected: bool) {
+fn matcher_follows_peft_rules(
+    #[case] targets: Targets,
+    #[case] options: MatchOptions,
+    #[case] path: &str,
+    #[case] expected: bool,
+) {
     let matcher = Matcher::new(&targets, options).unwrap();
-    assert_eq!(matcher.matches(path, true), expected, "{targets:?} on {path}");
+    assert_eq!(
+        matcher.matches(path, true),
+        expected,
+        "{targets:?} on {path}"
+    );
 }
 
 #[rstest]
@@ -39,13 +48,20 @@ fn matcher_follows_peft_rules(#[case] targets: Targets, #[case] options: MatchOp
 #[case::regex_key_matches_a_suffix(r"layers\.1\.mlp\.down_proj", DOWN1, true)]
 #[case::key_is_anchored_at_the_end("mlp", DOWN1, false)]
 #[case::other_module_is_not_matched("down_proj", Q0, false)]
-fn rank_pattern_keys_match_as_regex_suffixes(#[case] key: &str, #[case] path: &str, #[case] expected: bool) {
+fn rank_pattern_keys_match_as_regex_suffixes(
+    #[case] key: &str,
+    #[case] path: &str,
+    #[case] expected: bool,
+) {
     let patterns = vec![(key.to_string(), 2usize)];
     assert_eq!(pattern_value(&patterns, path).unwrap().is_some(), expected);
 }
 
 #[test]
 fn first_matching_pattern_key_wins() {
-    let patterns = vec![("q_proj".to_string(), 2usize), (r"layers\.0\.self_attn\.q_proj".to_string(), 16)];
+    let patterns = vec![
+        ("q_proj".to_string(), 2usize),
+        (r"layers\.0\.self_attn\.q_proj".to_string(), 16),
+    ];
     assert_eq!(pattern_value(&patterns, Q0).unwrap(), Some(2));
 }

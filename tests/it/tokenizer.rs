@@ -8,7 +8,11 @@ use crate::common::*;
 fn tokenizer_encodes_the_fixture_prompts_to_the_fixture_ids() {
     let tokenizer = TextTokenizer::load(&fixture("llama-tiny")).unwrap();
     let reference = reference("llama-tiny");
-    let prompts = ["LoRA 原理与使用技巧有那些？", "The quick brown fox jumps over the lazy dog.", "Hello"];
+    let prompts = [
+        "LoRA 原理与使用技巧有那些？",
+        "The quick brown fox jumps over the lazy dog.",
+        "Hello",
+    ];
     for (row, prompt) in prompts.iter().enumerate() {
         let ids = tokenizer.encode(prompt, true).unwrap();
         let expected: Vec<u32> = (0..reference.seq)
@@ -23,7 +27,13 @@ fn tokenizer_encodes_the_fixture_prompts_to_the_fixture_ids() {
 fn chat_template_renders_chatml_with_the_generation_prompt() {
     let tokenizer = TextTokenizer::load(&fixture("tokenizer")).unwrap();
     let text = tokenizer
-        .apply_chat_template(&[Message::new("system", "Be brief."), Message::new("user", "Hi")], true)
+        .apply_chat_template(
+            &[
+                Message::new("system", "Be brief."),
+                Message::new("user", "Hi"),
+            ],
+            true,
+        )
         .unwrap();
     assert_eq!(text, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
 }

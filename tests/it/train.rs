@@ -16,19 +16,35 @@ pub fn fixture_batch(rel: &str) -> Batch {
     let (ids, shape) = file.read_i64("input_ids").unwrap();
     let (mask, _) = file.read_i64("attention_mask").unwrap();
     let (labels, _) = file.read_i64("labels").unwrap();
-    Batch { ids, mask, labels, batch: shape[0], seq: shape[1] }
+    Batch {
+        ids,
+        mask,
+        labels,
+        batch: shape[0],
+        seq: shape[1],
+    }
 }
 
 pub fn fixture_losses(rel: &str) -> (Vec<f64>, f64) {
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(rel).join("losses.json")).unwrap()).unwrap();
-    let losses = json["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(rel).join("losses.json")).unwrap())
+            .unwrap();
+    let losses = json["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     (losses, json["optimizer"]["lr"].as_f64().unwrap())
 }
 
 /// Max relative difference `|a − b| / max(|b|, 1e-6)`... measured against the tensor's scale.
 pub fn max_rel_diff(ours: &[f32], theirs: &[f32]) -> f32 {
     let scale = theirs.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-    ours.iter().zip(theirs).map(|(a, b)| (a - b).abs() / scale).fold(0.0, f32::max)
+    ours.iter()
+        .zip(theirs)
+        .map(|(a, b)| (a - b).abs() / scale)
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -39,13 +55,23 @@ fn lora_training_reproduces_peft_losses_and_final_adapter() {
     load_adapter(&mut model, "llama", &fixture("train/lora/init"), &device).unwrap();
     let batch = fixture_batch("train/lora");
     let (expected, lr) = fixture_losses("train/lora");
-    let mut optim = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 });
+    let mut optim = AdamW::new(AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    });
     for (step, want) in expected.iter().enumerate() {
         let (next, stats) = train_step(model, &mut optim, std::slice::from_ref(&batch), lr, None);
         model = next;
-        assert!((stats.loss - want).abs() <= LOSS_TOL, "step {step}: loss {} vs PEFT {want}", stats.loss);
+        assert!(
+            (stats.loss - want).abs() <= LOSS_TOL,
+            "step {step}: loss {} vs PEFT {want}",
+            stats.loss
+        );
     }
-    let final_file = Checkpoint::open_files(&[fixture("train/lora/final/adapter_model.safetensors")]).unwrap();
+    let final_file =
+        Checkpoint::open_files(&[fixture("train/lora/final/adapter_model.safetensors")]).unwrap();
     let ours = adapter_tensors(&mut model);
     assert_eq!(ours.len(), final_file.entries().count());
     for (name, tensor) in &ours {
@@ -91,7 +117,9 @@ mod resume {
         let device = device().autodiff();
         let dir = ModelDir::open(&fixture("llama-tiny")).unwrap();
         let mut model = dir.load(&device).unwrap();
-        let start = resume_from.unwrap_or(&fixture("train/lora/init")).to_path_buf();
+        let start = resume_from
+            .unwrap_or(&fixture("train/lora/init"))
+            .to_path_buf();
         load_adapter(&mut model, "llama", &start, &device).unwrap();
         let resume = resume_from.map(|ckpt| {
             let mut optim = AdamW::new(AdamWConfig::default());
@@ -122,13 +150,23 @@ mod resume {
         let uninterrupted = train(straight.path(), None, None);
         let first = tempfile::tempdir().unwrap();
         let with_checkpoints = train(first.path(), Some(10), None);
-        assert_eq!(with_checkpoints, uninterrupted, "saving checkpoints changed the run");
+        assert_eq!(
+            with_checkpoints, uninterrupted,
+            "saving checkpoints changed the run"
+        );
         let ckpt = checkpoint_dir(first.path(), 10);
         assert!(ckpt.join("optimizer.safetensors").is_file());
         let second = tempfile::tempdir().unwrap();
         let resumed = train(second.path(), None, Some(&ckpt));
-        assert_eq!(resumed, uninterrupted, "resumed run differs from the uninterrupted one");
+        assert_eq!(
+            resumed, uninterrupted,
+            "resumed run differs from the uninterrupted one"
+        );
         let metrics = std::fs::read_to_string(second.path().join("metrics.jsonl")).unwrap();
-        assert_eq!(metrics.lines().count(), 10, "the resumed run logs steps 11..=20");
+        assert_eq!(
+            metrics.lines().count(),
+            10,
+            "the resumed run logs steps 11..=20"
+        );
     }
 }

@@ -9,13 +9,28 @@ use crate::common::*;
 const DATA: &str = "datasets/tiny_instruct.jsonl";
 
 fn repo(rel: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel).to_string_lossy().into_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(rel)
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn train(out: &Path, extra: &[&str]) -> std::process::Output {
     let model = fixture("llama-tiny");
     let data = repo(DATA);
-    let mut args = vec!["train", "--model", path_str(&model), "--data", &data, "--out", path_str(out), "--batch-size", "8", "--seed", "1"];
+    let mut args = vec![
+        "train",
+        "--model",
+        path_str(&model),
+        "--data",
+        &data,
+        "--out",
+        path_str(out),
+        "--batch-size",
+        "8",
+        "--seed",
+        "1",
+    ];
     if !extra.contains(&"--lr") {
         args.extend_from_slice(&["--lr", "3e-3"]);
     }
@@ -37,23 +52,74 @@ fn losses(out: &Path) -> Vec<f64> {
 fn train_then_eval_then_generate_with_the_adapter() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let o = train(&out, &["--epochs", "2", "--eval-split", "0.125", "--lr-scheduler", "cosine", "--warmup-steps", "1"]);
+    let o = train(
+        &out,
+        &[
+            "--epochs",
+            "2",
+            "--eval-split",
+            "0.125",
+            "--lr-scheduler",
+            "cosine",
+            "--warmup-steps",
+            "1",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    for f in ["adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "metrics.jsonl"] {
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "trainer_state.json",
+        "metrics.jsonl",
+    ] {
         assert!(out.join(f).is_file(), "missing {f}");
     }
     let l = losses(&out);
     assert_eq!(l.len(), 14, "7 batches × 2 epochs, one metrics line each");
-    assert!(l.last().unwrap() < l.first().unwrap(), "loss did not fall: {l:?}");
-    let eval = run_peft(&["eval", "--model", path_str(&fixture("llama-tiny")), "--adapter", path_str(&out), "--data", &repo(DATA), "--json"]);
+    assert!(
+        l.last().unwrap() < l.first().unwrap(),
+        "loss did not fall: {l:?}"
+    );
+    let eval = run_peft(&[
+        "eval",
+        "--model",
+        path_str(&fixture("llama-tiny")),
+        "--adapter",
+        path_str(&out),
+        "--data",
+        &repo(DATA),
+        "--json",
+    ]);
     assert!(eval.status.success(), "{}", stderr(&eval));
     let e: serde_json::Value = serde_json::from_str(stdout(&eval).trim()).unwrap();
     assert_eq!(e["records"], 64);
     assert!((e["perplexity"].as_f64().unwrap() - e["loss"].as_f64().unwrap().exp()).abs() < 1e-6);
-    let base = run_peft(&["eval", "--model", path_str(&fixture("llama-tiny")), "--data", &repo(DATA), "--json"]);
+    let base = run_peft(&[
+        "eval",
+        "--model",
+        path_str(&fixture("llama-tiny")),
+        "--data",
+        &repo(DATA),
+        "--json",
+    ]);
     let b: serde_json::Value = serde_json::from_str(stdout(&base).trim()).unwrap();
-    assert!(e["loss"].as_f64() < b["loss"].as_f64(), "the adapter did not lower the loss: {e} vs {b}");
-    let gen = run_peft(&["generate", "--model", path_str(&fixture("llama-tiny")), "--adapter", path_str(&out), "--chat", "hello", "--greedy", "--max-new-tokens", "4", "--json"]);
+    assert!(
+        e["loss"].as_f64() < b["loss"].as_f64(),
+        "the adapter did not lower the loss: {e} vs {b}"
+    );
+    let gen = run_peft(&[
+        "generate",
+        "--model",
+        path_str(&fixture("llama-tiny")),
+        "--adapter",
+        path_str(&out),
+        "--chat",
+        "hello",
+        "--greedy",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]);
     assert!(gen.status.success(), "{}", stderr(&gen));
 }
 
@@ -61,12 +127,22 @@ fn train_then_eval_then_generate_with_the_adapter() {
 fn options_come_from_toml_and_flags_override_them() {
     let tmp = tempfile::tempdir().unwrap();
     let toml = tmp.path().join("run.toml");
-    fs::write(&toml, "max-steps = 3\nlr = 1e-3\nr = 2\nmethod = \"dora\"\nlogging-steps = 1\n").unwrap();
+    fs::write(
+        &toml,
+        "max-steps = 3\nlr = 1e-3\nr = 2\nmethod = \"dora\"\nlogging-steps = 1\n",
+    )
+    .unwrap();
     let out = tmp.path().join("run");
     let o = train(&out, &["--config", path_str(&toml), "--max-steps", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(losses(&out).len(), 2, "--max-steps on the command line wins over the file");
-    let config: serde_json::Value = serde_json::from_str(&fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(
+        losses(&out).len(),
+        2,
+        "--max-steps on the command line wins over the file"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
     assert_eq!(config["r"], 2);
     assert_eq!(config["use_dora"], true);
 }
@@ -78,16 +154,34 @@ fn an_output_folder_holding_a_run_is_refused_without_overwrite() {
     assert!(train(&out, &["--max-steps", "1"]).status.success());
     let again = train(&out, &["--max-steps", "1"]);
     assert!(!again.status.success());
-    assert!(stderr(&again).contains("already holds a run") && stderr(&again).contains("--overwrite"), "{}", stderr(&again));
-    assert!(train(&out, &["--max-steps", "1", "--overwrite"]).status.success());
+    assert!(
+        stderr(&again).contains("already holds a run") && stderr(&again).contains("--overwrite"),
+        "{}",
+        stderr(&again)
+    );
+    assert!(train(&out, &["--max-steps", "1", "--overwrite"])
+        .status
+        .success());
 }
 
 #[test]
 fn a_malformed_json_line_names_the_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("bad.jsonl");
-    fs::write(&data, "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"c\", \"output\": \n").unwrap();
-    let o = run_peft(&["train", "--model", path_str(&fixture("llama-tiny")), "--data", path_str(&data), "--out", path_str(&tmp.path().join("run"))]);
+    fs::write(
+        &data,
+        "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"c\", \"output\": \n",
+    )
+    .unwrap();
+    let o = run_peft(&[
+        "train",
+        "--model",
+        path_str(&fixture("llama-tiny")),
+        "--data",
+        path_str(&data),
+        "--out",
+        path_str(&tmp.path().join("run")),
+    ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("bad.jsonl:2"), "{}", stderr(&o));
     assert_ne!(o.status.code(), Some(101));
@@ -99,12 +193,40 @@ fn a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     let out = tmp.path().join("run");
     // Step 1 runs at lr 0 (warm-up); step 2's enormous decay makes the weights infinite, so step 3's
     // loss is NaN: checkpoint-1 is the last good one, checkpoint-2 (the diverged weights) is dropped.
-    let o = train(&out, &["--lr", "1e30", "--weight-decay", "1e30", "--warmup-steps", "3", "--max-grad-norm", "0", "--max-steps", "8", "--save-steps", "1", "--lr-scheduler", "constant"]);
+    let o = train(
+        &out,
+        &[
+            "--lr",
+            "1e30",
+            "--weight-decay",
+            "1e30",
+            "--warmup-steps",
+            "3",
+            "--max-grad-norm",
+            "0",
+            "--max-steps",
+            "8",
+            "--save-steps",
+            "1",
+            "--lr-scheduler",
+            "constant",
+        ],
+    );
     assert!(!o.status.success(), "the run should diverge");
     let err = stderr(&o);
-    assert!(err.contains("loss is NaN at step 3") && err.contains("checkpoint-1"), "{err}");
-    assert!(!out.join("checkpoint-2").exists(), "the diverged checkpoint was kept");
-    let kept: Vec<_> = fs::read_dir(&out).unwrap().filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")).collect();
+    assert!(
+        err.contains("loss is NaN at step 3") && err.contains("checkpoint-1"),
+        "{err}"
+    );
+    assert!(
+        !out.join("checkpoint-2").exists(),
+        "the diverged checkpoint was kept"
+    );
+    let kept: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+        .collect();
     assert!(!kept.is_empty());
     for ckpt in kept {
         assert!(ckpt.path().join("adapter_model.safetensors").is_file());
@@ -123,11 +245,24 @@ fn a_failed_checkpoint_write_leaves_the_previous_checkpoint_intact() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("checkpoint"), "{}", stderr(&o));
     let ckpt2 = out.join("checkpoint-2");
-    assert!(ckpt2.join("adapter_model.safetensors").is_file() && ckpt2.join("optimizer.safetensors").is_file());
+    assert!(
+        ckpt2.join("adapter_model.safetensors").is_file()
+            && ckpt2.join("optimizer.safetensors").is_file()
+    );
     assert!(!out.join("checkpoint-4").exists());
     // Once the disk has room again, the run continues from the surviving checkpoint.
     fs::remove_file(out.join(".checkpoint-4.partial")).unwrap();
-    let resumed = train(&out, &["--max-steps", "6", "--save-steps", "2", "--resume", path_str(&ckpt2)]);
+    let resumed = train(
+        &out,
+        &[
+            "--max-steps",
+            "6",
+            "--save-steps",
+            "2",
+            "--resume",
+            path_str(&ckpt2),
+        ],
+    );
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     assert!(out.join("adapter_model.safetensors").is_file());
 }

@@ -52,7 +52,9 @@ impl ChatGlmConfig {
         let kv_channels = f.usize_or("kv_channels", hidden_size / num_attention_heads)?;
         if kv_channels == 0 || kv_channels % 4 != 0 {
             // Rotary covers kv_channels/2 dims in pairs.
-            return Err(f.err(format!("kv_channels must be a positive multiple of 4, found {kv_channels}")));
+            return Err(f.err(format!(
+                "kv_channels must be a positive multiple of 4, found {kv_channels}"
+            )));
         }
         let kv_groups = if f.bool_or("multi_query_attention", false)? {
             f.usize_or("multi_query_group_num", 1)?
@@ -84,7 +86,8 @@ impl ChatGlmConfig {
             layernorm_epsilon: f.f64_or("layernorm_epsilon", 1e-5)?,
             add_qkv_bias: f.bool_or("add_qkv_bias", false)?,
             add_bias_linear: f.bool_or("add_bias_linear", false)?,
-            apply_residual_connection_post_layernorm: f.bool_or("apply_residual_connection_post_layernorm", false)?,
+            apply_residual_connection_post_layernorm: f
+                .bool_or("apply_residual_connection_post_layernorm", false)?,
             post_layer_norm: f.bool_or("post_layer_norm", true)?,
             seq_length: f.usize_or("seq_length", 2048)?,
             rope_ratio: f.f64_or("rope_ratio", 1.0)?,
@@ -113,9 +116,24 @@ impl ChatGlmConfig {
         let mut out = Vec::new();
         for l in 0..self.num_layers {
             let p = format!("transformer.encoder.layers.{l}");
-            out.push((format!("{p}.self_attention.query_key_value"), h, self.qkv_size(), self.add_bias_linear || self.add_qkv_bias));
-            out.push((format!("{p}.self_attention.dense"), proj, h, self.add_bias_linear));
-            out.push((format!("{p}.mlp.dense_h_to_4h"), h, 2 * f, self.add_bias_linear));
+            out.push((
+                format!("{p}.self_attention.query_key_value"),
+                h,
+                self.qkv_size(),
+                self.add_bias_linear || self.add_qkv_bias,
+            ));
+            out.push((
+                format!("{p}.self_attention.dense"),
+                proj,
+                h,
+                self.add_bias_linear,
+            ));
+            out.push((
+                format!("{p}.mlp.dense_h_to_4h"),
+                h,
+                2 * f,
+                self.add_bias_linear,
+            ));
             out.push((format!("{p}.mlp.dense_4h_to_h"), f, h, self.add_bias_linear));
         }
         out
@@ -123,7 +141,11 @@ impl ChatGlmConfig {
 
     /// Parameters as stored: embedding, linears, norms and the output layer.
     pub fn num_parameters(&self) -> usize {
-        let linear: usize = self.linear_shapes().iter().map(|(_, i, o, bias)| i * o + if *bias { *o } else { 0 }).sum();
+        let linear: usize = self
+            .linear_shapes()
+            .iter()
+            .map(|(_, i, o, bias)| i * o + if *bias { *o } else { 0 })
+            .sum();
         let norms = self.hidden_size * (2 * self.num_layers + usize::from(self.post_layer_norm));
         2 * self.padded_vocab_size * self.hidden_size + linear + norms
     }

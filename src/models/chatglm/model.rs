@@ -84,12 +84,21 @@ impl GlmRope {
     pub fn new(config: &ChatGlmConfig) -> Self {
         let rot_dim = config.kv_channels / 2;
         let base = (10000.0 * config.rope_ratio) as f32;
-        let inv_freq = (0..rot_dim).step_by(2).map(|i| 1.0 / base.powf(i as f32 / rot_dim as f32)).collect();
+        let inv_freq = (0..rot_dim)
+            .step_by(2)
+            .map(|i| 1.0 / base.powf(i as f32 / rot_dim as f32))
+            .collect();
         Self { inv_freq, rot_dim }
     }
 
     /// positions [batch, seq] (row-major) -> cos, sin: [batch, 1, seq, rot_dim / 2, 1]
-    fn cos_sin(&self, positions: &[usize], batch: usize, seq: usize, device: &Device) -> (Tensor<5>, Tensor<5>) {
+    fn cos_sin(
+        &self,
+        positions: &[usize],
+        batch: usize,
+        seq: usize,
+        device: &Device,
+    ) -> (Tensor<5>, Tensor<5>) {
         let (mut cos, mut sin) = (Vec::new(), Vec::new());
         for &p in positions {
             for f in &self.inv_freq {
@@ -100,7 +109,10 @@ impl GlmRope {
             }
         }
         let shape = [batch, 1, seq, self.rot_dim / 2, 1];
-        (Tensor::from_data(TensorData::new(cos, shape), device), Tensor::from_data(TensorData::new(sin, shape), device))
+        (
+            Tensor::from_data(TensorData::new(cos, shape), device),
+            Tensor::from_data(TensorData::new(sin, shape), device),
+        )
     }
 
     /// x: [batch, heads, seq, d] -> same; pairs of the first `rot_dim` dims rotated, the rest passed.
@@ -108,7 +120,9 @@ impl GlmRope {
         let [b, h, s, d] = x.dims();
         let r = self.rot_dim;
         let pass = x.clone().slice([0..b, 0..h, 0..s, r..d]);
-        let pairs = x.slice([0..b, 0..h, 0..s, 0..r]).reshape([b, h, s, r / 2, 2]);
+        let pairs = x
+            .slice([0..b, 0..h, 0..s, 0..r])
+            .reshape([b, h, s, r / 2, 2]);
         let x0 = pairs.clone().slice([0..b, 0..h, 0..s, 0..r / 2, 0..1]);
         let x1 = pairs.slice([0..b, 0..h, 0..s, 0..r / 2, 1..2]);
         let out0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
@@ -136,7 +150,9 @@ fn expand_groups(x: Tensor<4>, n: usize) -> Tensor<4> {
         return x;
     }
     let [b, g, s, d] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([b, g, n, s, d]).reshape([b, g * n, s, d])
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, g, n, s, d])
+        .reshape([b, g * n, s, d])
 }
 
 impl Mlp {
@@ -153,15 +169,32 @@ impl Mlp {
 
 impl SelfAttention {
     /// x: [batch, seq, hidden] -> [batch, seq, hidden]
-    fn forward(&self, x: Tensor<3>, step: &Step, layer: usize, cache: Option<&mut KvCache>) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        step: &Step,
+        layer: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         let c = step.config;
         let [b, s, _] = x.dims();
         let (h, g, d) = (c.num_attention_heads, c.kv_groups, c.kv_channels);
         let qkv = self.query_key_value.forward(x);
         // split([heads·d, groups·d, groups·d], dim=-1) as the reference.
-        let q = qkv.clone().slice([0..b, 0..s, 0..h * d]).reshape([b, s, h, d]).swap_dims(1, 2);
-        let k = qkv.clone().slice([0..b, 0..s, h * d..(h + g) * d]).reshape([b, s, g, d]).swap_dims(1, 2);
-        let v = qkv.slice([0..b, 0..s, (h + g) * d..(h + 2 * g) * d]).reshape([b, s, g, d]).swap_dims(1, 2);
+        let q = qkv
+            .clone()
+            .slice([0..b, 0..s, 0..h * d])
+            .reshape([b, s, h, d])
+            .swap_dims(1, 2);
+        let k = qkv
+            .clone()
+            .slice([0..b, 0..s, h * d..(h + g) * d])
+            .reshape([b, s, g, d])
+            .swap_dims(1, 2);
+        let v = qkv
+            .slice([0..b, 0..s, (h + g) * d..(h + 2 * g) * d])
+            .reshape([b, s, g, d])
+            .swap_dims(1, 2);
         let q = step.rope.apply(q, &step.cos, &step.sin);
         let k = step.rope.apply(k, &step.cos, &step.sin);
         let (k, v) = match cache {
@@ -170,10 +203,21 @@ impl SelfAttention {
         };
         // P-tuning v2: the layer's prefix keys/values come first (`torch.cat((cache_k, key_layer))`
         // with the prefix as `past_key_values`); they carry no rotary.
-        let (k, v) = match step.prompt.and_then(|p| p.kv_prefix.as_ref()).and_then(|p| p.get(layer)) {
+        let (k, v) = match step
+            .prompt
+            .and_then(|p| p.kv_prefix.as_ref())
+            .and_then(|p| p.get(layer))
+        {
             Some((pk, pv)) => {
                 let [pb, pg, pp, pd] = pk.dims();
-                let (pk, pv) = if pb == b { (pk.clone(), pv.clone()) } else { (pk.clone().expand([b, pg, pp, pd]), pv.clone().expand([b, pg, pp, pd])) };
+                let (pk, pv) = if pb == b {
+                    (pk.clone(), pv.clone())
+                } else {
+                    (
+                        pk.clone().expand([b, pg, pp, pd]),
+                        pv.clone().expand([b, pg, pp, pd]),
+                    )
+                };
                 (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2))
             }
             None => (k, v),
@@ -183,21 +227,42 @@ impl SelfAttention {
         let keys = k.dims()[2];
         let mask = step.mask.clone().expand([b, h, s, keys]);
         // torch's scaled_dot_product_attention with its default scale 1/√d (the fixtures' note).
-        let options = AttentionModuleOptions { scale: Some(1.0 / (d as f64).sqrt()), softcap: None, is_causal: false };
+        let options = AttentionModuleOptions {
+            scale: Some(1.0 / (d as f64).sqrt()),
+            softcap: None,
+            is_causal: false,
+        };
         let out = attention(q, k, v, Some(mask), None, options);
-        self.dense.forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
+        self.dense
+            .forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
     }
 }
 
 impl GlmBlock {
     /// x: [batch, seq, hidden] -> [batch, seq, hidden]
-    fn forward(&self, x: Tensor<3>, step: &Step, layer: usize, cache: Option<&mut KvCache>) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        step: &Step,
+        layer: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         let normed = self.input_layernorm.forward(x.clone());
-        let attn = self.self_attention.forward(normed.clone(), step, layer, cache);
-        let residual = if step.config.apply_residual_connection_post_layernorm { normed } else { x };
+        let attn = self
+            .self_attention
+            .forward(normed.clone(), step, layer, cache);
+        let residual = if step.config.apply_residual_connection_post_layernorm {
+            normed
+        } else {
+            x
+        };
         let h = residual + attn;
         let normed = self.post_attention_layernorm.forward(h.clone());
-        let residual = if step.config.apply_residual_connection_post_layernorm { normed.clone() } else { h };
+        let residual = if step.config.apply_residual_connection_post_layernorm {
+            normed.clone()
+        } else {
+            h
+        };
         residual + self.mlp.forward(normed)
     }
 }
@@ -206,16 +271,30 @@ impl ChatGlmForConditionalGeneration {
     /// Hidden states after the final norm: [batch, seq, hidden]. With a cache, only the new
     /// positions are computed and appended; `prompt`'s key/value prefixes are attended to by
     /// every position and never enter the cache.
-    pub fn hidden_states(&self, inputs: &Inputs, mut cache: Option<&mut KvCache>, prompt: Option<&PromptState>) -> Tensor<3> {
+    pub fn hidden_states(
+        &self,
+        inputs: &Inputs,
+        mut cache: Option<&mut KvCache>,
+        prompt: Option<&PromptState>,
+    ) -> Tensor<3> {
         let device = self.transformer.embedding.word_embeddings.weight.device();
         let past = cache.as_ref().map_or(0, |c| c.len());
         // Positions are `arange(seq)` (reference `get_position_ids`), not shifted by `pre_seq_len`.
         let positions = inputs.positions(past);
-        let (cos, sin) = self.rope.cos_sin(&positions, inputs.batch, inputs.seq, &device);
+        let (cos, sin) = self
+            .rope
+            .cos_sin(&positions, inputs.batch, inputs.seq, &device);
         let prefix = prompt.map_or(0, PromptState::prefix_len);
         // `get_masks`: prefix columns all visible, then causal + padding over the real keys.
         let mask = inputs.attention_mask(past, prefix, &device);
-        let step = Step { cos, sin, mask, rope: &self.rope, prompt, config: &self.config };
+        let step = Step {
+            cos,
+            sin,
+            mask,
+            rope: &self.rope,
+            prompt,
+            config: &self.config,
+        };
         let ids = ids_tensor(&inputs.ids, inputs.batch, inputs.seq, &device);
         let mut x = self.transformer.embedding.word_embeddings.forward(ids);
         for (i, layer) in self.transformer.encoder.layers.iter().enumerate() {
@@ -236,7 +315,12 @@ impl ChatGlmForConditionalGeneration {
     }
 
     /// Logits for every position: [batch, seq, vocab].
-    pub fn forward(&self, inputs: &Inputs, cache: Option<&mut KvCache>, prompt: Option<&PromptState>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        inputs: &Inputs,
+        cache: Option<&mut KvCache>,
+        prompt: Option<&PromptState>,
+    ) -> Tensor<3> {
         self.logits(self.hidden_states(inputs, cache, prompt))
     }
 }

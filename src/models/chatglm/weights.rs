@@ -10,11 +10,16 @@ use crate::io::Checkpoint;
 use crate::models::layers::{Embedding, RmsNorm};
 use crate::models::llama::weights::Reader;
 
-use super::model::{ChatGlmModel, GlmBlock, GlmEmbedding, GlmRope, GlmTransformer, Mlp, SelfAttention};
+use super::model::{
+    ChatGlmModel, GlmBlock, GlmEmbedding, GlmRope, GlmTransformer, Mlp, SelfAttention,
+};
 use super::{ChatGlmConfig, ChatGlmForConditionalGeneration};
 
 fn norm(r: &mut Reader, c: &ChatGlmConfig, name: String) -> Result<RmsNorm, LoadError> {
-    Ok(RmsNorm { weight: r.vector(&name, c.hidden_size)?, eps: c.layernorm_epsilon })
+    Ok(RmsNorm {
+        weight: r.vector(&name, c.hidden_size)?,
+        eps: c.layernorm_epsilon,
+    })
 }
 
 fn layer(r: &mut Reader, c: &ChatGlmConfig, l: usize) -> Result<GlmBlock, LoadError> {
@@ -25,7 +30,12 @@ fn layer(r: &mut Reader, c: &ChatGlmConfig, l: usize) -> Result<GlmBlock, LoadEr
     Ok(GlmBlock {
         input_layernorm: norm(r, c, format!("{p}.input_layernorm.weight"))?,
         self_attention: SelfAttention {
-            query_key_value: r.linear(&format!("{p}.self_attention.query_key_value"), h, c.qkv_size(), bias || c.add_qkv_bias)?,
+            query_key_value: r.linear(
+                &format!("{p}.self_attention.query_key_value"),
+                h,
+                c.qkv_size(),
+                bias || c.add_qkv_bias,
+            )?,
             dense: r.linear(&format!("{p}.self_attention.dense"), proj, h, bias)?,
         },
         post_attention_layernorm: norm(r, c, format!("{p}.post_attention_layernorm.weight"))?,
@@ -37,17 +47,38 @@ fn layer(r: &mut Reader, c: &ChatGlmConfig, l: usize) -> Result<GlmBlock, LoadEr
 }
 
 /// Builds the model from a checkpoint on `device`.
-pub fn load(config: ChatGlmConfig, checkpoint: &Checkpoint, device: &Device) -> Result<ChatGlmForConditionalGeneration, LoadError> {
+pub fn load(
+    config: ChatGlmConfig,
+    checkpoint: &Checkpoint,
+    device: &Device,
+) -> Result<ChatGlmForConditionalGeneration, LoadError> {
     let mut r = Reader::new(checkpoint, device);
-    let word_embeddings =
-        Embedding { weight: r.matrix("transformer.embedding.word_embeddings.weight", config.padded_vocab_size, config.hidden_size)? };
+    let word_embeddings = Embedding {
+        weight: r.matrix(
+            "transformer.embedding.word_embeddings.weight",
+            config.padded_vocab_size,
+            config.hidden_size,
+        )?,
+    };
     let mut layers = Vec::with_capacity(config.num_layers);
     for l in 0..config.num_layers {
         layers.push(layer(&mut r, &config, l)?);
     }
-    let final_layernorm =
-        if config.post_layer_norm { Some(norm(&mut r, &config, "transformer.encoder.final_layernorm.weight".into())?) } else { None };
-    let output_layer = r.linear("transformer.output_layer", config.hidden_size, config.padded_vocab_size, false)?;
+    let final_layernorm = if config.post_layer_norm {
+        Some(norm(
+            &mut r,
+            &config,
+            "transformer.encoder.final_layernorm.weight".into(),
+        )?)
+    } else {
+        None
+    };
+    let output_layer = r.linear(
+        "transformer.output_layer",
+        config.hidden_size,
+        config.padded_vocab_size,
+        false,
+    )?;
     for buffer in ["transformer.rotary_pos_emb.inv_freq"] {
         if checkpoint.contains(buffer) {
             r.used.insert(buffer.into());
@@ -57,8 +88,15 @@ pub fn load(config: ChatGlmConfig, checkpoint: &Checkpoint, device: &Device) -> 
     let rope = GlmRope::new(&config);
     let transformer = ChatGlmModel {
         embedding: GlmEmbedding { word_embeddings },
-        encoder: GlmTransformer { layers, final_layernorm },
+        encoder: GlmTransformer {
+            layers,
+            final_layernorm,
+        },
         output_layer,
     };
-    Ok(ChatGlmForConditionalGeneration { transformer, config, rope })
+    Ok(ChatGlmForConditionalGeneration {
+        transformer,
+        config,
+        rope,
+    })
 }

@@ -38,7 +38,10 @@ pub struct LlamaConfig {
 pub fn token_ids(value: Option<&Value>) -> Vec<u32> {
     match value {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|x| x as u32)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_u64().map(|x| x as u32))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -47,26 +50,48 @@ fn rope(f: &Fields) -> Result<(f64, RopeScaling), LoadError> {
     // transformers 5 writes `rope_parameters: {rope_theta, rope_type, ...}`; 4.x writes
     // `rope_theta` and `rope_scaling: {type|rope_type, factor, ...}`.
     let params = f.map.get("rope_parameters").and_then(Value::as_object);
-    let scaling = f.map.get("rope_scaling").and_then(Value::as_object).or(params);
-    let theta = match params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64) {
+    let scaling = f
+        .map
+        .get("rope_scaling")
+        .and_then(Value::as_object)
+        .or(params);
+    let theta = match params
+        .and_then(|p| p.get("rope_theta"))
+        .and_then(Value::as_f64)
+    {
         Some(t) => t,
         None => f.f64_or("rope_theta", 10000.0)?,
     };
-    let Some(s) = scaling else { return Ok((theta, RopeScaling::None)) };
-    let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let Some(s) = scaling else {
+        return Ok((theta, RopeScaling::None));
+    };
+    let kind = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
     let num = |key: &str| -> Result<f32, LoadError> {
-        s.get(key).and_then(Value::as_f64).map(|x| x as f32).ok_or_else(|| f.err(format!("rope scaling `{kind}` needs `{key}`")))
+        s.get(key)
+            .and_then(Value::as_f64)
+            .map(|x| x as f32)
+            .ok_or_else(|| f.err(format!("rope scaling `{kind}` needs `{key}`")))
     };
     let scaling = match kind {
         "default" => RopeScaling::None,
-        "linear" => RopeScaling::Linear { factor: num("factor")? },
+        "linear" => RopeScaling::Linear {
+            factor: num("factor")?,
+        },
         "llama3" => RopeScaling::Llama3 {
             factor: num("factor")?,
             low_freq_factor: num("low_freq_factor")?,
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")?,
         },
-        other => return Err(f.err(format!("unsupported rope scaling `{other}` (supported: default, linear, llama3)"))),
+        other => {
+            return Err(f.err(format!(
+                "unsupported rope scaling `{other}` (supported: default, linear, llama3)"
+            )))
+        }
     };
     Ok((theta, scaling))
 }
@@ -75,21 +100,34 @@ impl LlamaConfig {
     /// Parses a config.json object; `path` names the file in errors.
     pub fn from_json(map: &Map<String, Value>, path: &Path) -> Result<Self, LoadError> {
         let f = Fields { map, path };
-        let model_type = map.get("model_type").and_then(Value::as_str).unwrap_or("").to_string();
+        let model_type = map
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if !["llama", "mistral", "qwen2"].contains(&model_type.as_str()) {
-            return Err(LoadError::UnknownModelType { path: path.to_path_buf(), model_type, supported: MODEL_TYPES });
+            return Err(LoadError::UnknownModelType {
+                path: path.to_path_buf(),
+                model_type,
+                supported: MODEL_TYPES,
+            });
         }
         let hidden_size = f.usize_req("hidden_size")?;
         let num_attention_heads = f.usize_req("num_attention_heads")?;
         let num_key_value_heads = f.usize_or("num_key_value_heads", num_attention_heads)?;
-        if num_attention_heads == 0 || num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+        if num_attention_heads == 0
+            || num_key_value_heads == 0
+            || num_attention_heads % num_key_value_heads != 0
+        {
             return Err(f.err(format!(
                 "num_attention_heads ({num_attention_heads}) must be a positive multiple of num_key_value_heads ({num_key_value_heads})"
             )));
         }
         let head_dim = f.usize_or("head_dim", hidden_size / num_attention_heads)?;
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(f.err(format!("head_dim must be even and positive, found {head_dim}")));
+            return Err(f.err(format!(
+                "head_dim must be even and positive, found {head_dim}"
+            )));
         }
         let (rope_theta, rope_scaling) = rope(&f)?;
         let qwen2 = model_type == "qwen2";

@@ -68,7 +68,8 @@ struct Step<'a> {
 impl Mlp {
     /// x: [batch, seq, hidden] -> [batch, seq, hidden]
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down_proj.forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+        self.down_proj
+            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
     }
 }
 
@@ -79,18 +80,38 @@ fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
         return x;
     }
     let [b, h, s, d] = x.dims();
-    x.unsqueeze_dim::<5>(2).expand([b, h, groups, s, d]).reshape([b, h * groups, s, d])
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, h, groups, s, d])
+        .reshape([b, h * groups, s, d])
 }
 
 impl Attention {
     /// x: [batch, seq, hidden] -> [batch, seq, hidden]
-    fn forward(&self, x: Tensor<3>, step: &Step, layer: usize, cache: Option<&mut KvCache>) -> Tensor<3> {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        step: &Step,
+        layer: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         let c = step.config;
         let [b, s, _] = x.dims();
         let (h, kvh, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let q = self.q_proj.forward(x.clone()).reshape([b, s, h, d]).swap_dims(1, 2);
-        let k = self.k_proj.forward(x.clone()).reshape([b, s, kvh, d]).swap_dims(1, 2);
-        let v = self.v_proj.forward(x).reshape([b, s, kvh, d]).swap_dims(1, 2);
+        let q = self
+            .q_proj
+            .forward(x.clone())
+            .reshape([b, s, h, d])
+            .swap_dims(1, 2);
+        let k = self
+            .k_proj
+            .forward(x.clone())
+            .reshape([b, s, kvh, d])
+            .swap_dims(1, 2);
+        let v = self
+            .v_proj
+            .forward(x)
+            .reshape([b, s, kvh, d])
+            .swap_dims(1, 2);
         let q = apply_rotary(q, &step.cos, &step.sin);
         let k = apply_rotary(k, &step.cos, &step.sin);
         let (k, v) = match cache {
@@ -101,15 +122,29 @@ impl Attention {
         let v = repeat_kv(v, h / kvh);
         let keys = k.dims()[2];
         let mask = step.mask.clone().expand([b, h, s, keys]);
-        let options = AttentionModuleOptions { scale: Some(1.0 / (d as f64).sqrt()), softcap: None, is_causal: false };
+        let options = AttentionModuleOptions {
+            scale: Some(1.0 / (d as f64).sqrt()),
+            softcap: None,
+            is_causal: false,
+        };
         let out = attention(q, k, v, Some(mask), None, options);
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
     }
 }
 
 impl DecoderLayer {
-    fn forward(&self, x: Tensor<3>, step: &Step, layer: usize, cache: Option<&mut KvCache>) -> Tensor<3> {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), step, layer, cache);
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        step: &Step,
+        layer: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), step, layer, cache);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -121,10 +156,22 @@ impl LlamaForCausalLm {
         let device = self.model.embed_tokens.weight.device();
         let past = cache.as_ref().map_or(0, |c| c.len());
         let positions = inputs.positions(past);
-        let (cos, sin) = self.rope.cos_sin(&positions, inputs.batch, inputs.seq, &device);
+        let (cos, sin) = self
+            .rope
+            .cos_sin(&positions, inputs.batch, inputs.seq, &device);
         let mask = inputs.attention_mask(past, 0, &device);
-        let step = Step { cos, sin, mask, config: &self.config };
-        let mut x = self.model.embed_tokens.forward(ids_tensor(&inputs.ids, inputs.batch, inputs.seq, &device));
+        let step = Step {
+            cos,
+            sin,
+            mask,
+            config: &self.config,
+        };
+        let mut x = self.model.embed_tokens.forward(ids_tensor(
+            &inputs.ids,
+            inputs.batch,
+            inputs.seq,
+            &device,
+        ));
         for (i, layer) in self.model.layers.iter().enumerate() {
             x = layer.forward(x, &step, i, cache.as_deref_mut());
         }
@@ -138,7 +185,14 @@ impl LlamaForCausalLm {
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.model.embed_tokens.weight.val().transpose().unsqueeze::<3>()),
+            None => hidden.matmul(
+                self.model
+                    .embed_tokens
+                    .weight
+                    .val()
+                    .transpose()
+                    .unsqueeze::<3>(),
+            ),
         }
     }
 

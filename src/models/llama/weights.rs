@@ -27,7 +27,12 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub fn new(checkpoint: &'a Checkpoint, device: &'a Device) -> Self {
-        Self { checkpoint, device, used: BTreeSet::new(), missing: Vec::new() }
+        Self {
+            checkpoint,
+            device,
+            used: BTreeSet::new(),
+            missing: Vec::new(),
+        }
     }
 
     fn read(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f32>>, LoadError> {
@@ -40,12 +45,26 @@ impl<'a> Reader<'a> {
     }
 
     /// A `[out, in]` linear weight (+ optional bias) as a frozen burn `Linear`.
-    pub fn linear(&mut self, path: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear, LoadError> {
-        let w = self.read(&format!("{path}.weight"), &[d_out, d_in])?.unwrap_or_default();
-        let w = if w.is_empty() { vec![0.0; d_in * d_out] } else { transpose(&w, d_out, d_in) };
+    pub fn linear(
+        &mut self,
+        path: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Linear, LoadError> {
+        let w = self
+            .read(&format!("{path}.weight"), &[d_out, d_in])?
+            .unwrap_or_default();
+        let w = if w.is_empty() {
+            vec![0.0; d_in * d_out]
+        } else {
+            transpose(&w, d_out, d_in)
+        };
         let weight = frozen(tensor2(w, [d_in, d_out], self.device));
         let bias = if bias {
-            let b = self.read(&format!("{path}.bias"), &[d_out])?.unwrap_or_else(|| vec![0.0; d_out]);
+            let b = self
+                .read(&format!("{path}.bias"), &[d_out])?
+                .unwrap_or_else(|| vec![0.0; d_out]);
             Some(frozen(tensor1(b, self.device)))
         } else {
             None
@@ -53,25 +72,46 @@ impl<'a> Reader<'a> {
         Ok(Linear::new(weight, bias))
     }
 
-    pub fn vector(&mut self, name: &str, n: usize) -> Result<burn::module::Param<burn::tensor::Tensor<1>>, LoadError> {
+    pub fn vector(
+        &mut self,
+        name: &str,
+        n: usize,
+    ) -> Result<burn::module::Param<burn::tensor::Tensor<1>>, LoadError> {
         let v = self.read(name, &[n])?.unwrap_or_else(|| vec![0.0; n]);
         Ok(frozen(tensor1(v, self.device)))
     }
 
-    pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<burn::module::Param<burn::tensor::Tensor<2>>, LoadError> {
-        let v = self.read(name, &[rows, cols])?.unwrap_or_else(|| vec![0.0; rows * cols]);
+    pub fn matrix(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<burn::module::Param<burn::tensor::Tensor<2>>, LoadError> {
+        let v = self
+            .read(name, &[rows, cols])?
+            .unwrap_or_else(|| vec![0.0; rows * cols]);
         Ok(frozen(tensor2(v, [rows, cols], self.device)))
     }
 
     /// Fails with every missing tensor; warns about tensors nobody read.
     pub fn finish(self) -> Result<(), LoadError> {
         if !self.missing.is_empty() {
-            return Err(LoadError::MissingTensors { tensors: self.missing });
+            return Err(LoadError::MissingTensors {
+                tensors: self.missing,
+            });
         }
-        let unused: Vec<&str> =
-            self.checkpoint.entries().map(|e| e.name.as_str()).filter(|n| !self.used.contains(*n)).collect();
+        let unused: Vec<&str> = self
+            .checkpoint
+            .entries()
+            .map(|e| e.name.as_str())
+            .filter(|n| !self.used.contains(*n))
+            .collect();
         if !unused.is_empty() {
-            tracing::warn!("ignoring {} unexpected tensor(s): {}", unused.len(), unused.join(", "));
+            tracing::warn!(
+                "ignoring {} unexpected tensor(s): {}",
+                unused.len(),
+                unused.join(", ")
+            );
         }
         Ok(())
     }
@@ -82,7 +122,10 @@ fn layer(r: &mut Reader, c: &LlamaConfig, l: usize) -> Result<DecoderLayer, Load
     let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
     let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
     let norm = |r: &mut Reader, name: String| -> Result<RmsNorm, LoadError> {
-        Ok(RmsNorm { weight: r.vector(&name, h)?, eps: c.rms_norm_eps })
+        Ok(RmsNorm {
+            weight: r.vector(&name, h)?,
+            eps: c.rms_norm_eps,
+        })
     };
     Ok(DecoderLayer {
         self_attn: Attention {
@@ -102,14 +145,27 @@ fn layer(r: &mut Reader, c: &LlamaConfig, l: usize) -> Result<DecoderLayer, Load
 }
 
 /// Builds the model from a checkpoint on `device`.
-pub fn load(config: LlamaConfig, checkpoint: &Checkpoint, device: &Device) -> Result<LlamaForCausalLm, LoadError> {
+pub fn load(
+    config: LlamaConfig,
+    checkpoint: &Checkpoint,
+    device: &Device,
+) -> Result<LlamaForCausalLm, LoadError> {
     let mut r = Reader::new(checkpoint, device);
-    let embed_tokens = Embedding { weight: r.matrix("model.embed_tokens.weight", config.vocab_size, config.hidden_size)? };
+    let embed_tokens = Embedding {
+        weight: r.matrix(
+            "model.embed_tokens.weight",
+            config.vocab_size,
+            config.hidden_size,
+        )?,
+    };
     let mut layers = Vec::with_capacity(config.num_hidden_layers);
     for l in 0..config.num_hidden_layers {
         layers.push(layer(&mut r, &config, l)?);
     }
-    let norm = RmsNorm { weight: r.vector("model.norm.weight", config.hidden_size)?, eps: config.rms_norm_eps };
+    let norm = RmsNorm {
+        weight: r.vector("model.norm.weight", config.hidden_size)?,
+        eps: config.rms_norm_eps,
+    };
     // Tied checkpoints usually omit lm_head.weight; when tied, transformers ignores it if present.
     let lm_head = if config.tie_word_embeddings {
         if checkpoint.contains("lm_head.weight") {
@@ -121,5 +177,14 @@ pub fn load(config: LlamaConfig, checkpoint: &Checkpoint, device: &Device) -> Re
     };
     r.finish()?;
     let rope = Rope::new(config.head_dim, config.rope_theta, &config.rope_scaling);
-    Ok(LlamaForCausalLm { model: LlamaModel { embed_tokens, layers, norm }, lm_head, config, rope })
+    Ok(LlamaForCausalLm {
+        model: LlamaModel {
+            embed_tokens,
+            layers,
+            norm,
+        },
+        lm_head,
+        config,
+        rope,
+    })
 }
