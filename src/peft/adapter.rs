@@ -4,6 +4,7 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 
 use crate::models::Linear;
+use crate::peft::adalora::AdaLora;
 use crate::peft::ia3::Ia3;
 use crate::peft::lora::Lora;
 
@@ -12,6 +13,8 @@ pub enum LinearAdapter {
     /// LoRA, rsLoRA (a different scale) and DoRA (a magnitude vector).
     Lora(Lora),
     Ia3(Ia3),
+    /// AdaLoRA's SVD form.
+    AdaLora(AdaLora),
 }
 
 impl LinearAdapter {
@@ -20,6 +23,7 @@ impl LinearAdapter {
         match self {
             Self::Lora(lora) => lora.forward(base, x),
             Self::Ia3(ia3) => ia3.forward(base, x),
+            Self::AdaLora(svd) => svd.forward(base, x),
         }
     }
 
@@ -28,6 +32,7 @@ impl LinearAdapter {
         match self {
             Self::Lora(lora) => lora.num_params(),
             Self::Ia3(ia3) => ia3.num_params(),
+            Self::AdaLora(svd) => svd.num_params(),
         }
     }
 }

@@ -9,6 +9,7 @@ use rand::Rng;
 use crate::error::AdapterError;
 use crate::models::tensor_util::{tensor1, tensor2, to_vec, trainable};
 use crate::models::Linear;
+use crate::peft::adalora::AdaLora;
 use crate::peft::adapter::LinearAdapter;
 use crate::peft::config::LoraInit;
 use crate::peft::ia3::Ia3;
@@ -25,6 +26,13 @@ pub enum AdapterValues {
     },
     Ia3 {
         ia3_l: Vec<f32>,
+    },
+    /// AdaLoRA's kept ranks only (`k` = kept count): `lora_a: [k, in]`, `lora_e: [k]`,
+    /// `lora_b: [out, k]`.
+    AdaLora {
+        lora_a: Vec<f32>,
+        lora_e: Vec<f32>,
+        lora_b: Vec<f32>,
     },
 }
 
@@ -64,7 +72,26 @@ pub fn init_values(target: &Target, init: LoraInit, rng: &mut StdRng) -> Adapter
         Spec::Ia3 { feedforward } => AdapterValues::Ia3 {
             ia3_l: vec![1.0; if feedforward { i } else { o }],
         },
+        // PEFT `AdaLoraLayer.reset_lora_parameters`: Λ = 0, Q and P ~ N(0, 0.02).
+        Spec::AdaLora { init_r, .. } => AdapterValues::AdaLora {
+            lora_a: (0..init_r * i).map(|_| 0.02 * normal(rng)).collect(),
+            lora_e: vec![0.0; init_r],
+            lora_b: (0..o * init_r).map(|_| 0.02 * normal(rng)).collect(),
+        },
     }
+}
+
+/// Places the rows of the `k` kept ranks back at their positions among `init_r`, zeros elsewhere:
+/// a pruned rank has Λ = 0 and contributes nothing.
+fn scatter_ranks(kept_rows: &[f32], kept: &[bool], row_len: usize) -> Vec<f32> {
+    let mut out = vec![0.0; kept.len() * row_len];
+    let mut src = kept_rows.chunks_exact(row_len.max(1));
+    for (slot, _) in kept.iter().enumerate().filter(|(_, &k)| k) {
+        if let Some(row) = src.next() {
+            out[slot * row_len..(slot + 1) * row_len].copy_from_slice(row);
+        }
+    }
+    out
 }
 
 /// DoRA's magnitude at init: ‖W + s·B·A‖ per output row (PEFT `DoraLinearLayer.update_layer`).
@@ -119,6 +146,44 @@ pub fn build(
                 lora.magnitude = Some(trainable(tensor1(m, device)));
             }
             Ok(LinearAdapter::Lora(lora))
+        }
+        (
+            Spec::AdaLora {
+                init_r,
+                scale,
+                dropout,
+                kept,
+            },
+            AdapterValues::AdaLora {
+                lora_a,
+                lora_e,
+                lora_b,
+            },
+        ) => {
+            let r = *init_r;
+            let k = kept.iter().filter(|&&x| x).count();
+            let (a, e, b) = if k == r {
+                (lora_a, lora_e, lora_b)
+            } else {
+                // P is [out, k]: scatter its columns through its transpose.
+                let b_rows = crate::models::tensor_util::transpose(&lora_b, o, k);
+                let b_full = scatter_ranks(&b_rows, kept, o);
+                (
+                    scatter_ranks(&lora_a, kept, i),
+                    scatter_ranks(&lora_e, kept, 1),
+                    crate::models::tensor_util::transpose(&b_full, r, o),
+                )
+            };
+            let a = crate::models::tensor_util::transpose(&a, r, i);
+            let b = crate::models::tensor_util::transpose(&b, o, r);
+            Ok(LinearAdapter::AdaLora(AdaLora {
+                lora_a: trainable(tensor2(a, [i, r], device)),
+                lora_e: trainable(tensor1(e, device)),
+                lora_b: trainable(tensor2(b, [r, o], device)),
+                scale: *scale,
+                dropout: DropoutConfig::new(*dropout).init(),
+                kept: kept.clone(),
+            }))
         }
         (Spec::Ia3 { feedforward }, AdapterValues::Ia3 { ia3_l }) => Ok(LinearAdapter::Ia3(Ia3 {
             ia3_l: trainable(tensor1(ia3_l, device)),

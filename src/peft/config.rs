@@ -531,6 +531,19 @@ impl AdapterConfig {
         text
     }
 
+    /// Records AdaLoRA's boolean `rank_pattern` (`{"<path>.lora_E": [kept; init_r]}`), in the
+    /// typed options and in the JSON written.
+    pub fn set_adalora_rank_pattern(&mut self, pattern: Vec<(String, Vec<bool>)>) {
+        if let Method::AdaLora(_, ada) = &mut self.method {
+            let json: Map<String, Value> = pattern
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            self.raw.insert("rank_pattern".into(), Value::Object(json));
+            ada.rank_pattern = pattern;
+        }
+    }
+
     /// Writes `adapter_config.json` into `dir` atomically.
     pub fn save_dir(&self, dir: &Path) -> Result<PathBuf, AdapterError> {
         let path = dir.join(CONFIG_FILE);

@@ -34,6 +34,10 @@ pub fn fold(linear: &mut Linear) {
                 None => (merged, linear.bias.as_ref().map(|b| b.val())),
             }
         }
+        LinearAdapter::AdaLora(svd) => (
+            w + svd.delta().detach(),
+            linear.bias.as_ref().map(|b| b.val()),
+        ),
         LinearAdapter::Ia3(a) => {
             let l = a.ia3_l.val().detach();
             if a.feedforward {

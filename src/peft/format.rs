@@ -35,6 +35,15 @@ pub fn tensor_keys(target: &Target) -> Vec<(String, Vec<usize>)> {
             }
             keys
         }
+        // AdaLoRA's tensors are bare parameters (no `.weight`), cut to the kept ranks.
+        Spec::AdaLora { ref kept, .. } => {
+            let k = kept.iter().filter(|&&x| x).count();
+            vec![
+                (format!("{p}.lora_A"), vec![k, i]),
+                (format!("{p}.lora_E"), vec![k, 1]),
+                (format!("{p}.lora_B"), vec![o, k]),
+            ]
+        }
         Spec::Ia3 { feedforward: true } => vec![(format!("{p}.ia3_l"), vec![1, i])],
         Spec::Ia3 { feedforward: false } => vec![(format!("{p}.ia3_l"), vec![o, 1])],
     }
@@ -125,6 +134,11 @@ pub fn load_adapter(
             Spec::Ia3 { .. } => AdapterValues::Ia3 {
                 ia3_l: read(&file, &keys[0].0, &keys[0].1)?,
             },
+            Spec::AdaLora { .. } => AdapterValues::AdaLora {
+                lora_a: read(&file, &keys[0].0, &keys[0].1)?,
+                lora_e: read(&file, &keys[1].0, &keys[1].1)?,
+                lora_b: read(&file, &keys[2].0, &keys[2].1)?,
+            },
         };
         build(t, linear, values, device)
     })?;
@@ -157,6 +171,28 @@ fn linear_tensors(path: &str, linear: &Linear) -> Vec<(String, OwnedTensor)> {
             }
             out
         }
+        Some(LinearAdapter::AdaLora(svd)) => {
+            let [i, r] = svd.lora_a.val().dims();
+            let [_, o] = svd.lora_b.val().dims();
+            let kept: Vec<usize> = (0..r).filter(|&j| svd.kept[j]).collect();
+            let k = kept.len();
+            // Rows of Q and Λ, columns of P, at the kept ranks
+            // (PEFT `resize_state_dict_by_rank_pattern`); zero-size for a module pruned to 0.
+            let a = transpose(&to_vec(svd.lora_a.val()), i, r);
+            let e = to_vec(svd.lora_e.val());
+            let b = to_vec(svd.lora_b.val());
+            let a_kept: Vec<f32> = kept.iter().flat_map(|&j| a[j * i..(j + 1) * i].to_vec()).collect();
+            let e_kept: Vec<f32> = kept.iter().map(|&j| e[j]).collect();
+            let b_kept: Vec<f32> = kept.iter().flat_map(|&j| b[j * o..(j + 1) * o].to_vec()).collect();
+            vec![
+                (format!("{p}.lora_A"), OwnedTensor::from_f32(vec![k, i], &a_kept)),
+                (format!("{p}.lora_E"), OwnedTensor::from_f32(vec![k, 1], &e_kept)),
+                (
+                    format!("{p}.lora_B"),
+                    OwnedTensor::from_f32(vec![o, k], &transpose(&b_kept, k, o)),
+                ),
+            ]
+        }
         Some(LinearAdapter::Ia3(a)) => {
             let n = a.num_params();
             let shape = if a.feedforward {
@@ -188,6 +224,11 @@ pub fn adapter_param_ids(model: &mut CausalLm) -> Vec<(String, burn::module::Par
                 }
             }
             Some(LinearAdapter::Ia3(a)) => out.push((format!("{p}.ia3_l"), a.ia3_l.id)),
+            Some(LinearAdapter::AdaLora(svd)) => {
+                out.push((format!("{p}.lora_A"), svd.lora_a.id));
+                out.push((format!("{p}.lora_E"), svd.lora_e.id));
+                out.push((format!("{p}.lora_B"), svd.lora_b.id));
+            }
         }
     }
     out
@@ -199,6 +240,18 @@ pub fn adapter_tensors(model: &mut CausalLm) -> Vec<(String, OwnedTensor)> {
         .linears_mut()
         .into_iter()
         .flat_map(|(path, linear)| linear_tensors(&path, linear))
+        .collect()
+}
+
+/// The kept ranks of every AdaLoRA module, keyed as PEFT's `rank_pattern` (`<path>.lora_E`).
+pub fn adalora_rank_pattern(model: &mut CausalLm) -> Vec<(String, Vec<bool>)> {
+    model
+        .linears_mut()
+        .into_iter()
+        .filter_map(|(path, linear)| match &linear.adapter {
+            Some(LinearAdapter::AdaLora(svd)) => Some((format!("{path}.lora_E"), svd.kept.clone())),
+            _ => None,
+        })
         .collect()
 }
 
@@ -214,6 +267,15 @@ pub fn save_adapter(
     })?;
     let tensors = adapter_tensors(model);
     crate::io::write_safetensors_atomic(&dir.join(WEIGHTS_FILE), &tensors, None)?;
-    config.save_dir(dir)?;
+    let pattern = adalora_rank_pattern(model);
+    if pattern.iter().any(|(_, kept)| kept.contains(&false)) {
+        // The saved tensors are cut to the kept ranks: the config must say which (PEFT resizes
+        // the modules by it on load).
+        let mut config = config.clone();
+        config.set_adalora_rank_pattern(pattern);
+        config.save_dir(dir)?;
+    } else {
+        config.save_dir(dir)?;
+    }
     Ok(())
 }

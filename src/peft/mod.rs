@@ -3,6 +3,7 @@
 //! - [`config`]: `adapter_config.json` in and out, with PEFT's defaults.
 //! - [`target`]: the `target_modules` matcher (PEFT's rules) and rank/alpha patterns.
 
+pub mod adalora;
 pub mod adapter;
 pub mod build;
 pub mod chatglm_prefix;

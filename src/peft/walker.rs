@@ -9,7 +9,7 @@ use burn::module::Module;
 use crate::error::AdapterError;
 use crate::models::CausalLm;
 use crate::peft::adapter::LinearAdapter;
-use crate::peft::config::{AdapterConfig, LoraOptions, Method};
+use crate::peft::config::{AdaLoraOptions, AdapterConfig, LoraOptions, Method};
 use crate::peft::target::{pattern_value, suffix_match, Matcher, Targets};
 
 /// PEFT's default `target_modules` per model type (utils/constants.py).
@@ -32,6 +32,13 @@ pub enum Spec {
     },
     Ia3 {
         feedforward: bool,
+    },
+    /// AdaLoRA's SVD form with `init_r` ranks, of which `kept` survive pruning.
+    AdaLora {
+        init_r: usize,
+        scale: f64,
+        dropout: f64,
+        kept: Vec<bool>,
     },
 }
 
@@ -86,6 +93,45 @@ pub fn lora_spec(opts: &LoraOptions, path: &str) -> Result<Spec, AdapterError> {
     })
 }
 
+/// AdaLoRA's spec at `path`: `init_r` ranks, the boolean `rank_pattern` entry
+/// (`<path>.lora_E`) when training has pruned some, and PEFT's scale `α / (ranknum + 1e-5)`
+/// computed as its f32 `ranknum` parameter gives it.
+pub fn adalora_spec(
+    lora: &LoraOptions,
+    ada: &AdaLoraOptions,
+    path: &str,
+) -> Result<Spec, AdapterError> {
+    let key = format!("{path}.lora_E");
+    let kept = ada
+        .rank_pattern
+        .iter()
+        .find(|(k, _)| *k == key || k.strip_suffix(".default") == Some(key.as_str()))
+        .map(|(_, v)| v.clone());
+    let kept = match kept {
+        Some(v) if v.len() != ada.init_r => {
+            return Err(AdapterError::Unsupported(format!(
+                "rank_pattern for `{key}` has {} entries but init_r is {}",
+                v.len(),
+                ada.init_r
+            )))
+        }
+        Some(v) => v,
+        None => vec![true; ada.init_r],
+    };
+    let alpha = if lora.lora_alpha > 0.0 {
+        lora.lora_alpha
+    } else {
+        ada.init_r as f64
+    };
+    let ranknum = (ada.init_r as f32 + 1e-5f32) as f64;
+    Ok(Spec::AdaLora {
+        init_r: ada.init_r,
+        scale: alpha / ranknum,
+        dropout: lora.lora_dropout,
+        kept,
+    })
+}
+
 fn targets_match(targets: &Targets, path: &str) -> bool {
     match targets {
         Targets::Names(names) => names.iter().any(|n| suffix_match(path, n)),
@@ -124,7 +170,8 @@ pub fn plan(
             Method::Ia3(opts) => Spec::Ia3 {
                 feedforward: targets_match(&opts.feedforward_modules, &path),
             },
-            Method::AdaLora(..) | Method::PromptLearning(_) => {
+            Method::AdaLora(lora, ada) => adalora_spec(lora, ada, &path)?,
+            Method::PromptLearning(_) => {
                 return Err(AdapterError::Unsupported(format!(
                     "{} adapters are not supported yet",
                     config.peft_type.as_str()

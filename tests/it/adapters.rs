@@ -32,6 +32,7 @@ fn with_adapter(name: &str) -> CausalLm {
 #[case::regex_targets("lora-regex")]
 #[case::dora("dora")]
 #[case::ia3("ia3")]
+#[case::adalora("adalora")]
 fn adapter_reproduces_peft_logits(#[case] name: &str) {
     let model = with_adapter(name);
     let reference = reference(&format!("adapters/{name}"));
@@ -55,6 +56,8 @@ fn adapter_reproduces_peft_logits(#[case] name: &str) {
 #[case::rslora_with_rank_and_alpha_patterns("lora-rslora-patterns")]
 #[case::dora("dora")]
 #[case::ia3("ia3")]
+#[case::adalora("adalora")]
+#[case::adalora_pruned_by_training("../train/adalora/final")]
 fn loading_and_saving_an_adapter_keeps_every_tensor_bit_for_bit(#[case] name: &str) {
     let mut model = with_adapter(name);
     let config = AdapterConfig::load_dir(&fixture(&format!("adapters/{name}"))).unwrap();
@@ -96,6 +99,7 @@ fn loading_and_saving_an_adapter_keeps_every_tensor_bit_for_bit(#[case] name: &s
 #[case::lora("lora")]
 #[case::dora("dora")]
 #[case::ia3("ia3")]
+#[case::adalora("adalora")]
 fn folding_an_adapter_into_the_weights_gives_the_unfolded_logits(#[case] name: &str) {
     let mut model = with_adapter(name);
     let reference = reference(&format!("adapters/{name}"));
