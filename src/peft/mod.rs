@@ -12,6 +12,7 @@ pub mod fold;
 pub mod format;
 pub mod ia3;
 pub mod lora;
+pub mod rank_allocator;
 pub mod target;
 pub mod walker;
 

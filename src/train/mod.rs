@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod eval;
+pub mod hook;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
@@ -12,4 +13,5 @@ pub mod step;
 
 pub use optim::{AdamW, AdamWConfig};
 pub use schedule::{Schedule, ScheduleKind};
-pub use step::{train_step, Batch, StepStats};
+pub use hook::StepHook;
+pub use step::{train_step, train_step_with, Batch, StepStats};

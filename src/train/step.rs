@@ -5,6 +5,7 @@
 use burn::optim::{GradientsAccumulator, GradientsParams};
 
 use crate::models::{CausalLm, Inputs};
+use crate::train::hook::StepHook;
 use crate::train::loss::{count_targets, token_loss_sum};
 use crate::train::optim::{clip_factor, global_grad_norm, AdamW};
 
@@ -43,9 +44,6 @@ pub struct StepStats {
     pub targets: usize,
 }
 
-/// Extra loss terms a method adds (e.g. AdaLoRA's orthogonality penalty); none for most.
-pub type ExtraLoss<'a> = Option<&'a dyn Fn(&CausalLm) -> Option<burn::tensor::Tensor<1>>>;
-
 /// Runs one optimizer step over `micro_batches` and returns the updated model.
 pub fn train_step(
     model: CausalLm,
@@ -54,13 +52,40 @@ pub fn train_step(
     lr: f64,
     max_grad_norm: Option<f64>,
 ) -> (CausalLm, StepStats) {
+    train_step_with(
+        model,
+        optim,
+        micro_batches,
+        lr,
+        max_grad_norm,
+        &mut StepHook::None,
+    )
+}
+
+/// `train_step` with a method's hook: its extra loss joins the first micro-batch's loss (the
+/// logged loss includes it, as PEFT's AdaLoRA loss does), it sees the gradients, and it runs
+/// after the optimizer step.
+pub fn train_step_with(
+    model: CausalLm,
+    optim: &mut AdamW,
+    micro_batches: &[Batch],
+    lr: f64,
+    max_grad_norm: Option<f64>,
+    hook: &mut StepHook,
+) -> (CausalLm, StepStats) {
     let targets: usize = micro_batches.iter().map(Batch::targets).sum();
     let denom = targets.max(1) as f64;
     let mut accumulator = GradientsAccumulator::<CausalLm>::new();
     let mut loss_sum = 0.0;
-    for batch in micro_batches {
+    for (k, batch) in micro_batches.iter().enumerate() {
         let logits = model.forward(&batch.inputs(), None);
-        let loss = token_loss_sum(logits, &batch.labels, batch.batch, batch.seq).div_scalar(denom);
+        let mut loss =
+            token_loss_sum(logits, &batch.labels, batch.batch, batch.seq).div_scalar(denom);
+        if k == 0 {
+            if let Some(extra) = hook.extra_loss(&model) {
+                loss = loss + extra;
+            }
+        }
         loss_sum += loss.clone().into_scalar::<f32>() as f64;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         accumulator.accumulate(&model, grads);
@@ -68,7 +93,9 @@ pub fn train_step(
     let grads = accumulator.grads();
     let grad_norm = global_grad_norm(&model, &grads);
     let scale = clip_factor(grad_norm, max_grad_norm);
-    let model = optim.step(model, grads, lr, scale);
+    hook.observe_grads(&model, &grads, scale);
+    let mut model = optim.step(model, grads, lr, scale);
+    hook.after_step(&mut model, optim.step.saturating_sub(1) as usize);
     let tokens = micro_batches.iter().map(Batch::tokens).sum();
     (
         model,

@@ -170,3 +170,76 @@ mod resume {
         );
     }
 }
+
+mod adalora {
+    use peft::io::Checkpoint;
+    use peft::models::ModelDir;
+    use peft::peft::config::Method;
+    use peft::peft::format::{load_adapter, save_adapter};
+    use peft::peft::rank_allocator::RankAllocator;
+    use peft::peft::AdapterConfig;
+    use peft::train::{train_step_with, AdamW, AdamWConfig, StepHook};
+
+    use super::{fixture_batch, fixture_losses, max_rel_diff, FINAL_REL_TOL, LOSS_TOL};
+    use crate::common::*;
+
+    #[test]
+    fn adalora_training_reproduces_peft_losses_rank_pattern_and_final_adapter() {
+        let device = device().autodiff();
+        let dir = ModelDir::open(&fixture("llama-tiny")).unwrap();
+        let mut model = dir.load(&device).unwrap();
+        let init = fixture("train/adalora/init");
+        let (config, _) = load_adapter(&mut model, "llama", &init, &device).unwrap();
+        let Method::AdaLora(_, options) = config.method.clone() else {
+            panic!("not an AdaLoRA config")
+        };
+        let total = options.total_step.unwrap();
+        let mut hook =
+            StepHook::AdaLora(RankAllocator::new(&mut model, options, total).unwrap());
+        let batch = fixture_batch("train/adalora");
+        let (expected, lr) = fixture_losses("train/adalora");
+        assert_eq!(expected.len(), 30);
+        let mut optim = AdamW::new(AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        });
+        for (step, want) in expected.iter().enumerate() {
+            let (next, stats) = train_step_with(
+                model,
+                &mut optim,
+                std::slice::from_ref(&batch),
+                lr,
+                None,
+                &mut hook,
+            );
+            model = next;
+            assert!(
+                (stats.loss - want).abs() <= LOSS_TOL,
+                "step {step}: loss {} vs PEFT {want}",
+                stats.loss
+            );
+        }
+        let out = tempfile::tempdir().unwrap();
+        save_adapter(&mut model, &config, out.path()).unwrap();
+        let ours = AdapterConfig::load_dir(out.path()).unwrap();
+        let theirs = AdapterConfig::load_dir(&fixture("train/adalora/final")).unwrap();
+        assert_eq!(ours.raw["rank_pattern"], theirs.raw["rank_pattern"]);
+        let mine =
+            Checkpoint::open_files(&[out.path().join("adapter_model.safetensors")]).unwrap();
+        let reference = Checkpoint::open_files(&[fixture(
+            "train/adalora/final/adapter_model.safetensors",
+        )])
+        .unwrap();
+        assert_eq!(mine.entries().count(), reference.entries().count());
+        for entry in reference.entries() {
+            let m = mine.get(&entry.name).expect("tensor saved");
+            assert_eq!(m.shape, entry.shape, "{}", entry.name);
+            let (a, _) = mine.read_f32(&entry.name).unwrap();
+            let (b, _) = reference.read_f32(&entry.name).unwrap();
+            let rel = max_rel_diff(&a, &b);
+            assert!(rel <= FINAL_REL_TOL, "{}: relative diff {rel}", entry.name);
+        }
+    }
+}
