@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 #[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case")]
 pub struct AdapterOptions {
-    /// lora, rslora, dora or ia3 (default lora, or the method of --adapter-config / --init-adapter).
+    /// lora, rslora, dora, ia3 or adalora (default lora, or the method of --adapter-config / --init-adapter).
     #[arg(long)]
     pub method: Option<String>,
     /// A PEFT adapter_config.json to train (e.g. one of the presets in adapters/).
@@ -29,6 +29,72 @@ pub struct AdapterOptions {
     /// Comma-separated module names (suffix match), `all-linear`, or a regex (`re:...`).
     #[arg(long)]
     pub target_modules: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub adalora: AdaLoraFlags,
+}
+
+/// AdaLoRA's options (PEFT `AdaLoraConfig` field names in parentheses).
+#[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct AdaLoraFlags {
+    /// AdaLoRA: ranks every module starts with (`init_r`, default 12).
+    #[arg(long)]
+    pub init_r: Option<usize>,
+    /// AdaLoRA: average rank left after pruning (`target_r`, default 8).
+    #[arg(long)]
+    pub target_r: Option<usize>,
+    /// AdaLoRA: warm-up steps before pruning starts (`tinit`, default 0).
+    #[arg(long)]
+    pub tinit: Option<usize>,
+    /// AdaLoRA: final steps with the rank pattern fixed (`tfinal`, default 0).
+    #[arg(long)]
+    pub tfinal: Option<usize>,
+    /// AdaLoRA: steps between two budget allocations (`deltaT`, default 1).
+    #[arg(long)]
+    pub delta_t: Option<usize>,
+    /// AdaLoRA: EMA factor of the sensitivity (`beta1`, default 0.85).
+    #[arg(long)]
+    pub beta1: Option<f64>,
+    /// AdaLoRA: EMA factor of the uncertainty (`beta2`, default 0.85).
+    #[arg(long)]
+    pub beta2: Option<f64>,
+    /// AdaLoRA: weight of the orthogonality penalty (`orth_reg_weight`, default 0.5).
+    #[arg(long)]
+    pub orth_reg_weight: Option<f64>,
+    /// AdaLoRA: steps of the budget schedule (`total_step`; default: the run's step count).
+    #[arg(long)]
+    pub total_step: Option<usize>,
+}
+
+impl AdaLoraFlags {
+    /// The flags given, as `(adapter_config.json key, flag, value)`.
+    fn given(&self) -> Vec<(&'static str, &'static str, Value)> {
+        let mut out = Vec::new();
+        let mut put = |key, flag, v: Option<Value>| {
+            if let Some(v) = v {
+                out.push((key, flag, v));
+            }
+        };
+        put("init_r", "--init-r", self.init_r.map(|v| json!(v)));
+        put("target_r", "--target-r", self.target_r.map(|v| json!(v)));
+        put("tinit", "--tinit", self.tinit.map(|v| json!(v)));
+        put("tfinal", "--tfinal", self.tfinal.map(|v| json!(v)));
+        put("deltaT", "--delta-t", self.delta_t.map(|v| json!(v)));
+        put("beta1", "--beta1", self.beta1.map(|v| json!(v)));
+        put("beta2", "--beta2", self.beta2.map(|v| json!(v)));
+        put(
+            "orth_reg_weight",
+            "--orth-reg-weight",
+            self.orth_reg_weight.map(|v| json!(v)),
+        );
+        put(
+            "total_step",
+            "--total-step",
+            self.total_step.map(|v| json!(v)),
+        );
+        out
+    }
 }
 
 fn targets_json(s: &str) -> Value {
@@ -74,10 +140,13 @@ fn method_json(method: &str, model_type: &str) -> anyhow::Result<Map<String, Val
         "ia3" => {
             json!({"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]})
         }
-        "adalora" | "prompt" | "ptuning" | "prefix" | "ptuning-v2" | "llama-adapter" => {
-            bail!("--method {method} is not available in this version yet (supported: lora, rslora, dora, ia3)")
+        "adalora" => {
+            json!({"peft_type": "ADALORA", "init_r": 12, "target_r": 8, "lora_alpha": 16, "target_modules": all})
         }
-        other => bail!("unknown --method {other} (supported: lora, rslora, dora, ia3)"),
+        "prompt" | "ptuning" | "prefix" | "ptuning-v2" | "llama-adapter" => {
+            bail!("--method {method} is not available in this version yet (supported: lora, rslora, dora, ia3, adalora)")
+        }
+        other => bail!("unknown --method {other} (supported: lora, rslora, dora, ia3, adalora)"),
     };
     Ok(value.as_object().cloned().unwrap_or_default())
 }
@@ -133,6 +202,15 @@ pub fn adapter_config(o: &AdapterOptions, model_type: &str) -> anyhow::Result<Ad
     }
     if let Some(t) = &o.target_modules {
         raw.insert("target_modules".into(), targets_json(t));
+    }
+    let adalora_flags = o.adalora.given();
+    if let Some((_, flag, _)) = adalora_flags.first() {
+        if raw.get("peft_type") != Some(&json!("ADALORA")) {
+            bail!("{flag} applies to --method adalora only");
+        }
+    }
+    for (key, _, value) in adalora_flags {
+        raw.insert(key.into(), value);
     }
     raw.entry("task_type").or_insert(json!("CAUSAL_LM"));
     Ok(AdapterConfig::from_json(Value::Object(raw), &source)?)

@@ -10,11 +10,12 @@ use anyhow::{bail, Context};
 use peft::data::{self, BatchConfig, DataConfig};
 use peft::models::ModelDir;
 use peft::peft::format::{inject_new, load_adapter};
-use peft::peft::AdapterConfig;
+use peft::peft::rank_allocator::RankAllocator;
+use peft::peft::{AdapterConfig, Method};
 use peft::tokenizer::TextTokenizer;
 use peft::train::checkpoint;
-use peft::train::run::{run, Run, RunConfig};
-use peft::train::{AdamW, AdamWConfig, ScheduleKind};
+use peft::train::run::{run, total_steps, Run, RunConfig};
+use peft::train::{AdamW, AdamWConfig, ScheduleKind, StepHook};
 use serde::{Deserialize, Serialize};
 
 use super::adapter_options::{adapter_config, AdapterOptions};
@@ -242,6 +243,33 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         None => inject_new(&mut model, dir.model_type(), &adapter, config.seed, &device)?,
     };
     eprintln!("{report}");
+    let batch_config = BatchConfig {
+        batch_size: o.batch_size.unwrap_or(4),
+        seed: config.seed,
+        shuffle: !o.no_shuffle,
+        group_by_length: o.data.group_by_length,
+        pack: o.data.pack,
+        pad_id: prepared.pad_id,
+    };
+    let train = |epoch: usize| data::batches(&prepared.train, &batch_config, epoch as u64);
+    let mut adapter = adapter;
+    let mut hook = StepHook::None;
+    if let Method::AdaLora(_, ada) = &adapter.method {
+        // `total_step` is the run's length unless given (PEFT requires it; we can derive it).
+        let total = match ada.total_step {
+            Some(t) => t,
+            None => total_steps(&config, train(0).len()),
+        };
+        let allocator = RankAllocator::new(&mut model, ada.clone(), total)?;
+        adapter.raw.insert("total_step".into(), total.into());
+        if let Method::AdaLora(_, ada) = &mut adapter.method {
+            ada.total_step = Some(total);
+        }
+        hook = StepHook::AdaLora(allocator);
+    }
+    if let Some(ckpt) = &resume_dir {
+        hook.restore(&mut model, ckpt)?;
+    }
     let resume = match &resume_dir {
         Some(ckpt) => {
             let mut optim = AdamW::new(config.adamw);
@@ -252,21 +280,12 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let batch_config = BatchConfig {
-        batch_size: o.batch_size.unwrap_or(4),
-        seed: config.seed,
-        shuffle: !o.no_shuffle,
-        group_by_length: o.data.group_by_length,
-        pack: o.data.pack,
-        pad_id: prepared.pad_id,
-    };
     let eval_config = BatchConfig {
         shuffle: false,
         pack: None,
         ..batch_config.clone()
     };
     let eval = data::batches(&prepared.eval, &eval_config, 0);
-    let train = |epoch: usize| data::batches(&prepared.train, &batch_config, epoch as u64);
     let summary = run(Run {
         model,
         adapter_config: adapter,
@@ -276,6 +295,7 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         eval,
         device,
         resume,
+        hook,
     })?;
     if summary.interrupted {
         bail!(

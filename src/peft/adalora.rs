@@ -80,7 +80,10 @@ impl AdaLora {
         let mask: Vec<f32> = kept.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();
         let n = mask.len();
         let mask = Tensor::<1>::from_data(TensorData::new(mask, [n]), &device);
-        let param = std::mem::replace(&mut self.lora_e, Param::from_tensor(Tensor::zeros([1], &device)));
+        let param = std::mem::replace(
+            &mut self.lora_e,
+            Param::from_tensor(Tensor::zeros([1], &device)),
+        );
         self.lora_e = param.map(|e| {
             let require_grad = e.is_require_grad();
             let masked = (e * mask).detach();

@@ -535,10 +535,8 @@ impl AdapterConfig {
     /// typed options and in the JSON written.
     pub fn set_adalora_rank_pattern(&mut self, pattern: Vec<(String, Vec<bool>)>) {
         if let Method::AdaLora(_, ada) = &mut self.method {
-            let json: Map<String, Value> = pattern
-                .iter()
-                .map(|(k, v)| (k.clone(), json!(v)))
-                .collect();
+            let json: Map<String, Value> =
+                pattern.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
             self.raw.insert("rank_pattern".into(), Value::Object(json));
             ada.rank_pattern = pattern;
         }

@@ -181,12 +181,24 @@ fn linear_tensors(path: &str, linear: &Linear) -> Vec<(String, OwnedTensor)> {
             let a = transpose(&to_vec(svd.lora_a.val()), i, r);
             let e = to_vec(svd.lora_e.val());
             let b = to_vec(svd.lora_b.val());
-            let a_kept: Vec<f32> = kept.iter().flat_map(|&j| a[j * i..(j + 1) * i].to_vec()).collect();
+            let a_kept: Vec<f32> = kept
+                .iter()
+                .flat_map(|&j| a[j * i..(j + 1) * i].to_vec())
+                .collect();
             let e_kept: Vec<f32> = kept.iter().map(|&j| e[j]).collect();
-            let b_kept: Vec<f32> = kept.iter().flat_map(|&j| b[j * o..(j + 1) * o].to_vec()).collect();
+            let b_kept: Vec<f32> = kept
+                .iter()
+                .flat_map(|&j| b[j * o..(j + 1) * o].to_vec())
+                .collect();
             vec![
-                (format!("{p}.lora_A"), OwnedTensor::from_f32(vec![k, i], &a_kept)),
-                (format!("{p}.lora_E"), OwnedTensor::from_f32(vec![k, 1], &e_kept)),
+                (
+                    format!("{p}.lora_A"),
+                    OwnedTensor::from_f32(vec![k, i], &a_kept),
+                ),
+                (
+                    format!("{p}.lora_E"),
+                    OwnedTensor::from_f32(vec![k, 1], &e_kept),
+                ),
                 (
                     format!("{p}.lora_B"),
                     OwnedTensor::from_f32(vec![o, k], &transpose(&b_kept, k, o)),

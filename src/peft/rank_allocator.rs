@@ -17,8 +17,12 @@ use std::collections::BTreeMap;
 use burn::module::ParamId;
 use burn::optim::GradientsParams;
 
+use std::collections::HashMap;
+use std::path::Path;
+
 use crate::error::AdapterError;
-use crate::models::tensor_util::to_vec;
+use crate::io::{Checkpoint, OwnedTensor};
+use crate::models::tensor_util::{tensor1, tensor2, to_vec, trainable};
 use crate::models::CausalLm;
 use crate::peft::adapter::LinearAdapter;
 use crate::peft::config::AdaLoraOptions;
@@ -233,7 +237,10 @@ impl RankAllocator {
             });
             count += 2;
         }
-        total.map(|t| t.div_scalar(count as f64).mul_scalar(self.options.orth_reg_weight))
+        total.map(|t| {
+            t.div_scalar(count as f64)
+                .mul_scalar(self.options.orth_reg_weight)
+        })
     }
 
     /// Keeps this step's gradients (times the clipping factor, as torch's in-place clipping
@@ -309,6 +316,121 @@ impl RankAllocator {
         let allocation = Allocation { kept, ..allocation };
         self.last = Some(allocation);
         allocation
+    }
+
+    /// Writes what an exact resume needs and PEFT's cut adapter file cannot hold: every module's
+    /// full-rank tensors (pruned ranks included), the score EMAs, and the fixed pattern.
+    pub fn save_state(&self, model: &mut CausalLm, path: &Path) -> Result<(), AdapterError> {
+        let mut tensors = Vec::new();
+        let mut kept = serde_json::Map::new();
+        for (name, svd) in adalora_modules(model) {
+            let a = to_vec(svd.lora_a.val());
+            let e = to_vec(svd.lora_e.val());
+            let b = to_vec(svd.lora_b.val());
+            tensors.push((
+                format!("{name}.a"),
+                OwnedTensor::from_f32(vec![a.len()], &a),
+            ));
+            tensors.push((
+                format!("{name}.e"),
+                OwnedTensor::from_f32(vec![e.len()], &e),
+            ));
+            tensors.push((
+                format!("{name}.b"),
+                OwnedTensor::from_f32(vec![b.len()], &b),
+            ));
+            kept.insert(name.clone(), serde_json::json!(svd.kept));
+            if let Some(s) = self.state.get(&name) {
+                for (part, ema) in [("a", &s.a), ("e", &s.e), ("b", &s.b)] {
+                    let n = ema.ipt.len();
+                    tensors.push((
+                        format!("{name}.{part}.ipt"),
+                        OwnedTensor::from_f32(vec![n], &ema.ipt),
+                    ));
+                    tensors.push((
+                        format!("{name}.{part}.unc"),
+                        OwnedTensor::from_f32(vec![n], &ema.unc),
+                    ));
+                }
+            }
+        }
+        let mut meta = HashMap::new();
+        meta.insert(
+            "kept".to_string(),
+            serde_json::Value::Object(kept).to_string(),
+        );
+        meta.insert(
+            "final_pattern".to_string(),
+            serde_json::to_string(&self.final_pattern).unwrap_or_default(),
+        );
+        crate::io::write_safetensors_atomic(path, &tensors, Some(meta))?;
+        Ok(())
+    }
+
+    /// Restores `save_state`'s file into `model` (whose AdaLoRA modules were loaded from the cut
+    /// PEFT file) and into this allocator.
+    pub fn restore_state(&mut self, model: &mut CausalLm, path: &Path) -> Result<(), AdapterError> {
+        let file = Checkpoint::open_files(&[path.to_path_buf()])?;
+        let bad = |m: String| AdapterError::Config {
+            path: path.to_path_buf(),
+            message: m,
+        };
+        let meta = file.metadata().cloned().unwrap_or_default();
+        let kept: HashMap<String, Vec<bool>> = meta
+            .get("kept")
+            .and_then(|k| serde_json::from_str(k).ok())
+            .ok_or_else(|| bad("missing the kept-rank metadata".into()))?;
+        self.final_pattern = meta
+            .get("final_pattern")
+            .and_then(|k| serde_json::from_str(k).ok())
+            .flatten();
+        for (name, svd) in adalora_modules(model) {
+            let [d_in, r] = svd.lora_a.lazy_shape().dims::<2>();
+            let [_, d_out] = svd.lora_b.lazy_shape().dims::<2>();
+            let read = |key: String, n: usize| -> Result<Vec<f32>, AdapterError> {
+                let (v, _) = file
+                    .read_f32(&key)
+                    .map_err(|_| bad(format!("missing tensor `{key}`")))?;
+                if v.len() != n {
+                    return Err(bad(format!(
+                        "`{key}` holds {} values, expected {n}",
+                        v.len()
+                    )));
+                }
+                Ok(v)
+            };
+            let device = svd.lora_a.val().device();
+            svd.lora_a = trainable(tensor2(
+                read(format!("{name}.a"), d_in * r)?,
+                [d_in, r],
+                &device,
+            ));
+            svd.lora_e = trainable(tensor1(read(format!("{name}.e"), r)?, &device));
+            svd.lora_b = trainable(tensor2(
+                read(format!("{name}.b"), r * d_out)?,
+                [r, d_out],
+                &device,
+            ));
+            svd.kept = kept
+                .get(&name)
+                .cloned()
+                .filter(|k| k.len() == r)
+                .ok_or_else(|| bad(format!("no kept ranks for `{name}`")))?;
+            if let Some(s) = self.state.get_mut(&name) {
+                for (part, n) in [("a", d_in * r), ("e", r), ("b", r * d_out)] {
+                    let ema = Ema {
+                        ipt: read(format!("{name}.{part}.ipt"), n)?,
+                        unc: read(format!("{name}.{part}.unc"), n)?,
+                    };
+                    match part {
+                        "a" => s.a = ema,
+                        "e" => s.e = ema,
+                        _ => s.b = ema,
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn update_scores(&mut self, model: &mut CausalLm) {

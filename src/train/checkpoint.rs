@@ -17,6 +17,7 @@ use crate::models::tensor_util::to_vec;
 use crate::models::CausalLm;
 use crate::peft::format::{adapter_param_ids, save_adapter};
 use crate::peft::AdapterConfig;
+use crate::train::hook::StepHook;
 use crate::train::optim::{AdamW, Moments};
 
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -48,6 +49,7 @@ pub fn save(
     config: &AdapterConfig,
     optim: &AdamW,
     state: &TrainerState,
+    hook: &StepHook,
 ) -> Result<(), TrainError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     let name = dir
@@ -60,6 +62,7 @@ pub fn save(
         std::fs::create_dir_all(&tmp).map_err(|e| err(&tmp, e))?;
         save_adapter(model, config, &tmp)?;
         save_optimizer(&tmp.join(OPTIMIZER_FILE), model, optim)?;
+        hook.save(model, &tmp)?;
         let json = serde_json::to_string_pretty(state).map_err(|e| err(&tmp, e))?;
         write_atomic(&tmp.join(STATE_FILE), json.as_bytes())?;
         if dir.exists() {

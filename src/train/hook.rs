@@ -3,11 +3,17 @@
 //! rank allocator runs after every optimizer step, so nobody has to remember to call
 //! `update_and_allocate` (PEFT issues #432, #1801).
 
+use std::path::Path;
+
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 
+use crate::error::AdapterError;
 use crate::models::CausalLm;
 use crate::peft::rank_allocator::{Allocation, RankAllocator};
+
+/// AdaLoRA's full-rank tensors and allocator state, beside a checkpoint's PEFT files.
+pub const ADALORA_STATE_FILE: &str = "adalora_state.safetensors";
 
 #[derive(Debug, Clone, Default)]
 pub enum StepHook {
@@ -44,13 +50,32 @@ impl StepHook {
         }
     }
 
+    /// Saves the hook's own state into a checkpoint folder.
+    pub fn save(&self, model: &mut CausalLm, dir: &Path) -> Result<(), AdapterError> {
+        match self {
+            Self::None => Ok(()),
+            Self::AdaLora(allocator) => allocator.save_state(model, &dir.join(ADALORA_STATE_FILE)),
+        }
+    }
+
+    /// Restores the hook's state (and the model tensors only it holds) from a checkpoint folder;
+    /// call before loading the optimizer, whose state follows the restored parameters by name.
+    pub fn restore(&mut self, model: &mut CausalLm, dir: &Path) -> Result<(), AdapterError> {
+        match self {
+            Self::None => Ok(()),
+            Self::AdaLora(allocator) => {
+                allocator.restore_state(model, &dir.join(ADALORA_STATE_FILE))
+            }
+        }
+    }
+
     /// A short status for the progress display and metrics.
     pub fn status(&self) -> Option<String> {
         match self {
             Self::None => None,
-            Self::AdaLora(allocator) => allocator.last.map(|a: Allocation| {
-                format!("rank budget {} (kept {})", a.budget, a.kept)
-            }),
+            Self::AdaLora(allocator) => allocator
+                .last
+                .map(|a: Allocation| format!("rank budget {} (kept {})", a.budget, a.kept)),
         }
     }
 }

@@ -15,6 +15,7 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub struct Metrics {
     file: File,
     pub bar: ProgressBar,
+    status: String,
 }
 
 impl Metrics {
@@ -44,7 +45,11 @@ impl Metrics {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_position(start as u64);
-        Ok(Self { file, bar })
+        Ok(Self {
+            file,
+            bar,
+            status: String::new(),
+        })
     }
 
     /// Appends one JSON line; a write failure is reported, not fatal to training.
@@ -66,9 +71,15 @@ impl Metrics {
         let entry = json!({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "tokens_per_s": tokens_per_s});
         self.log(&entry);
         self.bar.set_message(format!(
-            "loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s"
+            "loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s{}",
+            self.status
         ));
         entry
+    }
+
+    /// A method's own status shown after the loss (e.g. AdaLoRA's rank budget).
+    pub fn set_status(&mut self, status: String) {
+        self.status = format!(" | {status}");
     }
 
     pub fn eval(&mut self, step: usize, loss: f64, tokens: usize) -> Value {

@@ -11,7 +11,7 @@ pub mod run;
 pub mod schedule;
 pub mod step;
 
+pub use hook::StepHook;
 pub use optim::{AdamW, AdamWConfig};
 pub use schedule::{Schedule, ScheduleKind};
-pub use hook::StepHook;
 pub use step::{train_step, train_step_with, Batch, StepStats};

@@ -18,7 +18,7 @@ use crate::peft::AdapterConfig;
 use crate::train::checkpoint::{self, TrainerState};
 use crate::train::eval::evaluate;
 use crate::train::metrics::Metrics;
-use crate::train::{train_step, AdamW, AdamWConfig, Batch, Schedule, ScheduleKind};
+use crate::train::{train_step_with, AdamW, AdamWConfig, Batch, Schedule, ScheduleKind, StepHook};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunConfig {
@@ -49,6 +49,9 @@ pub struct Run<'a> {
     pub device: Device,
     /// A checkpoint to continue from: its state and optimizer.
     pub resume: Option<(TrainerState, AdamW)>,
+    /// Method-specific work around each step (AdaLoRA's rank allocation), restored already when
+    /// resuming.
+    pub hook: StepHook,
 }
 
 #[derive(Debug, Clone)]
@@ -142,7 +145,14 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
     while state.global_step < total {
         if interrupted.load(Ordering::SeqCst) {
             let dir = checkpoint::checkpoint_dir(&run.out, state.global_step);
-            checkpoint::save(&dir, &mut model, &run.adapter_config, &optim, &state)?;
+            checkpoint::save(
+                &dir,
+                &mut model,
+                &run.adapter_config,
+                &optim,
+                &state,
+                &run.hook,
+            )?;
             metrics.bar.abandon_with_message(format!(
                 "interrupted: checkpoint saved to {}",
                 dir.display()
@@ -167,7 +177,14 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
             .seed(c.seed.wrapping_add(state.global_step as u64));
         let lr = schedule.lr(state.global_step);
         let t = Instant::now();
-        let (next, stats) = train_step(model, &mut optim, &micro, lr, c.max_grad_norm);
+        let (next, stats) = train_step_with(
+            model,
+            &mut optim,
+            &micro,
+            lr,
+            c.max_grad_norm,
+            &mut run.hook,
+        );
         if !stats.loss.is_finite() {
             // The checkpoint of the previous step holds the weights that produced this loss: it is
             // not a good one. Drop it and point at the one before.
@@ -188,6 +205,9 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
         tokens_total += stats.tokens;
         losses.push(stats.loss);
         let step = state.global_step;
+        if let Some(status) = run.hook.status() {
+            metrics.set_status(status);
+        }
         if step % c.logging_steps.max(1) == 0 || step == total {
             let entry = metrics.train_step(
                 step,
@@ -206,7 +226,14 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
         }
         if c.save_steps.is_some_and(|n| n > 0 && step % n == 0) && step < total {
             let dir = checkpoint::checkpoint_dir(&run.out, step);
-            checkpoint::save(&dir, &mut model, &run.adapter_config, &optim, &state)?;
+            checkpoint::save(
+                &dir,
+                &mut model,
+                &run.adapter_config,
+                &optim,
+                &state,
+                &run.hook,
+            )?;
             saved.push((step, dir));
         }
     }

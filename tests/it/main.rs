@@ -2,6 +2,7 @@
 
 mod common;
 
+mod adalora_cli;
 mod adapter_errors;
 mod adapters;
 mod bad_input;

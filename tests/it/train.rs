@@ -138,6 +138,7 @@ mod resume {
             eval: vec![],
             device: device.clone(),
             resume,
+            hook: Default::default(),
         })
         .unwrap();
         assert_eq!(summary.steps, 20);
@@ -194,8 +195,7 @@ mod adalora {
             panic!("not an AdaLoRA config")
         };
         let total = options.total_step.unwrap();
-        let mut hook =
-            StepHook::AdaLora(RankAllocator::new(&mut model, options, total).unwrap());
+        let mut hook = StepHook::AdaLora(RankAllocator::new(&mut model, options, total).unwrap());
         let batch = fixture_batch("train/adalora");
         let (expected, lr) = fixture_losses("train/adalora");
         assert_eq!(expected.len(), 30);
@@ -226,12 +226,10 @@ mod adalora {
         let ours = AdapterConfig::load_dir(out.path()).unwrap();
         let theirs = AdapterConfig::load_dir(&fixture("train/adalora/final")).unwrap();
         assert_eq!(ours.raw["rank_pattern"], theirs.raw["rank_pattern"]);
-        let mine =
-            Checkpoint::open_files(&[out.path().join("adapter_model.safetensors")]).unwrap();
-        let reference = Checkpoint::open_files(&[fixture(
-            "train/adalora/final/adapter_model.safetensors",
-        )])
-        .unwrap();
+        let mine = Checkpoint::open_files(&[out.path().join("adapter_model.safetensors")]).unwrap();
+        let reference =
+            Checkpoint::open_files(&[fixture("train/adalora/final/adapter_model.safetensors")])
+                .unwrap();
         assert_eq!(mine.entries().count(), reference.entries().count());
         for entry in reference.entries() {
             let m = mine.get(&entry.name).expect("tensor saved");
