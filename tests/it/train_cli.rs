@@ -266,3 +266,79 @@ fn a_failed_checkpoint_write_leaves_the_previous_checkpoint_intact() {
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     assert!(out.join("adapter_model.safetensors").is_file());
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_that_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let model = fixture("llama-tiny");
+    let data = repo(DATA);
+    let mut child = peft_bin()
+        .args([
+            "train",
+            "--model",
+            path_str(&model),
+            "--data",
+            &data,
+            "--out",
+            path_str(&out),
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "100000",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until a few steps are logged, then interrupt as a terminal's Ctrl-C does.
+    let metrics = out.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(started.elapsed().as_secs() < 120, "training never logged");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success(), "an interrupted run exits non-zero");
+    let message = stderr(&o);
+    assert!(message.contains("interrupted"), "{message}");
+    let ckpt = fs::read_dir(&out)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("checkpoint-")
+        })
+        .expect("a checkpoint was saved");
+    for file in [
+        "adapter_model.safetensors",
+        "optimizer.safetensors",
+        "trainer_state.json",
+    ] {
+        assert!(ckpt.join(file).is_file(), "{file} missing");
+    }
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(ckpt.join("trainer_state.json")).unwrap())
+            .unwrap();
+    let step = state["global_step"].as_u64().unwrap();
+    assert!(step >= 3);
+    let resumed = train(
+        &out,
+        &[
+            "--max-steps",
+            &(step + 2).to_string(),
+            "--resume",
+            path_str(&ckpt),
+        ],
+    );
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(stderr(&resumed).contains(&format!("at step {step}")));
+}
