@@ -16,3 +16,5 @@ mod merge;
 mod tokenizer;
 mod train;
 mod train_cli;
+#[cfg(feature = "wgpu")]
+mod wgpu;
