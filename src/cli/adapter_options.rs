@@ -29,15 +29,8 @@ pub struct AdapterOptions {
     /// Comma-separated module names (suffix match), `all-linear`, or a regex (`re:...`).
     #[arg(long)]
     pub target_modules: Option<String>,
-    #[command(flatten)]
-    #[serde(flatten)]
-    pub adalora: AdaLoraFlags,
-}
-
-/// AdaLoRA's options (PEFT `AdaLoraConfig` field names in parentheses).
-#[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "kebab-case")]
-pub struct AdaLoraFlags {
+    // AdaLoRA's options (PEFT `AdaLoraConfig` field names in parentheses); kept in this struct
+    // because serde's `flatten` does not nest under `deny_unknown_fields`.
     /// AdaLoRA: ranks every module starts with (`init_r`, default 12).
     #[arg(long)]
     pub init_r: Option<usize>,
@@ -67,9 +60,9 @@ pub struct AdaLoraFlags {
     pub total_step: Option<usize>,
 }
 
-impl AdaLoraFlags {
-    /// The flags given, as `(adapter_config.json key, flag, value)`.
-    fn given(&self) -> Vec<(&'static str, &'static str, Value)> {
+impl AdapterOptions {
+    /// The AdaLoRA flags given, as `(adapter_config.json key, flag, value)`.
+    fn adalora_given(&self) -> Vec<(&'static str, &'static str, Value)> {
         let mut out = Vec::new();
         let mut put = |key, flag, v: Option<Value>| {
             if let Some(v) = v {
@@ -203,7 +196,7 @@ pub fn adapter_config(o: &AdapterOptions, model_type: &str) -> anyhow::Result<Ad
     if let Some(t) = &o.target_modules {
         raw.insert("target_modules".into(), targets_json(t));
     }
-    let adalora_flags = o.adalora.given();
+    let adalora_flags = o.adalora_given();
     if let Some((_, flag, _)) = adalora_flags.first() {
         if raw.get("peft_type") != Some(&json!("ADALORA")) {
             bail!("{flag} applies to --method adalora only");

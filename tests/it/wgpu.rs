@@ -27,7 +27,10 @@ fn llama_tiny_on_wgpu_matches_transformers_logits() {
     let logits = to_vec(model.forward(&reference.inputs(), None));
     let (diff, compared) = reference.compare(&logits);
     assert!(compared > 40, "compared only {compared} positions");
-    assert!(diff <= LOGITS_TOL, "wgpu: max abs diff {diff} > {LOGITS_TOL}");
+    assert!(
+        diff <= LOGITS_TOL,
+        "wgpu: max abs diff {diff} > {LOGITS_TOL}"
+    );
 }
 
 #[test]
