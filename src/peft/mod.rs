@@ -11,6 +11,7 @@ pub mod fold;
 pub mod format;
 pub mod ia3;
 pub mod lora;
+pub mod prompt;
 pub mod target;
 pub mod walker;
 

@@ -12,6 +12,7 @@ mod gguf;
 mod llama;
 mod matcher;
 mod merge;
+mod prompt;
 mod tokenizer;
 mod train;
 mod train_cli;

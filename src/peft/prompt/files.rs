@@ -1,0 +1,568 @@
+//! Prompt encoders in and out: fresh (PEFT's initialisations), from PEFT's files, and into them.
+//!
+//! PEFT saves prompt-learning adapters in inference mode: `adapter_model.safetensors` holds only
+//! `prompt_embeddings`, the encoder *output* (PEFT.md §1.9(6)); it refuses to reload MLP / LSTM /
+//! projection weights for training. So we also write `prompt_encoder.safetensors`, the full
+//! trainable encoder under PEFT's submodule names, which our loader prefers: a run resumes from
+//! exactly the weights it saved. ChatGLM's native P-tuning v2 keeps THUDM's
+//! `prefix_encoder.safetensors` + `ptuning_config.json` beside PEFT's files for the same reason.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use crate::error::AdapterError;
+use crate::io::Checkpoint;
+use crate::models::layers::Embedding;
+use crate::models::tensor_util::{ids_tensor, tensor2, to_vec, trainable};
+use crate::models::CausalLm;
+use crate::peft::build::{normal, uniform};
+use crate::peft::chatglm_prefix::{self, PrefixEncoder, PrefixMlp, PrefixShape};
+use crate::peft::config::{AdapterConfig, WEIGHTS_FILE};
+use crate::peft::prompt::encoders::{
+    AdaptionPrompts, Dims, HostTensors, KvShape, PTuningEncoder, PrefixTuning,
+};
+use crate::peft::prompt::{PromptEncoder, PromptInit, PromptKind, PromptOptions, Reparam};
+use crate::peft::walker::InjectionReport;
+
+/// PEFT's tensor key for prompt-learning adapters.
+pub const PEFT_KEY: &str = "prompt_embeddings";
+/// Our resumable copy of the full trainable encoder.
+pub const ENCODER_FILE: &str = "prompt_encoder.safetensors";
+/// Name prefix of the encoder's tensors in [`ENCODER_FILE`] and in optimizer state.
+pub const ENCODER_PREFIX: &str = "prompt_encoder.";
+
+fn err(path: &Path, message: impl Into<String>) -> AdapterError {
+    AdapterError::Config {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// The sizes of a Llama-family model; ChatGLM takes only its native prefix encoder.
+fn llama_dims(model: &CausalLm, what: &str) -> Result<Dims, AdapterError> {
+    match model {
+        CausalLm::Llama(m) => {
+            let c = &m.config;
+            Ok(Dims {
+                hidden: c.hidden_size,
+                layers: c.num_hidden_layers,
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+                head_dim: c.head_dim,
+                vocab: c.vocab_size,
+            })
+        }
+        CausalLm::ChatGlm(_) => Err(AdapterError::Unsupported(format!(
+            "{what} on ChatGLM: ChatGLM supports P-tuning v2 (PREFIX_TUNING, its native `prefix_encoder`) among the prompt-learning methods"
+        ))),
+    }
+}
+
+fn chatglm_only_prefix(opts: &PromptOptions) -> AdapterError {
+    AdapterError::Unsupported(format!(
+        "{} on ChatGLM: ChatGLM supports P-tuning v2 (PREFIX_TUNING, its native `prefix_encoder`) among the prompt-learning methods",
+        opts.peft_type.as_str()
+    ))
+}
+
+/// `(num_layers, token_dim, num_attention_heads)` as PEFT records them for this method and model
+/// (`_prepare_prompt_learning_config`: for PREFIX_TUNING on GQA models token_dim =
+/// kv_heads · head_dim and heads = kv_heads; ChatGLM's prefix uses its key/value groups).
+fn recorded_dims(model: &CausalLm, opts: &PromptOptions) -> (usize, usize, usize) {
+    match model {
+        CausalLm::ChatGlm(m) => {
+            let c = &m.config;
+            (c.num_layers, c.kv_groups * c.kv_channels, c.kv_groups)
+        }
+        CausalLm::Llama(m) => {
+            let c = &m.config;
+            match opts.kind {
+                PromptKind::Prefix { .. } => (
+                    c.num_hidden_layers,
+                    c.num_key_value_heads * c.head_dim,
+                    c.num_key_value_heads,
+                ),
+                _ => (c.num_hidden_layers, c.hidden_size, c.num_attention_heads),
+            }
+        }
+    }
+}
+
+/// `config` with the fields PEFT fills from the model (`num_layers`, `token_dim`,
+/// `num_attention_heads`, `encoder_hidden_size`), as `save_pretrained` writes them.
+pub fn complete_config(
+    model: &CausalLm,
+    config: &AdapterConfig,
+    opts: &PromptOptions,
+) -> AdapterConfig {
+    let mut out = config.clone();
+    if matches!(opts.kind, PromptKind::Adaption { .. }) {
+        return out;
+    }
+    let (layers, token_dim, heads) = recorded_dims(model, opts);
+    out.raw.insert("num_layers".into(), json!(layers));
+    out.raw.insert("token_dim".into(), json!(token_dim));
+    out.raw.insert("num_attention_heads".into(), json!(heads));
+    out.raw
+        .insert("num_virtual_tokens".into(), json!(opts.num_virtual_tokens));
+    out.raw
+        .insert("num_transformer_submodules".into(), json!(1));
+    if matches!(
+        opts.kind,
+        PromptKind::PTuning { .. } | PromptKind::Prefix { .. }
+    ) && out
+        .raw
+        .get("encoder_hidden_size")
+        .is_none_or(Value::is_null)
+    {
+        out.raw
+            .insert("encoder_hidden_size".into(), json!(token_dim));
+    }
+    out
+}
+
+/// Refuses a config whose recorded sizes do not fit the model.
+fn check_recorded(
+    model: &CausalLm,
+    config: &AdapterConfig,
+    opts: &PromptOptions,
+    path: &Path,
+) -> Result<(), AdapterError> {
+    if matches!(opts.kind, PromptKind::Adaption { .. }) {
+        return Ok(());
+    }
+    let (layers, token_dim, heads) = recorded_dims(model, opts);
+    for (key, want) in [
+        ("num_layers", layers),
+        ("token_dim", token_dim),
+        ("num_attention_heads", heads),
+    ] {
+        if let Some(v) = config.raw.get(key).and_then(Value::as_u64) {
+            if v as usize != want {
+                return Err(err(path, format!("`{key}` is {v} but this model needs {want} (is the adapter for another model?)")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rows `ids` of the model's word embeddings: [ids.len() · hidden] (detached copies).
+fn word_rows(model: &CausalLm, ids: &[i64]) -> Vec<f32> {
+    let weight = match model {
+        CausalLm::Llama(m) => m.model.embed_tokens.weight.val(),
+        CausalLm::ChatGlm(m) => m.transformer.embedding.word_embeddings.weight.val(),
+    };
+    let device = weight.device();
+    to_vec(burn::tensor::module::embedding(
+        weight,
+        ids_tensor(ids, 1, ids.len(), &device),
+    ))
+}
+
+fn normals(n: usize, rng: &mut StdRng) -> Vec<f32> {
+    (0..n).map(|_| normal(rng)).collect()
+}
+
+/// torch.nn.Linear's default init: weight and bias ~ U(±1/√fan_in) (kaiming_uniform, a = √5).
+fn torch_linear(host: &mut HostTensors, name: &str, d_in: usize, d_out: usize, rng: &mut StdRng) {
+    let bound = 1.0 / (d_in as f32).sqrt();
+    host.insert(
+        &format!("{name}.weight"),
+        vec![d_out, d_in],
+        uniform(d_out * d_in, bound, rng),
+    );
+    host.insert(
+        &format!("{name}.bias"),
+        vec![d_out],
+        uniform(d_out, bound, rng),
+    );
+}
+
+/// Prompt tuning's initial embeddings (prompt_tuning/model.py `PromptEmbedding.__init__`).
+fn prompt_init(
+    model: &CausalLm,
+    init: &PromptInit,
+    n: usize,
+    d: usize,
+    rng: &mut StdRng,
+) -> Result<Vec<f32>, AdapterError> {
+    Ok(match init {
+        PromptInit::Random => normals(n * d, rng),
+        PromptInit::SampleVocab => {
+            let vocab = model.vocab_size() as i64;
+            let ids: Vec<i64> = (0..n).map(|_| rng.random_range(0..vocab)).collect();
+            word_rows(model, &ids)
+        }
+        PromptInit::Text { text, ids } => {
+            let ids = ids.as_ref().filter(|i| !i.is_empty()).ok_or_else(|| {
+                AdapterError::Unsupported(format!(
+                    "prompt_tuning_init TEXT: the text {text:?} was not tokenized (no token ids)"
+                ))
+            })?;
+            // Repeated ceil(n / len) times and cut to n, or cut when longer.
+            let ids: Vec<i64> = ids.iter().cycle().take(n).copied().collect();
+            word_rows(model, &ids)
+        }
+    })
+}
+
+/// Fresh tensors for a Llama model, as PEFT initialises them in training mode.
+fn fresh_host(
+    model: &CausalLm,
+    opts: &PromptOptions,
+    dims: Dims,
+    rng: &mut StdRng,
+) -> Result<HostTensors, AdapterError> {
+    let n = opts.num_virtual_tokens;
+    let d = dims.hidden;
+    let mut host = HostTensors::default();
+    match &opts.kind {
+        PromptKind::PromptTuning { init } => {
+            host.insert(
+                "embedding.weight",
+                vec![n, d],
+                prompt_init(model, init, n, d, rng)?,
+            );
+        }
+        PromptKind::PTuning {
+            reparam,
+            encoder_hidden_size,
+            encoder_num_layers,
+            ..
+        } => {
+            let h = encoder_hidden_size.unwrap_or(d);
+            host.insert("embedding.weight", vec![n, d], normals(n * d, rng));
+            match reparam {
+                Reparam::Mlp => {
+                    torch_linear(&mut host, "mlp_head.0", d, h, rng);
+                    torch_linear(&mut host, "mlp_head.2", h, h, rng);
+                    torch_linear(&mut host, "mlp_head.4", h, d, rng);
+                }
+                Reparam::Lstm => {
+                    // torch.nn.LSTM: every weight and bias ~ U(±1/√hidden).
+                    let bound = 1.0 / (h as f32).sqrt();
+                    for k in 0..*encoder_num_layers {
+                        let input = if k == 0 { d } else { 2 * h };
+                        for suffix in ["", "_reverse"] {
+                            for (w, b, i) in
+                                [("weight_ih", "bias_ih", input), ("weight_hh", "bias_hh", h)]
+                            {
+                                host.insert(
+                                    &format!("lstm_head.{w}_l{k}{suffix}"),
+                                    vec![4 * h, i],
+                                    uniform(4 * h * i, bound, rng),
+                                );
+                                host.insert(
+                                    &format!("lstm_head.{b}_l{k}{suffix}"),
+                                    vec![4 * h],
+                                    uniform(4 * h, bound, rng),
+                                );
+                            }
+                        }
+                    }
+                    torch_linear(&mut host, "mlp_head.0", 2 * h, 2 * h, rng);
+                    torch_linear(&mut host, "mlp_head.2", 2 * h, d, rng);
+                }
+            }
+        }
+        PromptKind::Prefix {
+            prefix_projection,
+            encoder_hidden_size,
+            zero_init,
+        } => {
+            let shape = kv_shape(dims);
+            let token_dim = dims.kv_heads * dims.head_dim;
+            if *prefix_projection {
+                let h = encoder_hidden_size.unwrap_or(token_dim);
+                host.insert(
+                    "embedding.weight",
+                    vec![n, token_dim],
+                    normals(n * token_dim, rng),
+                );
+                torch_linear(&mut host, "transform.0", token_dim, h, rng);
+                torch_linear(&mut host, "transform.2", h, shape.flat(), rng);
+                if *zero_init {
+                    host.insert(
+                        "transform.2.weight",
+                        vec![shape.flat(), h],
+                        vec![0.0; shape.flat() * h],
+                    );
+                    host.insert(
+                        "transform.2.bias",
+                        vec![shape.flat()],
+                        vec![0.0; shape.flat()],
+                    );
+                }
+            } else {
+                let values = if *zero_init {
+                    vec![0.0; n * shape.flat()]
+                } else {
+                    normals(n * shape.flat(), rng)
+                };
+                host.insert("embedding.weight", vec![n, shape.flat()], values);
+            }
+        }
+        PromptKind::Adaption {
+            adapter_len,
+            adapter_layers,
+        } => {
+            for l in dims.layers - adapter_layers..dims.layers {
+                let p = format!("base_model.model.model.layers.{l}.self_attn.");
+                host.insert(
+                    &format!("{p}adaption_prompt"),
+                    vec![1, *adapter_len, d],
+                    normals(adapter_len * d, rng),
+                );
+                host.insert(&format!("{p}adaption_gate"), vec![1], vec![0.0]);
+            }
+        }
+    }
+    Ok(host)
+}
+
+fn kv_shape(dims: Dims) -> KvShape {
+    KvShape {
+        layers: dims.layers,
+        kv_heads: dims.kv_heads,
+        head_dim: dims.head_dim,
+    }
+}
+
+/// The Llama encoder from named tensors (fresh, PEFT's output, or our encoder file).
+fn build(
+    opts: &PromptOptions,
+    dims: Dims,
+    host: &HostTensors,
+    device: &Device,
+) -> Result<PromptEncoder, AdapterError> {
+    let n = opts.num_virtual_tokens;
+    Ok(match &opts.kind {
+        PromptKind::PromptTuning { .. } => {
+            PromptEncoder::Embedding(host.embedding("embedding.weight", n, dims.hidden, device)?)
+        }
+        PromptKind::PTuning {
+            encoder_num_layers,
+            encoder_dropout,
+            ..
+        } => PromptEncoder::PTuning(PTuningEncoder::read(
+            host,
+            n,
+            dims.hidden,
+            *encoder_num_layers,
+            *encoder_dropout,
+            device,
+        )?),
+        PromptKind::Prefix { .. } => {
+            PromptEncoder::Prefix(PrefixTuning::read(host, n, kv_shape(dims), device)?)
+        }
+        PromptKind::Adaption {
+            adapter_len,
+            adapter_layers,
+        } => {
+            if *adapter_layers > dims.layers {
+                return Err(AdapterError::Unsupported(format!(
+                    "adapter_layers {adapter_layers} exceeds the model's {} layers",
+                    dims.layers
+                )));
+            }
+            PromptEncoder::Adaption(AdaptionPrompts::read(
+                host,
+                *adapter_len,
+                *adapter_layers,
+                dims,
+                device,
+            )?)
+        }
+    })
+}
+
+/// ChatGLM's native prefix encoder from THUDM-named tensors (`embedding.weight`, `trans.N`).
+fn build_chatglm(
+    model: &CausalLm,
+    n: usize,
+    host: &HostTensors,
+    device: &Device,
+) -> Result<PrefixEncoder, AdapterError> {
+    let CausalLm::ChatGlm(m) = model else {
+        return Err(AdapterError::Unsupported("not a ChatGLM model".into()));
+    };
+    let shape = PrefixShape::of(&m.config);
+    let (kv, h) = (shape.kv_size(), shape.hidden_size);
+    let values = host.get("embedding.weight", &[n, kv])?;
+    let trans = if host.contains("trans.0.weight") {
+        Some(PrefixMlp {
+            trans_0: host.linear("trans.0", kv, h, device)?,
+            trans_2: host.linear("trans.2", h, kv, device)?,
+        })
+    } else {
+        None
+    };
+    Ok(PrefixEncoder {
+        embedding: Embedding {
+            weight: trainable(tensor2(values, [n, kv], device)),
+        },
+        trans,
+        dropout: burn::nn::DropoutConfig::new(0.1).init(),
+        shape,
+    })
+}
+
+fn report(model: &CausalLm, encoder: &PromptEncoder) -> InjectionReport {
+    let trainable = encoder.num_params();
+    let matched = match encoder {
+        PromptEncoder::Adaption(a) => (a.first_layer..a.num_layers)
+            .map(|l| format!("model.layers.{l}.self_attn"))
+            .collect(),
+        PromptEncoder::ChatGlm(_) => vec!["transformer.prefix_encoder".to_string()],
+        _ => vec!["prompt_encoder".to_string()],
+    };
+    InjectionReport {
+        matched,
+        trainable,
+        total: model.num_params() + trainable,
+    }
+}
+
+fn attach(model: &mut CausalLm, encoder: PromptEncoder) -> InjectionReport {
+    let r = report(model, &encoder);
+    *model.prompt_encoder_mut() = Some(encoder);
+    r
+}
+
+/// Attaches a freshly initialised encoder for training.
+pub fn inject(
+    model: &mut CausalLm,
+    opts: &PromptOptions,
+    seed: u64,
+    device: &Device,
+) -> Result<InjectionReport, AdapterError> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let encoder = if let CausalLm::ChatGlm(m) = model {
+        let PromptKind::Prefix {
+            prefix_projection, ..
+        } = opts.kind
+        else {
+            return Err(chatglm_only_prefix(opts));
+        };
+        let shape = PrefixShape::of(&m.config);
+        let (n, kv, h) = (opts.num_virtual_tokens, shape.kv_size(), shape.hidden_size);
+        let mut host = HostTensors::default();
+        host.insert("embedding.weight", vec![n, kv], normals(n * kv, &mut rng));
+        if prefix_projection {
+            torch_linear(&mut host, "trans.0", kv, h, &mut rng);
+            torch_linear(&mut host, "trans.2", h, kv, &mut rng);
+        }
+        PromptEncoder::ChatGlm(build_chatglm(model, n, &host, device)?)
+    } else {
+        let dims = llama_dims(model, opts.peft_type.as_str())?;
+        build(
+            opts,
+            dims,
+            &fresh_host(model, opts, dims, &mut rng)?,
+            device,
+        )?
+    };
+    Ok(attach(model, encoder))
+}
+
+/// Loads a prompt-learning adapter folder: our full encoder file when present, else PEFT's
+/// `adapter_model.safetensors` (the encoder output, or LLaMA-Adapter's prompts and gates).
+pub fn load(
+    model: &mut CausalLm,
+    config: &AdapterConfig,
+    opts: &PromptOptions,
+    dir: &Path,
+    device: &Device,
+) -> Result<InjectionReport, AdapterError> {
+    let config_path = dir.join(crate::peft::config::CONFIG_FILE);
+    check_recorded(model, config, opts, &config_path)?;
+    let chatglm = match &*model {
+        CausalLm::ChatGlm(m) if matches!(opts.kind, PromptKind::Prefix { .. }) => {
+            Some(if dir.join(chatglm_prefix::WEIGHTS_FILE).is_file() {
+                PrefixEncoder::load_dir(dir, &m.config, device)?
+            } else {
+                PrefixEncoder::from_peft_dir(dir, &m.config, device)?
+            })
+        }
+        _ => None,
+    };
+    if let Some(encoder) = chatglm {
+        return Ok(attach(model, PromptEncoder::ChatGlm(encoder)));
+    }
+    let dims = llama_dims(model, opts.peft_type.as_str())?;
+    let own = dir.join(ENCODER_FILE);
+    let host = if own.is_file() && !matches!(opts.kind, PromptKind::Adaption { .. }) {
+        HostTensors::from_checkpoint(&Checkpoint::open_files(&[own])?, ENCODER_PREFIX)?
+    } else {
+        let path = dir.join(WEIGHTS_FILE);
+        if !path.is_file() {
+            return Err(err(&path, "missing adapter_model.safetensors"));
+        }
+        let file = Checkpoint::open_files(&[path])?;
+        let all = HostTensors::from_checkpoint(&file, "")?;
+        if matches!(opts.kind, PromptKind::Adaption { .. }) {
+            all
+        } else {
+            let (shape, values) =
+                all.map
+                    .get(PEFT_KEY)
+                    .cloned()
+                    .ok_or_else(|| AdapterError::MissingTensor {
+                        tensor: PEFT_KEY.into(),
+                    })?;
+            let mut host = HostTensors::default();
+            host.insert("embedding.weight", shape, values);
+            host
+        }
+    };
+    let encoder = build(opts, dims, &host, device).map_err(|e| match e {
+        // PEFT's name for what the file holds.
+        AdapterError::ShapeMismatch {
+            tensor,
+            expected,
+            actual,
+        } if tensor == "embedding.weight" && !dir.join(ENCODER_FILE).is_file() => {
+            AdapterError::ShapeMismatch {
+                tensor: PEFT_KEY.into(),
+                expected,
+                actual,
+            }
+        }
+        other => other,
+    })?;
+    Ok(attach(model, encoder))
+}
+
+/// Writes PEFT's `adapter_config.json` + `adapter_model.safetensors` and our resumable encoder
+/// (`prompt_encoder.safetensors`; ChatGLM: THUDM's `prefix_encoder.safetensors` +
+/// `ptuning_config.json`).
+pub fn save(
+    model: &mut CausalLm,
+    config: &AdapterConfig,
+    opts: &PromptOptions,
+    dir: &Path,
+) -> Result<(), AdapterError> {
+    let completed = complete_config(model, config, opts);
+    let Some(encoder) = model.prompt_encoder_mut().as_ref() else {
+        return Err(AdapterError::Unsupported(
+            "no prompt encoder is attached to save".into(),
+        ));
+    };
+    let peft = encoder.peft_tensors().to_owned_tensors("");
+    crate::io::write_safetensors_atomic(&dir.join(WEIGHTS_FILE), &peft, None)?;
+    match encoder {
+        PromptEncoder::ChatGlm(c) => c.save_dir(dir)?,
+        PromptEncoder::Adaption(_) => {}
+        other => {
+            let tensors = other.encoder_tensors().to_owned_tensors(ENCODER_PREFIX);
+            crate::io::write_safetensors_atomic(&dir.join(ENCODER_FILE), &tensors, None)?;
+        }
+    }
+    completed.save_dir(dir)?;
+    Ok(())
+}
