@@ -142,3 +142,51 @@ fn saving_a_loaded_prompt_adapter_writes_what_peft_wrote(#[case] name: &str) {
         assert_eq!(&mine[k], v, "{name}: `{k}`");
     }
 }
+
+#[rstest]
+#[case::ptuning_mlp("prompt-encoders/ptuning-mlp")]
+#[case::ptuning_lstm("prompt-encoders/ptuning-lstm")]
+#[case::prefix_projection("prompt-encoders/prefix-projection")]
+fn full_encoders_compute_peft_prompt_embeddings_from_their_weights(#[case] name: &str) {
+    let (mut model, config) = with_adapter(name);
+    let weights =
+        Checkpoint::open_files(&[fixture(name).join("prompt_encoder.safetensors")]).unwrap();
+    let encoder = model
+        .prompt_encoder_mut()
+        .as_ref()
+        .expect("encoder attached");
+    assert_eq!(
+        encoder.encoder_tensors().map.len(),
+        weights.entries().count(),
+        "{name}: every encoder weight is loaded"
+    );
+    let out = tempfile::tempdir().unwrap();
+    save_adapter(&mut model, &config, out.path()).unwrap();
+    let (ours, shape) = Checkpoint::open_files(&[out.path().join("adapter_model.safetensors")])
+        .unwrap()
+        .read_f32("prompt_embeddings")
+        .unwrap();
+    let (theirs, their_shape) =
+        Checkpoint::open_files(&[fixture(name).join("adapter_model.safetensors")])
+            .unwrap()
+            .read_f32("prompt_embeddings")
+            .unwrap();
+    assert_eq!(shape, their_shape);
+    let worst = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst <= 1e-5,
+        "{name}: encoder output differs from PEFT's by {worst}"
+    );
+    // The encoder file round-trips bit for bit, so a resumed run continues from the same weights.
+    let saved = Checkpoint::open_files(&[out.path().join("prompt_encoder.safetensors")]).unwrap();
+    for entry in weights.entries() {
+        let mine = saved
+            .get(&entry.name)
+            .unwrap_or_else(|| panic!("missing {}", entry.name));
+        assert_eq!(saved.bytes(mine), weights.bytes(entry), "{}", entry.name);
+    }
+}
