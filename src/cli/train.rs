@@ -17,7 +17,7 @@ use peft::train::run::{run, Run, RunConfig};
 use peft::train::{AdamW, AdamWConfig, ScheduleKind};
 use serde::{Deserialize, Serialize};
 
-use super::adapter_options::{adapter_config, AdapterOptions};
+use super::adapter_options::{adapter_config, tokenize_init_text, AdapterOptions};
 use super::data_options::DataOptions;
 
 #[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
@@ -228,10 +228,11 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         prepared.eval.len()
     );
     let resume_dir = o.resume.as_deref().map(resolve_checkpoint).transpose()?;
-    let adapter = match &resume_dir {
+    let mut adapter = match &resume_dir {
         Some(ckpt) => AdapterConfig::load_dir(ckpt)?,
         None => adapter_config(&o.adapter, dir.model_type())?,
     };
+    tokenize_init_text(&mut adapter, &tokenizer, &model_path)?;
     prepare_out(&out, &o)?;
     let mut model = dir
         .load(&device)
@@ -242,6 +243,10 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         None => inject_new(&mut model, dir.model_type(), &adapter, config.seed, &device)?,
     };
     eprintln!("{report}");
+    let (virtual_positions, context) = (model.prompt_positions(), model.max_positions());
+    if data_config.max_len + virtual_positions > context {
+        bail!("--max-len {} plus {virtual_positions} virtual tokens exceeds the model's context of {context} positions; lower --max-len or --num-virtual-tokens", data_config.max_len);
+    }
     let resume = match &resume_dir {
         Some(ckpt) => {
             let mut optim = AdamW::new(config.adamw);

@@ -13,6 +13,7 @@ mod llama;
 mod matcher;
 mod merge;
 mod prompt;
+mod prompt_cli;
 mod prompt_train;
 mod tokenizer;
 mod train;

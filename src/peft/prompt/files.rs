@@ -311,7 +311,13 @@ fn fresh_host(
             adapter_len,
             adapter_layers,
         } => {
-            for l in dims.layers - adapter_layers..dims.layers {
+            let first = dims.layers.checked_sub(*adapter_layers).ok_or_else(|| {
+                AdapterError::Unsupported(format!(
+                    "adapter_layers {adapter_layers} exceeds the model's {} layers",
+                    dims.layers
+                ))
+            })?;
+            for l in first..dims.layers {
                 let p = format!("base_model.model.model.layers.{l}.self_attn.");
                 host.insert(
                     &format!("{p}adaption_prompt"),
@@ -480,6 +486,12 @@ pub fn load(
     device: &Device,
 ) -> Result<InjectionReport, AdapterError> {
     let config_path = dir.join(crate::peft::config::CONFIG_FILE);
+    if model.prompt_encoder_mut().is_some() {
+        return Err(err(
+            &config_path,
+            "a prompt-learning adapter is already attached; only one at a time can enter the model",
+        ));
+    }
     check_recorded(model, config, opts, &config_path)?;
     let chatglm = match &*model {
         CausalLm::ChatGlm(m) if matches!(opts.kind, PromptKind::Prefix { .. }) => {
