@@ -24,6 +24,13 @@ fn with_adapter(name: &str) -> (CausalLm, peft::peft::AdapterConfig) {
 #[case::prefix("adapters/prefix")]
 #[case::prefix_projection("adapters/prefix-projection")]
 #[case::adaption_prompt("adapters/adaption-prompt")]
+// Saved by `peft train` (tests/fixtures/ours), reloaded by PEFT for the reference logits.
+#[case::ours_prompt_text_init("ours/prompt")]
+#[case::ours_ptuning_mlp("ours/ptuning-mlp")]
+#[case::ours_ptuning_lstm("ours/ptuning-lstm")]
+#[case::ours_prefix_projection("ours/prefix")]
+#[case::ours_ptuning_v2("ours/ptuning-v2")]
+#[case::ours_llama_adapter("ours/llama-adapter")]
 fn prompt_learning_adapters_reproduce_peft_logits(#[case] name: &str) {
     let (model, _) = with_adapter(name);
     let reference = reference(name);
