@@ -113,3 +113,27 @@ impl Inputs {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtual_tokens_are_visible_keys_and_shift_explicit_positions() {
+        let mut inputs = Inputs::with_mask(vec![5, 6, 7, 8], &[1, 0, 1, 1], 2, 2);
+        inputs.positions = Some(vec![0, 1, 0, 1]);
+        let ext = inputs.with_virtual(3, 0);
+        assert_eq!((ext.batch, ext.seq), (2, 5));
+        assert_eq!(ext.ids, [0, 0, 0, 5, 6, 0, 0, 0, 7, 8]);
+        let mask = ext.key_mask.unwrap();
+        assert_eq!(
+            mask,
+            [true, true, true, true, false, true, true, true, true, true]
+        );
+        assert_eq!(ext.positions.unwrap(), [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]);
+        // A decoding step after a prefill that cached 3 virtual tokens: the caller's mask covers
+        // its own tokens only.
+        let step = Inputs::with_mask(vec![9], &[1, 1], 1, 1).with_virtual(0, 3);
+        assert_eq!(step.key_mask.unwrap(), [true; 5]);
+    }
+}

@@ -86,6 +86,11 @@ pub fn load_adapter(
     dir: &Path,
     device: &Device,
 ) -> Result<(AdapterConfig, InjectionReport), AdapterError> {
+    if !dir.join(crate::peft::config::CONFIG_FILE).is_file()
+        && dir.join(crate::peft::chatglm_prefix::CONFIG_FILE).is_file()
+    {
+        return crate::peft::prompt::files::load_chatglm_native(model, dir, device);
+    }
     let config = AdapterConfig::load_dir(dir)?;
     if let Method::PromptLearning(opts) = &config.method {
         let report = crate::peft::prompt::files::load(model, &config, opts, dir, device)?;

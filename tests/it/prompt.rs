@@ -197,3 +197,24 @@ fn full_encoders_compute_peft_prompt_embeddings_from_their_weights(#[case] name:
         assert_eq!(saved.bytes(mine), weights.bytes(entry), "{}", entry.name);
     }
 }
+
+#[test]
+fn a_chatglm_native_ptuning_v2_folder_is_an_adapter_for_generate() {
+    let name = "chatglm-tiny-ptuning-v2-proj";
+    let mut model = load_model("chatglm-tiny");
+    let (config, report) = load_adapter(&mut model, "chatglm", &fixture(name), &device()).unwrap();
+    assert_eq!(config.peft_type.as_str(), "PREFIX_TUNING");
+    assert_eq!(report.matched, ["transformer.prefix_encoder"]);
+    let reference = reference(name);
+    let (diff, compared) = reference.compare(&to_vec(model.forward(&reference.inputs(), None)));
+    assert!(compared > 40);
+    assert!(diff <= LOGITS_TOL, "{diff}");
+    let prompt: Vec<u32> = vec![5, 40, 41, 42];
+    let cfg = SamplingConfig {
+        max_new_tokens: 8,
+        stop_at_eos: false,
+        ..Default::default()
+    };
+    let cached = generate(&model, &prompt, &cfg, &mut |_| {}).unwrap();
+    assert_eq!(cached, greedy_without_cache(&model, &prompt, 8));
+}

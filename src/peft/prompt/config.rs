@@ -245,3 +245,70 @@ pub fn defaults(peft_type: PeftType) -> Value {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peft::config::{AdapterConfig, Method};
+
+    fn parse(value: Value) -> Result<AdapterConfig, AdapterError> {
+        AdapterConfig::from_json(value, Path::new("adapter_config.json"))
+    }
+
+    #[test]
+    fn text_init_without_text_is_refused() {
+        let e = parse(json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4, "prompt_tuning_init": "TEXT"}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prompt_tuning_init_text"), "{e}");
+    }
+
+    #[test]
+    fn peft_defaults_fill_missing_fields() {
+        let c = parse(json!({"peft_type": "P_TUNING", "num_virtual_tokens": 3})).unwrap();
+        let Method::PromptLearning(o) = &c.method else {
+            panic!("not prompt learning")
+        };
+        assert_eq!(
+            o.kind,
+            PromptKind::PTuning {
+                reparam: Reparam::Mlp,
+                encoder_hidden_size: None,
+                encoder_num_layers: 2,
+                encoder_dropout: 0.0
+            }
+        );
+        let written: Value = serde_json::from_str(&c.to_json_string()).unwrap();
+        for key in [
+            "encoder_reparameterization_type",
+            "encoder_num_layers",
+            "token_dim",
+            "num_layers",
+        ] {
+            assert!(written.get(key).is_some(), "missing {key}: {written}");
+        }
+        assert_eq!(written["inference_mode"], true);
+    }
+
+    #[test]
+    fn adaption_prompt_needs_its_length_and_layers() {
+        let e = parse(json!({"peft_type": "ADAPTION_PROMPT", "adapter_len": 4}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("adapter_layers"), "{e}");
+        let c =
+            parse(json!({"peft_type": "ADAPTION_PROMPT", "adapter_len": 4, "adapter_layers": 2}))
+                .unwrap();
+        let written: Value = serde_json::from_str(&c.to_json_string()).unwrap();
+        assert_eq!(written["target_modules"], "self_attn");
+        assert!(written.get("num_virtual_tokens").is_none(), "{written}");
+    }
+
+    #[test]
+    fn encoder_decoder_prompts_are_refused() {
+        let e = parse(json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 4, "num_transformer_submodules": 2}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("num_transformer_submodules"), "{e}");
+    }
+}

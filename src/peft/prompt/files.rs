@@ -578,3 +578,36 @@ pub fn save(
     completed.save_dir(dir)?;
     Ok(())
 }
+
+/// A folder in ChatGLM's own P-tuning v2 layout (`ptuning_config.json` +
+/// `prefix_encoder.safetensors`, THUDM's ptuning scripts), without PEFT's config: loaded as the
+/// PREFIX_TUNING adapter it is.
+pub fn load_chatglm_native(
+    model: &mut CausalLm,
+    dir: &Path,
+    device: &Device,
+) -> Result<(AdapterConfig, InjectionReport), AdapterError> {
+    let CausalLm::ChatGlm(m) = &*model else {
+        return Err(err(
+            &dir.join(chatglm_prefix::CONFIG_FILE),
+            "a ChatGLM P-tuning v2 prefix needs a ChatGLM model",
+        ));
+    };
+    let encoder = PrefixEncoder::load_dir(dir, &m.config, device)?;
+    let config = AdapterConfig::from_json(
+        json!({
+            "peft_type": "PREFIX_TUNING",
+            "task_type": "CAUSAL_LM",
+            "num_virtual_tokens": encoder.pre_seq_len(),
+            "prefix_projection": encoder.trans.is_some(),
+        }),
+        &dir.join(chatglm_prefix::CONFIG_FILE),
+    )?;
+    if model.prompt_encoder_mut().is_some() {
+        return Err(err(
+            dir,
+            "a prompt-learning adapter is already attached; only one at a time can enter the model",
+        ));
+    }
+    Ok((config, attach(model, PromptEncoder::ChatGlm(encoder))))
+}
