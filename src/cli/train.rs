@@ -243,9 +243,20 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         None => inject_new(&mut model, dir.model_type(), &adapter, config.seed, &device)?,
     };
     eprintln!("{report}");
+    // Virtual tokens / prefixes take context positions in front of every sequence.
     let (virtual_positions, context) = (model.prompt_positions(), model.max_positions());
-    if data_config.max_len + virtual_positions > context {
-        bail!("--max-len {} plus {virtual_positions} virtual tokens exceeds the model's context of {context} positions; lower --max-len or --num-virtual-tokens", data_config.max_len);
+    let longest = match o.data.pack {
+        Some(n) => n,
+        None => prepared
+            .train
+            .iter()
+            .chain(&prepared.eval)
+            .map(|r| r.len())
+            .max()
+            .unwrap_or(0),
+    };
+    if virtual_positions > 0 && longest + virtual_positions > context {
+        bail!("the longest sequence ({longest} tokens) plus {virtual_positions} virtual tokens exceeds the model's context of {context} positions; lower --max-len or --num-virtual-tokens");
     }
     let resume = match &resume_dir {
         Some(ckpt) => {
