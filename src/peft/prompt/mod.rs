@@ -15,6 +15,8 @@
 pub mod config;
 pub mod encoders;
 pub mod files;
+pub mod host;
+pub mod init;
 pub mod lstm;
 
 use burn::module::{Module, ParamId};
