@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: `adapter_config.json` in and out, with PEFT's defaults.
 //! - [`target`]: the `target_modules` matcher (PEFT's rules) and rank/alpha patterns.
+//! - [`prompt`]: prompt tuning, P-tuning, prefix tuning / P-tuning v2, LLaMA-Adapter encoders.
 
 pub mod adapter;
 pub mod build;
