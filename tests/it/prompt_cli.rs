@@ -129,8 +129,10 @@ fn a_prompt_learning_run_resumes_exactly_from_its_checkpoint() {
     }
 }
 
-#[test]
-fn chatglm_native_ptuning_v2_trains_and_evaluates() {
+#[rstest]
+#[case::without_projection("ptuning-v2")]
+#[case::with_projection("prefix")]
+fn chatglm_native_ptuning_v2_trains_and_evaluates(#[case] method: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     let o = train(
@@ -138,7 +140,7 @@ fn chatglm_native_ptuning_v2_trains_and_evaluates() {
         &out,
         &[
             "--method",
-            "ptuning-v2",
+            method,
             "--num-virtual-tokens",
             "4",
             "--template",
@@ -207,23 +209,17 @@ fn bad_prompt_learning_options_are_refused_clearly(#[case] args: &[&str], #[case
     assert!(!err.contains("panicked"), "{err}");
 }
 
-#[test]
-fn prompt_tuning_on_chatglm_points_to_ptuning_v2() {
+#[rstest]
+#[case::prompt_tuning(&["--method", "prompt"], "P-tuning v2")]
+#[case::llama_adapter(&["--method", "llama-adapter", "--adapter-layers", "1"], "P-tuning v2")]
+#[case::other_projection_size(&["--method", "prefix", "--encoder-hidden-size", "8"], "hidden_size (64)")]
+fn chatglm_refuses_what_its_prefix_encoder_cannot_do(#[case] args: &[&str], #[case] message: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let o = train(
-        "chatglm-tiny",
-        &tmp.path().join("run"),
-        &[
-            "--method",
-            "prompt",
-            "--template",
-            "chatglm3",
-            "--max-steps",
-            "1",
-        ],
-    );
+    let mut all = args.to_vec();
+    all.extend(["--template", "chatglm3", "--max-steps", "1"]);
+    let o = train("chatglm-tiny", &tmp.path().join("run"), &all);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("P-tuning v2"), "{}", stderr(&o));
+    assert!(stderr(&o).contains(message), "{}", stderr(&o));
 }
 
 #[test]

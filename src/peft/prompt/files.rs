@@ -112,7 +112,11 @@ pub fn complete_config(
         .insert("num_virtual_tokens".into(), json!(opts.num_virtual_tokens));
     out.raw
         .insert("num_transformer_submodules".into(), json!(1));
-    if matches!(
+    if let CausalLm::ChatGlm(m) = model {
+        // The native projection's hidden size (THUDM `PrefixEncoder.trans`).
+        out.raw
+            .insert("encoder_hidden_size".into(), json!(m.config.hidden_size));
+    } else if matches!(
         opts.kind,
         PromptKind::PTuning { .. } | PromptKind::Prefix { .. }
     ) && out
@@ -192,7 +196,7 @@ fn build(
         } => {
             if *adapter_layers > dims.layers {
                 return Err(AdapterError::Unsupported(format!(
-                    "adapter_layers {adapter_layers} exceeds the model's {} layers",
+                    "adapter_layers {adapter_layers} exceeds the model's {} layers (set --adapter-layers to at most that)",
                     dims.layers
                 )));
             }
@@ -270,13 +274,22 @@ pub fn inject(
     let mut rng = StdRng::seed_from_u64(seed);
     let encoder = if let CausalLm::ChatGlm(m) = model {
         let PromptKind::Prefix {
-            prefix_projection, ..
+            prefix_projection,
+            encoder_hidden_size,
+            ..
         } = opts.kind
         else {
             return Err(chatglm_only_prefix(opts));
         };
         let shape = PrefixShape::of(&m.config);
         let (n, kv, h) = (opts.num_virtual_tokens, shape.kv_size(), shape.hidden_size);
+        // ChatGLM's `PrefixEncoder.trans` is sized by the model's hidden_size, nothing else.
+        if prefix_projection && encoder_hidden_size.is_some_and(|e| e != h) {
+            return Err(AdapterError::Unsupported(format!(
+                "encoder_hidden_size {} on ChatGLM: its native prefix projection has the model's hidden_size ({h})",
+                encoder_hidden_size.unwrap_or(0)
+            )));
+        }
         let mut host = HostTensors::default();
         host.insert("embedding.weight", vec![n, kv], normals(n * kv, &mut rng));
         if prefix_projection {

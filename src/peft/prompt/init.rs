@@ -181,7 +181,7 @@ pub(crate) fn fresh_host(
         } => {
             let first = dims.layers.checked_sub(*adapter_layers).ok_or_else(|| {
                 AdapterError::Unsupported(format!(
-                    "adapter_layers {adapter_layers} exceeds the model's {} layers",
+                    "adapter_layers {adapter_layers} exceeds the model's {} layers (set --adapter-layers to at most that)",
                     dims.layers
                 ))
             })?;
