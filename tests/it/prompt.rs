@@ -218,3 +218,20 @@ fn a_chatglm_native_ptuning_v2_folder_is_an_adapter_for_generate() {
     let cached = generate(&model, &prompt, &cfg, &mut |_| {}).unwrap();
     assert_eq!(cached, greedy_without_cache(&model, &prompt, 8));
 }
+
+#[test]
+fn a_prompt_that_fits_only_without_the_virtual_tokens_is_refused() {
+    let (model, _) = with_adapter("adapters/prompt");
+    let max = model.max_positions();
+    let cfg = SamplingConfig {
+        max_new_tokens: 1,
+        ..Default::default()
+    };
+    let fits: Vec<u32> = vec![7; max - 5];
+    assert!(generate(&model, &fits, &cfg, &mut |_| {}).is_ok());
+    let too_long: Vec<u32> = vec![7; max - 4];
+    let err = generate(&model, &too_long, &cfg, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&(max - 5).to_string()), "{err}");
+}
