@@ -66,3 +66,66 @@ fn prompt_training_reproduces_peft_losses_and_final_embeddings(#[case] run: &str
         );
     }
 }
+
+/// Losses of `tests/fixtures/prompt-train/<name>` (10 steps) and the run's final tensors.
+#[rstest]
+#[case::ptuning_mlp("prompt-train/ptuning-mlp")]
+#[case::ptuning_lstm("prompt-train/ptuning-lstm")]
+#[case::prefix_projection("prompt-train/prefix-projection")]
+#[case::adaption_prompt("prompt-train/adaption-prompt")]
+fn training_through_full_encoders_reproduces_peft(#[case] run: &str) {
+    let device = device().autodiff();
+    let dir = ModelDir::open(&fixture("llama-tiny")).unwrap();
+    let mut model = dir.load(&device).unwrap();
+    load_adapter(
+        &mut model,
+        "llama",
+        &fixture(&format!("{run}/init")),
+        &device,
+    )
+    .unwrap();
+    let batch = fixture_batch("train/prompt");
+    let (expected, lr) = fixture_losses(run);
+    let mut optim = AdamW::new(AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    });
+    assert_eq!(expected.len(), 10);
+    for (step, want) in expected.iter().enumerate() {
+        let (next, stats) = train_step(model, &mut optim, std::slice::from_ref(&batch), lr, None);
+        model = next;
+        assert!(
+            (stats.loss - want).abs() <= LOSS_TOL,
+            "{run} step {step}: loss {} vs PEFT {want}",
+            stats.loss
+        );
+    }
+    let encoder_file = fixture(&format!("{run}/final/prompt_encoder.safetensors"));
+    let (file, ours) = if encoder_file.is_file() {
+        let encoder = model
+            .prompt_encoder_mut()
+            .as_ref()
+            .expect("encoder attached");
+        (
+            encoder_file,
+            encoder
+                .encoder_tensors()
+                .to_owned_tensors("prompt_encoder."),
+        )
+    } else {
+        (
+            fixture(&format!("{run}/final/adapter_model.safetensors")),
+            adapter_tensors(&mut model),
+        )
+    };
+    let theirs = Checkpoint::open_files(&[file]).unwrap();
+    assert_eq!(ours.len(), theirs.entries().count(), "{run}");
+    for (name, tensor) in &ours {
+        let values = peft::io::dtype::to_f32(tensor.dtype, &tensor.bytes).unwrap();
+        let (want, _) = theirs.read_f32(name).unwrap();
+        let rel = max_rel_diff(&values, &want);
+        assert!(rel <= FINAL_REL_TOL, "{run} {name}: relative diff {rel}");
+    }
+}
