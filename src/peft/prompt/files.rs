@@ -341,6 +341,20 @@ pub fn load(
     }
     let dims = llama_dims(model, opts.peft_type.as_str())?;
     let own = dir.join(ENCODER_FILE);
+    let reparameterised = matches!(
+        opts.kind,
+        PromptKind::PTuning { .. }
+            | PromptKind::Prefix {
+                prefix_projection: true,
+                ..
+            }
+    );
+    if reparameterised && !own.is_file() {
+        tracing::warn!(
+            "{}: only the encoder output (`prompt_embeddings`) is saved; it is used as is, and further training updates it directly (PEFT cannot invert the MLP / LSTM / projection either)",
+            dir.display()
+        );
+    }
     let host = if own.is_file() && !matches!(opts.kind, PromptKind::Adaption { .. }) {
         HostTensors::from_checkpoint(&Checkpoint::open_files(&[own])?, ENCODER_PREFIX)?
     } else {
