@@ -108,7 +108,10 @@ pub fn generate(
     cfg: &SamplingConfig,
     on_token: &mut dyn FnMut(u32),
 ) -> Result<Vec<u32>, LoadError> {
-    let max = model.max_positions();
+    // Virtual tokens and key/value prefixes of a prompt-learning adapter take positions too.
+    let max = model
+        .max_positions()
+        .saturating_sub(model.prompt_positions());
     if prompt.is_empty() {
         return Err(LoadError::TooLong { len: 0, max });
     }
@@ -124,7 +127,7 @@ pub fn generate(
     let mut new = Vec::new();
     let mut step: Vec<i64> = prompt.iter().map(|&t| t as i64).collect();
     while new.len() < cfg.max_new_tokens {
-        if cache.len() + step.len() > max {
+        if cache.len() - cache.virtual_tokens + step.len() > max {
             tracing::warn!("stopping: the context of {max} positions is full");
             break;
         }

@@ -1,5 +1,6 @@
 //! Adapter flags of `peft train` (`--method`, `--r`, `--alpha`, `--dropout`, `--target-modules`,
-//! `--adapter-config`, `--init-adapter`) turned into one PEFT `AdapterConfig`.
+//! the prompt-learning options, `--adapter-config`, `--init-adapter`) turned into one PEFT
+//! `AdapterConfig`.
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +12,8 @@ use serde_json::{json, Map, Value};
 #[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case")]
 pub struct AdapterOptions {
-    /// lora, rslora, dora, ia3 or adalora (default lora, or the method of --adapter-config / --init-adapter).
+    /// lora, rslora, dora, ia3, adalora, prompt, ptuning, prefix, ptuning-v2 or llama-adapter
+    /// (default lora, or the method of --adapter-config / --init-adapter).
     #[arg(long)]
     pub method: Option<String>,
     /// A PEFT adapter_config.json to train (e.g. one of the presets in adapters/).
@@ -29,6 +31,30 @@ pub struct AdapterOptions {
     /// Comma-separated module names (suffix match), `all-linear`, or a regex (`re:...`).
     #[arg(long)]
     pub target_modules: Option<String>,
+    /// Prompt, P-tuning, prefix, P-tuning v2: virtual tokens (they take context positions).
+    #[arg(long)]
+    pub num_virtual_tokens: Option<usize>,
+    /// Prompt tuning init: RANDOM, TEXT (with --prompt-tuning-init-text) or SAMPLE_VOCAB.
+    #[arg(long)]
+    pub prompt_tuning_init: Option<String>,
+    /// Prompt tuning TEXT init: its tokens' embeddings (repeated / cut to the length) start the prompt.
+    #[arg(long)]
+    pub prompt_tuning_init_text: Option<String>,
+    /// P-tuning prompt encoder: MLP or LSTM.
+    #[arg(long)]
+    pub encoder_reparameterization_type: Option<String>,
+    /// P-tuning / prefix projection hidden size (default: the token dimension).
+    #[arg(long)]
+    pub encoder_hidden_size: Option<usize>,
+    /// Prefix tuning: produce the prefix through embedding → Linear → tanh → Linear.
+    #[arg(long)]
+    pub prefix_projection: Option<bool>,
+    /// LLaMA-Adapter: learned prompt tokens per adapted layer.
+    #[arg(long)]
+    pub adapter_len: Option<usize>,
+    /// LLaMA-Adapter: how many of the top layers to adapt.
+    #[arg(long)]
+    pub adapter_layers: Option<usize>,
     // AdaLoRA's options (PEFT `AdaLoraConfig` field names in parentheses); kept in this struct
     // because serde's `flatten` does not nest under `deny_unknown_fields`.
     /// AdaLoRA: ranks every module starts with (`init_r`, default 12).
@@ -133,15 +159,135 @@ fn method_json(method: &str, model_type: &str) -> anyhow::Result<Map<String, Val
         "ia3" => {
             json!({"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]})
         }
+        // Prompt-learning defaults: 20 virtual tokens (PEFT docs' examples); `prefix` is Li &
+        // Liang's reparameterised prefix, `ptuning-v2` the deep prompt trained directly.
+        "prompt" => {
+            json!({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 20, "prompt_tuning_init": "RANDOM"})
+        }
+        "ptuning" => {
+            json!({"peft_type": "P_TUNING", "num_virtual_tokens": 20, "encoder_reparameterization_type": "MLP"})
+        }
+        "prefix" => {
+            json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 20, "prefix_projection": true})
+        }
+        "ptuning-v2" => {
+            json!({"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 20, "prefix_projection": false})
+        }
+        "llama-adapter" => json!({"peft_type": "ADAPTION_PROMPT", "adapter_len": 10}),
         "adalora" => {
             json!({"peft_type": "ADALORA", "init_r": 12, "target_r": 8, "lora_alpha": 16, "target_modules": all})
         }
-        "prompt" | "ptuning" | "prefix" | "ptuning-v2" | "llama-adapter" => {
-            bail!("--method {method} is not available in this version yet (supported: lora, rslora, dora, ia3, adalora)")
-        }
-        other => bail!("unknown --method {other} (supported: lora, rslora, dora, ia3, adalora)"),
+        other => bail!("unknown --method {other} (supported: {METHODS})"),
     };
     Ok(value.as_object().cloned().unwrap_or_default())
+}
+
+const METHODS: &str =
+    "lora, rslora, dora, ia3, adalora, prompt, ptuning, prefix, ptuning-v2, llama-adapter";
+
+/// The prompt-learning flags: (flag, config key, value, the peft_types it applies to).
+fn prompt_flags(
+    o: &AdapterOptions,
+) -> Vec<(&'static str, &'static str, Value, &'static [&'static str])> {
+    let mut out = Vec::new();
+    let mut push = |flag, key, value: Option<Value>, types: &'static [&'static str]| {
+        if let Some(v) = value {
+            out.push((flag, key, v, types));
+        }
+    };
+    const VIRTUAL: &[&str] = &["PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"];
+    push(
+        "--num-virtual-tokens",
+        "num_virtual_tokens",
+        o.num_virtual_tokens.map(|v| json!(v)),
+        VIRTUAL,
+    );
+    push(
+        "--prompt-tuning-init",
+        "prompt_tuning_init",
+        o.prompt_tuning_init
+            .as_ref()
+            .map(|v| json!(v.to_uppercase())),
+        &["PROMPT_TUNING"],
+    );
+    push(
+        "--prompt-tuning-init-text",
+        "prompt_tuning_init_text",
+        o.prompt_tuning_init_text.as_ref().map(|v| json!(v)),
+        &["PROMPT_TUNING"],
+    );
+    push(
+        "--encoder-reparameterization-type",
+        "encoder_reparameterization_type",
+        o.encoder_reparameterization_type
+            .as_ref()
+            .map(|v| json!(v.to_uppercase())),
+        &["P_TUNING"],
+    );
+    push(
+        "--encoder-hidden-size",
+        "encoder_hidden_size",
+        o.encoder_hidden_size.map(|v| json!(v)),
+        &["P_TUNING", "PREFIX_TUNING"],
+    );
+    push(
+        "--prefix-projection",
+        "prefix_projection",
+        o.prefix_projection.map(|v| json!(v)),
+        &["PREFIX_TUNING"],
+    );
+    push(
+        "--adapter-len",
+        "adapter_len",
+        o.adapter_len.map(|v| json!(v)),
+        &["ADAPTION_PROMPT"],
+    );
+    push(
+        "--adapter-layers",
+        "adapter_layers",
+        o.adapter_layers.map(|v| json!(v)),
+        &["ADAPTION_PROMPT"],
+    );
+    out
+}
+
+/// Applies the method-specific flags, refusing those that do not belong to the method (they
+/// would be silently ignored otherwise).
+fn apply_method_flags(o: &AdapterOptions, raw: &mut Map<String, Value>) -> anyhow::Result<()> {
+    let peft_type = raw
+        .get("peft_type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let prompt = matches!(
+        peft_type.as_str(),
+        "PROMPT_TUNING" | "P_TUNING" | "PREFIX_TUNING" | "ADAPTION_PROMPT"
+    );
+    if prompt {
+        for (flag, given) in [
+            ("--r", o.r.is_some()),
+            ("--alpha", o.alpha.is_some()),
+            ("--dropout", o.dropout.is_some()),
+            ("--target-modules", o.target_modules.is_some()),
+        ] {
+            if given {
+                bail!("{flag} does not apply to {peft_type}: prompt-learning methods add virtual tokens or prompts, not low-rank updates to target modules");
+            }
+        }
+    }
+    for (flag, key, value, types) in prompt_flags(o) {
+        if !types.contains(&peft_type.as_str()) {
+            bail!(
+                "{flag} applies to {} only, not {peft_type}",
+                types.join(", ")
+            );
+        }
+        raw.insert(key.into(), value);
+    }
+    if peft_type == "ADAPTION_PROMPT" && raw.get("adapter_layers").is_none_or(Value::is_null) {
+        bail!("--adapter-layers is required for llama-adapter: how many of the top decoder layers get adaption prompts (the LLaMA-Adapter paper adapts the top 30 of LLaMA-7B's 32)");
+    }
+    Ok(())
 }
 
 fn read_json(path: &Path) -> anyhow::Result<Map<String, Value>> {
@@ -205,6 +351,44 @@ pub fn adapter_config(o: &AdapterOptions, model_type: &str) -> anyhow::Result<Ad
     for (key, _, value) in adalora_flags {
         raw.insert(key.into(), value);
     }
+    apply_method_flags(o, &mut raw)?;
     raw.entry("task_type").or_insert(json!("CAUSAL_LM"));
     Ok(AdapterConfig::from_json(Value::Object(raw), &source)?)
+}
+
+/// Prompt tuning's TEXT init needs the text's token ids (PEFT tokenizes with special tokens,
+/// e.g. BOS) and, for PEFT to reload the config, `tokenizer_name_or_path`.
+pub fn tokenize_init_text(
+    config: &mut AdapterConfig,
+    tokenizer: &peft::tokenizer::TextTokenizer,
+    model: &Path,
+) -> anyhow::Result<()> {
+    use peft::peft::prompt::{PromptInit, PromptKind, PromptOptions};
+    use peft::peft::Method;
+    if let Method::PromptLearning(PromptOptions {
+        kind: PromptKind::PromptTuning {
+            init: PromptInit::Text { text, ids },
+        },
+        ..
+    }) = &mut config.method
+    {
+        let tokens = tokenizer
+            .encode(text, true)
+            .context("tokenizing --prompt-tuning-init-text")?;
+        if tokens.is_empty() {
+            bail!("--prompt-tuning-init-text {text:?} has no tokens");
+        }
+        *ids = Some(tokens.into_iter().map(i64::from).collect());
+        if config
+            .raw
+            .get("tokenizer_name_or_path")
+            .is_none_or(Value::is_null)
+        {
+            config.raw.insert(
+                "tokenizer_name_or_path".into(),
+                json!(model.display().to_string()),
+            );
+        }
+    }
+    Ok(())
 }

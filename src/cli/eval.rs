@@ -26,6 +26,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut stats = DataStats::default();
     let records = data::encode_file(&config.data, &config, &tokenizer, &mut stats)?;
     let loaded = args.model.load()?;
+    // Virtual tokens / prefixes of a prompt-learning adapter take context positions too.
+    let (extra, context) = (
+        loaded.model.prompt_positions(),
+        loaded.model.max_positions(),
+    );
+    let longest = records.iter().map(|r| r.len()).max().unwrap_or(0);
+    if extra > 0 && longest + extra > context {
+        anyhow::bail!("the longest record ({longest} tokens) plus the adapter's {extra} virtual tokens exceeds the model's context of {context} positions; lower --max-len");
+    }
     let pad_id = tokenizer
         .pad_id()
         .or(tokenizer.eos_id())

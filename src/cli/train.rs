@@ -18,7 +18,7 @@ use peft::train::run::{run, total_steps, Run, RunConfig};
 use peft::train::{AdamW, AdamWConfig, ScheduleKind, StepHook};
 use serde::{Deserialize, Serialize};
 
-use super::adapter_options::{adapter_config, AdapterOptions};
+use super::adapter_options::{adapter_config, tokenize_init_text, AdapterOptions};
 use super::data_options::DataOptions;
 
 #[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
@@ -229,10 +229,11 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         prepared.eval.len()
     );
     let resume_dir = o.resume.as_deref().map(resolve_checkpoint).transpose()?;
-    let adapter = match &resume_dir {
+    let mut adapter = match &resume_dir {
         Some(ckpt) => AdapterConfig::load_dir(ckpt)?,
         None => adapter_config(&o.adapter, dir.model_type())?,
     };
+    tokenize_init_text(&mut adapter, &tokenizer, &model_path)?;
     prepare_out(&out, &o)?;
     let mut model = dir
         .load(&device)
@@ -269,6 +270,21 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
     }
     if let Some(ckpt) = &resume_dir {
         hook.restore(&mut model, ckpt)?;
+    }
+    // Virtual tokens / prefixes take context positions in front of every sequence.
+    let (virtual_positions, context) = (model.prompt_positions(), model.max_positions());
+    let longest = match o.data.pack {
+        Some(n) => n,
+        None => prepared
+            .train
+            .iter()
+            .chain(&prepared.eval)
+            .map(|r| r.len())
+            .max()
+            .unwrap_or(0),
+    };
+    if virtual_positions > 0 && longest + virtual_positions > context {
+        bail!("the longest sequence ({longest} tokens) plus {virtual_positions} virtual tokens exceeds the model's context of {context} positions; lower --max-len or --num-virtual-tokens");
     }
     let resume = match &resume_dir {
         Some(ckpt) => {

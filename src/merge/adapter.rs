@@ -73,10 +73,10 @@ impl Adapter {
     /// this merge does not understand.
     pub fn load(dir: &Path) -> Result<Self, MergeError> {
         let config = AdapterConfig::load_dir(dir)?;
-        if let Method::PromptLearning(t) = config.method {
+        if let Method::PromptLearning(_) = config.method {
             return Err(MergeError::NotMergeable {
                 dir: dir.to_path_buf(),
-                peft_type: t.as_str().into(),
+                peft_type: config.peft_type.as_str().into(),
                 reason: PROMPT_REASON,
             });
         }

@@ -8,6 +8,9 @@ use burn::tensor::Tensor;
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
     len: usize,
+    /// Leading cached positions that are prompt-tuning virtual tokens (fed at prefill): always
+    /// visible, and absent from the caller's attention mask.
+    pub virtual_tokens: usize,
 }
 
 impl KvCache {
@@ -15,6 +18,7 @@ impl KvCache {
         Self {
             layers: vec![None; num_layers],
             len: 0,
+            virtual_tokens: 0,
         }
     }
 

@@ -238,14 +238,13 @@ impl CausalLm {
     /// Logits for every position: [batch, seq, vocab].
     pub fn forward(&self, inputs: &Inputs, cache: Option<&mut KvCache>) -> Tensor<3> {
         match self {
-            Self::Llama(m) => m.forward(inputs, cache),
+            Self::Llama(m) => m.forward(inputs, cache, None),
             Self::ChatGlm(m) => m.forward(inputs, cache, None),
         }
     }
 
-    /// Logits for every position with a prompt-learning state: [batch, seq, vocab]. ChatGLM only
-    /// for now (its native P-tuning v2 key/value prefixes); virtual input embeddings are not
-    /// consumed yet.
+    /// Logits for every real position with an explicit prompt-learning state (instead of the
+    /// attached encoder's): [batch, seq, vocab]. ChatGLM takes key/value prefixes only.
     pub fn forward_with_prompt(
         &self,
         inputs: &Inputs,
@@ -253,12 +252,32 @@ impl CausalLm {
         prompt: Option<&PromptState>,
     ) -> Result<Tensor<3>, AdapterError> {
         match (self, prompt) {
-            (_, Some(p)) if p.input_embeds.is_some() => {
-                Err(AdapterError::Unsupported("virtual input embeddings (prompt tuning, P-tuning v1) are not wired into the models yet".into()))
+            (Self::ChatGlm(_), Some(p)) if p.input_embeds.is_some() || p.adaption.is_some() => {
+                Err(AdapterError::Unsupported(
+                    "ChatGLM takes key/value prefixes (P-tuning v2) only, not virtual input embeddings or adaption prompts".into(),
+                ))
             }
-            (Self::Llama(m), None) => Ok(m.forward(inputs, cache)),
-            (Self::Llama(_), Some(_)) => Err(AdapterError::Unsupported("key/value prefixes on Llama models are not wired yet".into())),
+            (Self::Llama(m), p) => Ok(m.forward(inputs, cache, p)),
             (Self::ChatGlm(m), p) => Ok(m.forward(inputs, cache, p)),
+        }
+    }
+
+    /// Extra positions the attached prompt encoder takes from the context (virtual tokens or
+    /// key/value prefixes); 0 without one.
+    pub fn prompt_positions(&self) -> usize {
+        let encoder = match self {
+            Self::Llama(m) => m.prompt_encoder.as_ref(),
+            Self::ChatGlm(m) => m.transformer.prefix_encoder.as_ref(),
+        };
+        encoder.map_or(0, |e| e.positions())
+    }
+
+    /// The slot of the prompt-learning encoder (PEFT's `prompt_encoder`; ChatGLM's
+    /// `transformer.prefix_encoder`).
+    pub fn prompt_encoder_mut(&mut self) -> &mut Option<crate::peft::prompt::PromptEncoder> {
+        match self {
+            Self::Llama(m) => &mut m.prompt_encoder,
+            Self::ChatGlm(m) => &mut m.transformer.prefix_encoder,
         }
     }
 
@@ -266,7 +285,7 @@ impl CausalLm {
     pub fn forward_last(&self, inputs: &Inputs, cache: Option<&mut KvCache>) -> Tensor<2> {
         match self {
             Self::Llama(m) => {
-                let hidden = m.hidden_states(inputs, cache);
+                let hidden = m.hidden_states(inputs, cache, None);
                 let [b, s, h] = hidden.dims();
                 let last = hidden.slice([0..b, s - 1..s, 0..h]);
                 m.logits(last).squeeze_dim::<2>(1)

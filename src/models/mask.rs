@@ -50,6 +50,47 @@ impl Inputs {
         }
     }
 
+    /// The same inputs with `prepended` virtual tokens before the new ones and `cached` virtual
+    /// tokens at the start of the cache (prompt tuning): their keys are always visible, as PEFT
+    /// prepends ones to `attention_mask`; explicit positions of the real tokens move up by the
+    /// virtual count, the prepended ones take `0..prepended`. `ids` of the prepended positions
+    /// are placeholders (their embeddings come from the prompt encoder).
+    pub fn with_virtual(&self, prepended: usize, cached: usize) -> Self {
+        if prepended + cached == 0 {
+            return self.clone();
+        }
+        let seq = self.seq + prepended;
+        let row_keys = self
+            .key_mask
+            .as_ref()
+            .map_or(0, |m| m.len() / self.batch.max(1));
+        let (mut ids, mut key_mask, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+        for b in 0..self.batch {
+            ids.extend(std::iter::repeat_n(0, prepended));
+            ids.extend_from_slice(&self.ids[b * self.seq..(b + 1) * self.seq]);
+            if let Some(m) = &self.key_mask {
+                key_mask.extend(std::iter::repeat_n(true, prepended + cached));
+                key_mask.extend_from_slice(&m[b * row_keys..(b + 1) * row_keys]);
+            }
+            if let Some(p) = &self.positions {
+                positions.extend(0..prepended);
+                let shift = prepended + cached;
+                positions.extend(
+                    p[b * self.seq..(b + 1) * self.seq]
+                        .iter()
+                        .map(|x| x + shift),
+                );
+            }
+        }
+        Self {
+            ids,
+            batch: self.batch,
+            seq,
+            key_mask: self.key_mask.as_ref().map(|_| key_mask),
+            positions: self.positions.as_ref().map(|_| positions),
+        }
+    }
+
     /// The attention mask [batch, 1, seq, prefix + past + seq], true = masked: a key is hidden when it
     /// is padding or lies after the query (causal). `prefix` virtual keys (prefix tuning) are
     /// always visible.
@@ -70,5 +111,29 @@ impl Inputs {
             TensorData::new(masked, [self.batch, 1, self.seq, total]),
             device,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtual_tokens_are_visible_keys_and_shift_explicit_positions() {
+        let mut inputs = Inputs::with_mask(vec![5, 6, 7, 8], &[1, 0, 1, 1], 2, 2);
+        inputs.positions = Some(vec![0, 1, 0, 1]);
+        let ext = inputs.with_virtual(3, 0);
+        assert_eq!((ext.batch, ext.seq), (2, 5));
+        assert_eq!(ext.ids, [0, 0, 0, 5, 6, 0, 0, 0, 7, 8]);
+        let mask = ext.key_mask.unwrap();
+        assert_eq!(
+            mask,
+            [true, true, true, true, false, true, true, true, true, true]
+        );
+        assert_eq!(ext.positions.unwrap(), [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]);
+        // A decoding step after a prefill that cached 3 virtual tokens: the caller's mask covers
+        // its own tokens only.
+        let step = Inputs::with_mask(vec![9], &[1, 1], 1, 1).with_virtual(0, 3);
+        assert_eq!(step.key_mask.unwrap(), [true; 5]);
     }
 }

@@ -36,12 +36,12 @@ pub enum AdapterValues {
     },
 }
 
-fn uniform(n: usize, bound: f32, rng: &mut StdRng) -> Vec<f32> {
+pub(crate) fn uniform(n: usize, bound: f32, rng: &mut StdRng) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-bound..=bound)).collect()
 }
 
 /// A standard normal sample (Box–Muller).
-fn normal(rng: &mut StdRng) -> f32 {
+pub(crate) fn normal(rng: &mut StdRng) -> f32 {
     let u1: f32 = rng.random_range(f32::EPSILON..1.0);
     let u2: f32 = rng.random();
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()

@@ -252,24 +252,16 @@ impl PrefixEncoder {
     /// Per-layer `(k, v)`, each [batch, groups, pre_seq_len, kv_channels], for the model's forward.
     pub fn prompt_state(&self, batch: usize) -> PromptState {
         let s = self.shape;
-        let p = self.pre_seq_len();
-        // [p, kv] -> [p, layers·2, groups, d] -> [layers·2, groups, p, d]
-        let all = self
-            .dropout
-            .forward(self.prefix())
-            .reshape([p, s.num_layers * 2, s.groups, s.kv_channels])
-            .permute([1, 2, 0, 3]);
-        let one = |i: usize| -> Tensor<4> {
-            all.clone()
-                .slice([i..i + 1, 0..s.groups, 0..p, 0..s.kv_channels])
-                .expand([batch, s.groups, p, s.kv_channels])
-        };
-        let kv_prefix = (0..s.num_layers)
-            .map(|l| (one(2 * l), one(2 * l + 1)))
-            .collect();
+        let flat = self.dropout.forward(self.prefix());
         PromptState {
-            input_embeds: None,
-            kv_prefix: Some(kv_prefix),
+            kv_prefix: Some(PromptState::kv_from_flat(
+                flat,
+                s.num_layers,
+                s.groups,
+                s.kv_channels,
+                batch,
+            )),
+            ..PromptState::default()
         }
     }
 

@@ -113,8 +113,8 @@ pub enum Method {
     Lora(LoraOptions),
     AdaLora(LoraOptions, AdaLoraOptions),
     Ia3(Ia3Options),
-    /// Prompt-learning methods keep their raw fields until their issue lands.
-    PromptLearning(PeftType),
+    /// Prompt tuning, P-tuning, prefix tuning / P-tuning v2, LLaMA-Adapter.
+    PromptLearning(crate::peft::prompt::PromptOptions),
 }
 
 /// A parsed `adapter_config.json`.
@@ -443,7 +443,9 @@ impl AdapterConfig {
                     feedforward_modules: ff,
                 })
             }
-            other => Method::PromptLearning(other),
+            other => Method::PromptLearning(crate::peft::prompt::PromptOptions::parse(
+                other, &raw, path,
+            )?),
         };
         if matches!(
             peft_type,
@@ -574,12 +576,13 @@ fn defaults_for(peft_type: PeftType) -> Map<String, Value> {
         "exclude_modules": null, "fan_in_fan_out": false, "feedforward_modules": null, "init_ia3_weights": true,
         "modules_to_save": null, "target_modules": null,
     });
+    let prompt = crate::peft::prompt::config::defaults(peft_type);
     let mut out = Map::new();
     let parts: Vec<&Value> = match peft_type {
         PeftType::Lora => vec![&common, &lora],
         PeftType::AdaLora => vec![&common, &lora, &adalora],
         PeftType::Ia3 => vec![&common, &ia3],
-        _ => vec![&common],
+        _ => vec![&common, &prompt],
     };
     for part in parts {
         if let Value::Object(m) = part {

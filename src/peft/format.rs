@@ -57,6 +57,9 @@ pub fn inject_new(
     seed: u64,
     device: &Device,
 ) -> Result<InjectionReport, AdapterError> {
+    if let Method::PromptLearning(opts) = &config.method {
+        return crate::peft::prompt::files::inject(model, opts, seed, device);
+    }
     let targets = plan(model, model_type, config)?;
     let init = match &config.method {
         Method::Lora(o) => o.init,
@@ -92,7 +95,16 @@ pub fn load_adapter(
     dir: &Path,
     device: &Device,
 ) -> Result<(AdapterConfig, InjectionReport), AdapterError> {
+    if !dir.join(crate::peft::config::CONFIG_FILE).is_file()
+        && dir.join(crate::peft::chatglm_prefix::CONFIG_FILE).is_file()
+    {
+        return crate::peft::prompt::files::load_chatglm_native(model, dir, device);
+    }
     let config = AdapterConfig::load_dir(dir)?;
+    if let Method::PromptLearning(opts) = &config.method {
+        let report = crate::peft::prompt::files::load(model, &config, opts, dir, device)?;
+        return Ok((config, report));
+    }
     let path = dir.join(WEIGHTS_FILE);
     if !path.is_file() {
         return Err(AdapterError::Config {
@@ -243,16 +255,29 @@ pub fn adapter_param_ids(model: &mut CausalLm) -> Vec<(String, burn::module::Par
             }
         }
     }
+    if let Some(encoder) = model.prompt_encoder_mut() {
+        let prefix = crate::peft::prompt::files::ENCODER_PREFIX;
+        out.extend(
+            encoder
+                .param_ids()
+                .into_iter()
+                .map(|(name, id)| (format!("{prefix}{name}"), id)),
+        );
+    }
     out
 }
 
 /// Every adapter tensor of the model, keyed as PEFT saves them.
 pub fn adapter_tensors(model: &mut CausalLm) -> Vec<(String, OwnedTensor)> {
-    model
+    let mut out: Vec<(String, OwnedTensor)> = model
         .linears_mut()
         .into_iter()
         .flat_map(|(path, linear)| linear_tensors(&path, linear))
-        .collect()
+        .collect();
+    if let Some(encoder) = model.prompt_encoder_mut() {
+        out.extend(encoder.peft_tensors().to_owned_tensors(""));
+    }
+    out
 }
 
 /// The kept ranks of every AdaLoRA module, keyed as PEFT's `rank_pattern` (`<path>.lora_E`).
@@ -277,6 +302,9 @@ pub fn save_adapter(
         path: dir.to_path_buf(),
         message: e.to_string(),
     })?;
+    if let Method::PromptLearning(opts) = &config.method {
+        return crate::peft::prompt::files::save(model, config, opts, dir);
+    }
     let tensors = adapter_tensors(model);
     crate::io::write_safetensors_atomic(&dir.join(WEIGHTS_FILE), &tensors, None)?;
     let pattern = adalora_rank_pattern(model);

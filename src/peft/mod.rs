@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: `adapter_config.json` in and out, with PEFT's defaults.
 //! - [`target`]: the `target_modules` matcher (PEFT's rules) and rank/alpha patterns.
+//! - [`prompt`]: prompt tuning, P-tuning, prefix tuning / P-tuning v2, LLaMA-Adapter encoders.
 
 pub mod adalora;
 pub mod adapter;
@@ -12,6 +13,7 @@ pub mod fold;
 pub mod format;
 pub mod ia3;
 pub mod lora;
+pub mod prompt;
 pub mod rank_allocator;
 pub mod target;
 pub mod walker;

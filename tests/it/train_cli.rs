@@ -273,7 +273,7 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
     let out = tmp.path().join("run");
     let model = fixture("llama-tiny");
     let data = repo(DATA);
-    let mut child = peft_bin()
+    let child = peft_bin()
         .args([
             "train",
             "--model",

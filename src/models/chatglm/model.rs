@@ -17,6 +17,7 @@ use crate::models::linear::Linear;
 use crate::models::mask::Inputs;
 use crate::models::prompt::PromptState;
 use crate::models::tensor_util::ids_tensor;
+use crate::peft::prompt::PromptEncoder;
 
 use super::ChatGlmConfig;
 
@@ -59,6 +60,9 @@ pub struct ChatGlmModel {
     pub embedding: GlmEmbedding,
     pub encoder: GlmTransformer,
     pub output_layer: Linear,
+    /// P-tuning v2 (`transformer.prefix_encoder`, present when `pre_seq_len` is set): every
+    /// forward builds its key/value prefixes from it.
+    pub prefix_encoder: Option<PromptEncoder>,
 }
 
 #[derive(Module, Debug)]
@@ -278,6 +282,11 @@ impl ChatGlmForConditionalGeneration {
         prompt: Option<&PromptState>,
     ) -> Tensor<3> {
         let device = self.transformer.embedding.word_embeddings.weight.device();
+        let own = match (prompt, &self.transformer.prefix_encoder) {
+            (None, Some(encoder)) => Some(encoder.prompt_state(inputs.batch)),
+            _ => None,
+        };
+        let prompt = prompt.or(own.as_ref());
         let past = cache.as_ref().map_or(0, |c| c.len());
         // Positions are `arange(seq)` (reference `get_position_ids`), not shifted by `pre_seq_len`.
         let positions = inputs.positions(past);

@@ -93,6 +93,7 @@ pub fn load(
             final_layernorm,
         },
         output_layer,
+        prefix_encoder: None,
     };
     Ok(ChatGlmForConditionalGeneration {
         transformer,

@@ -11,8 +11,10 @@ use crate::models::cache::KvCache;
 use crate::models::layers::{Embedding, RmsNorm};
 use crate::models::linear::Linear;
 use crate::models::mask::Inputs;
+use crate::models::prompt::{AdaptionPrompt, PromptState};
 use crate::models::rope::{apply_rotary, Rope};
 use crate::models::tensor_util::ids_tensor;
+use crate::peft::prompt::PromptEncoder;
 
 use super::LlamaConfig;
 
@@ -51,6 +53,9 @@ pub struct LlamaForCausalLm {
     pub model: LlamaModel,
     /// `None` when the output head is tied to `model.embed_tokens`.
     pub lm_head: Option<Linear>,
+    /// A prompt-learning method's trainable encoder (PEFT's `prompt_encoder`), if one is attached:
+    /// every forward builds its [`PromptState`] from it.
+    pub prompt_encoder: Option<PromptEncoder>,
     #[module(skip)]
     pub config: LlamaConfig,
     #[module(skip)]
@@ -62,6 +67,7 @@ struct Step<'a> {
     cos: Tensor<4>,
     sin: Tensor<4>,
     mask: Tensor<4, burn::tensor::Bool>,
+    prompt: Option<&'a PromptState>,
     config: &'a LlamaConfig,
 }
 
@@ -118,6 +124,26 @@ impl Attention {
             Some(cache) => cache.append(layer, k, v),
             None => (k, v),
         };
+        // Prefix tuning: the layer's prefix keys/values come first (transformers' DynamicCache
+        // built by PEFT `get_prompt`); they carry no rotary and never enter our cache.
+        let (k, v) = match step
+            .prompt
+            .and_then(|p| p.kv_prefix.as_ref())
+            .and_then(|p| p.get(layer))
+        {
+            Some((pk, pv)) => {
+                let [_, pg, pp, pd] = pk.dims();
+                (
+                    Tensor::cat(vec![pk.clone().expand([b, pg, pp, pd]), k], 2),
+                    Tensor::cat(vec![pv.clone().expand([b, pg, pp, pd]), v], 2),
+                )
+            }
+            None => (k, v),
+        };
+        let adapted = step
+            .prompt
+            .and_then(|p| p.adaption(layer))
+            .map(|a| self.adaption(q.clone(), a, c));
         let k = repeat_kv(k, h / kvh);
         let v = repeat_kv(v, h / kvh);
         let keys = k.dims()[2];
@@ -128,8 +154,43 @@ impl Attention {
             is_causal: false,
         };
         let out = attention(q, k, v, Some(mask), None, options);
-        self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
+        let out = self
+            .o_proj
+            .forward(out.swap_dims(1, 2).reshape([b, s, h * d]));
+        match adapted {
+            Some(extra) => out + extra,
+            None => out,
+        }
+    }
+
+    /// LLaMA-Adapter (PEFT `AdaptedAttention.forward`): the rotated queries attend to the layer's
+    /// adaption prompt alone — keys/values `k_proj`/`v_proj` of the prompt, no rotary, softmax
+    /// over the prompt tokens — scaled by the zero-initialised gate, then `o_proj` (applied
+    /// separately, as PEFT adds `o_proj(adapter)` to the attention output).
+    /// q: [batch, heads, seq, d] -> [batch, seq, hidden]
+    fn adaption(
+        &self,
+        q: Tensor<4>,
+        (prompt, gate): &AdaptionPrompt,
+        c: &LlamaConfig,
+    ) -> Tensor<3> {
+        let [b, h, s, d] = q.dims();
+        let kvh = c.num_key_value_heads;
+        let len = prompt.dims()[1];
+        let kv = |proj: &Linear| {
+            let x = proj
+                .forward(prompt.clone())
+                .reshape([1, len, kvh, d])
+                .swap_dims(1, 2)
+                .expand([b, kvh, len, d]);
+            repeat_kv(x, h / kvh)
+        };
+        let (k, v) = (kv(&self.k_proj), kv(&self.v_proj));
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
+        let weights =
+            burn::tensor::activation::softmax(scores, 3) * gate.clone().reshape([1, 1, 1, 1]);
+        let out = weights.matmul(v).swap_dims(1, 2).reshape([b, s, h * d]);
+        self.o_proj.forward(out)
     }
 }
 
@@ -151,33 +212,67 @@ impl DecoderLayer {
 
 impl LlamaForCausalLm {
     /// Hidden states after the final norm: [batch, seq, hidden]. With a cache, only the new
-    /// positions are computed and appended.
-    pub fn hidden_states(&self, inputs: &Inputs, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+    /// positions are computed and appended. `prompt` (else the attached prompt encoder's state)
+    /// adds virtual tokens, key/value prefixes or adaption prompts; the output covers the real
+    /// tokens only.
+    pub fn hidden_states(
+        &self,
+        inputs: &Inputs,
+        mut cache: Option<&mut KvCache>,
+        prompt: Option<&PromptState>,
+    ) -> Tensor<3> {
         let device = self.model.embed_tokens.weight.device();
+        let own = match (prompt, &self.prompt_encoder) {
+            (None, Some(encoder)) => Some(encoder.prompt_state(inputs.batch)),
+            _ => None,
+        };
+        let prompt = prompt.or(own.as_ref());
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let positions = inputs.positions(past);
-        let (cos, sin) = self
-            .rope
-            .cos_sin(&positions, inputs.batch, inputs.seq, &device);
-        let mask = inputs.attention_mask(past, 0, &device);
+        // Virtual tokens enter at prefill only; afterwards they are the cache's first positions.
+        let embeds = prompt
+            .and_then(|p| p.input_embeds.clone())
+            .filter(|_| past == 0);
+        let prepended = embeds.as_ref().map_or(0, |e| e.dims()[1]);
+        let cached = cache.as_ref().map_or(0, |c| c.virtual_tokens);
+        let ext = inputs.with_virtual(prepended, cached);
+        let prefix = prompt.map_or(0, PromptState::prefix_len);
+        let positions: Vec<usize> = ext
+            .positions(past)
+            .into_iter()
+            .map(|p| p + prefix)
+            .collect();
+        let (cos, sin) = self.rope.cos_sin(&positions, ext.batch, ext.seq, &device);
+        let mask = ext.attention_mask(past, prefix, &device);
         let step = Step {
             cos,
             sin,
             mask,
+            prompt,
             config: &self.config,
         };
-        let mut x = self.model.embed_tokens.forward(ids_tensor(
+        let words = self.model.embed_tokens.forward(ids_tensor(
             &inputs.ids,
             inputs.batch,
             inputs.seq,
             &device,
         ));
+        let mut x = match embeds {
+            Some(e) => Tensor::cat(vec![e, words], 1),
+            None => words,
+        };
         for (i, layer) in self.model.layers.iter().enumerate() {
             x = layer.forward(x, &step, i, cache.as_deref_mut());
         }
         if let Some(cache) = cache {
-            cache.advance(inputs.seq);
+            cache.advance(ext.seq);
+            cache.virtual_tokens += prepended;
         }
+        let x = if prepended > 0 {
+            let [b, t, hidden] = x.dims();
+            x.slice([0..b, prepended..t, 0..hidden])
+        } else {
+            x
+        };
         self.model.norm.forward(x)
     }
 
@@ -196,8 +291,13 @@ impl LlamaForCausalLm {
         }
     }
 
-    /// Logits for every position: [batch, seq, vocab].
-    pub fn forward(&self, inputs: &Inputs, cache: Option<&mut KvCache>) -> Tensor<3> {
-        self.logits(self.hidden_states(inputs, cache))
+    /// Logits for every real position: [batch, seq, vocab].
+    pub fn forward(
+        &self,
+        inputs: &Inputs,
+        cache: Option<&mut KvCache>,
+        prompt: Option<&PromptState>,
+    ) -> Tensor<3> {
+        self.logits(self.hidden_states(inputs, cache, prompt))
     }
 }

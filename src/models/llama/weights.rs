@@ -184,6 +184,7 @@ pub fn load(
             norm,
         },
         lm_head,
+        prompt_encoder: None,
         config,
         rope,
     })
