@@ -52,18 +52,8 @@ fn logits_match_the_thudm_reference_at_every_unmasked_position() {
 
 #[test]
 fn greedy_continuation_matches_the_reference() {
-    let model = load_model(BASE);
-    let reference = reference(BASE);
-    let (prompt, _) = reference.file.read_i64("greedy_prompt_ids").unwrap();
-    let (expected, _) = reference.file.read_i64("greedy_new_ids").unwrap();
-    let prompt: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
-    let cfg = SamplingConfig {
-        max_new_tokens: expected.len(),
-        stop_at_eos: false,
-        ..Default::default()
-    };
-    let new = generate(&model, &prompt, &cfg, &mut |_| {}).unwrap();
-    assert_eq!(new, expected.iter().map(|&t| t as u32).collect::<Vec<_>>());
+    let (ours, theirs) = reference(BASE).greedy(&load_model(BASE));
+    assert_eq!(ours, theirs);
 }
 
 #[test]

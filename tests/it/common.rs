@@ -57,6 +57,21 @@ pub fn reference(rel: &str) -> Reference {
 }
 
 impl Reference {
+    /// Greedy decoding of `model` from the reference's `greedy_prompt_ids` (no EOS stop) and the
+    /// reference's `greedy_new_ids`.
+    pub fn greedy(&self, model: &CausalLm) -> (Vec<u32>, Vec<u32>) {
+        let (prompt, _) = self.file.read_i64("greedy_prompt_ids").unwrap();
+        let (expected, _) = self.file.read_i64("greedy_new_ids").unwrap();
+        let prompt: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
+        let cfg = peft::generate::SamplingConfig {
+            max_new_tokens: expected.len(),
+            stop_at_eos: false,
+            ..Default::default()
+        };
+        let new = peft::generate::generate(model, &prompt, &cfg, &mut |_| {}).unwrap();
+        (new, expected.iter().map(|&t| t as u32).collect())
+    }
+
     pub fn inputs(&self) -> Inputs {
         Inputs::with_mask(self.ids.clone(), &self.mask, self.batch, self.seq)
     }

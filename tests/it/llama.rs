@@ -1,6 +1,5 @@
 //! The Llama model against transformers' logits and greedy decoding.
 
-use peft::generate::{generate, SamplingConfig};
 use peft::models::tensor_util::to_vec;
 use peft::models::Inputs;
 use rstest::rstest;
@@ -24,19 +23,8 @@ fn logits_match_transformers_at_every_unmasked_position(#[case] fixture_dir: &st
 
 #[test]
 fn greedy_continuation_matches_transformers_generate() {
-    let model = load_model("llama-tiny");
-    let reference = reference("llama-tiny");
-    let (prompt, _) = reference.file.read_i64("greedy_prompt_ids").unwrap();
-    let (expected, _) = reference.file.read_i64("greedy_new_ids").unwrap();
-    let prompt: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
-    let cfg = SamplingConfig {
-        max_new_tokens: expected.len(),
-        stop_at_eos: false,
-        ..Default::default()
-    };
-    let new = generate(&model, &prompt, &cfg, &mut |_| {}).unwrap();
-    let expected: Vec<u32> = expected.iter().map(|&t| t as u32).collect();
-    assert_eq!(new, expected);
+    let (ours, theirs) = reference("llama-tiny").greedy(&load_model("llama-tiny"));
+    assert_eq!(ours, theirs);
 }
 
 #[test]

@@ -2,7 +2,6 @@
 //! machine without one): built only with `--features wgpu`.
 
 use burn::tensor::{Device, DeviceKind};
-use peft::generate::{generate, SamplingConfig};
 use peft::models::tensor_util::to_vec;
 use peft::models::{CausalLm, ModelDir};
 use peft::peft::format::load_adapter;
@@ -44,17 +43,6 @@ fn llama_tiny_with_a_lora_adapter_on_wgpu_matches_peft_logits() {
 
 #[test]
 fn greedy_decoding_with_the_kv_cache_on_wgpu_matches_transformers() {
-    let model = load_on_wgpu("llama-tiny");
-    let reference = reference("llama-tiny");
-    let (prompt, _) = reference.file.read_i64("greedy_prompt_ids").unwrap();
-    let (expected, _) = reference.file.read_i64("greedy_new_ids").unwrap();
-    let prompt: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
-    let cfg = SamplingConfig {
-        max_new_tokens: expected.len(),
-        stop_at_eos: false,
-        ..Default::default()
-    };
-    let new = generate(&model, &prompt, &cfg, &mut |_| {}).unwrap();
-    let expected: Vec<u32> = expected.iter().map(|&t| t as u32).collect();
-    assert_eq!(new, expected);
+    let (ours, theirs) = reference("llama-tiny").greedy(&load_on_wgpu("llama-tiny"));
+    assert_eq!(ours, theirs);
 }
