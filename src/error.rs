@@ -63,8 +63,14 @@ pub enum LoadError {
     Tokenizer { path: PathBuf, message: String },
     #[error("chat template: {message}")]
     Template { message: String },
-    #[error("input of {len} tokens exceeds max_position_embeddings = {max}")]
-    TooLong { len: usize, max: usize },
+    #[error("input of {len} tokens exceeds max_position_embeddings = {context}{}", if *reserved > 0 { format!(" less the adapter's {reserved} virtual positions") } else { String::new() })]
+    TooLong {
+        len: usize,
+        context: usize,
+        reserved: usize,
+    },
+    #[error("empty prompt: nothing to generate from")]
+    EmptyPrompt,
     #[error("device `{name}`: {message}")]
     Device { name: String, message: String },
 }

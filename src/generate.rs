@@ -109,16 +109,16 @@ pub fn generate(
     on_token: &mut dyn FnMut(u32),
 ) -> Result<Vec<u32>, LoadError> {
     // Virtual tokens and key/value prefixes of a prompt-learning adapter take positions too.
-    let max = model
-        .max_positions()
-        .saturating_sub(model.prompt_positions());
+    let (context, reserved) = (model.max_positions(), model.prompt_positions());
+    let max = context.saturating_sub(reserved);
     if prompt.is_empty() {
-        return Err(LoadError::TooLong { len: 0, max });
+        return Err(LoadError::EmptyPrompt);
     }
     if prompt.len() > max {
         return Err(LoadError::TooLong {
             len: prompt.len(),
-            max,
+            context,
+            reserved,
         });
     }
     let mut rng = StdRng::seed_from_u64(cfg.seed);

@@ -233,5 +233,10 @@ fn a_prompt_that_fits_only_without_the_virtual_tokens_is_refused() {
     let err = generate(&model, &too_long, &cfg, &mut |_| {})
         .unwrap_err()
         .to_string();
-    assert!(err.contains(&(max - 5).to_string()), "{err}");
+    assert!(
+        err.contains(&format!(
+            "max_position_embeddings = {max} less the adapter's 5 virtual positions"
+        )),
+        "{err}"
+    );
 }
