@@ -291,7 +291,8 @@ fn row(
     }
 }
 
-fn run_base(plan: &Plan, bar: &ProgressBar) -> MethodResult {
+/// The base model zero-shot, and the majority-label share of the eval set.
+fn run_base(plan: &Plan, bar: &ProgressBar) -> (MethodResult, Option<f64>) {
     let mut metrics = RunMetrics {
         trainable_params: Some(0),
         trainable_percent: Some(0.0),
@@ -300,9 +301,10 @@ fn run_base(plan: &Plan, bar: &ProgressBar) -> MethodResult {
     match evaluate(plan, "base", None, bar) {
         Ok((v, s, rss)) => {
             eval_metrics(&mut metrics, &v, s, rss);
-            row("base", Value::Null, metrics, vec![], None)
+            let share = v["majority_share"].as_f64();
+            (row("base", Value::Null, metrics, vec![], None), share)
         }
-        Err(e) => row("base", Value::Null, metrics, vec![], Some(e)),
+        Err(e) => (row("base", Value::Null, metrics, vec![], Some(e)), None),
     }
 }
 
@@ -532,6 +534,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         budget: a.budget.to_string(),
         common: common(&plan),
         task_metric: None,
+        majority_share: None,
         methods: Vec::new(),
     };
     let (multi, overall, bar) = bars(&plan);
@@ -540,7 +543,9 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         bar.set_prefix(name.to_string());
         bar.reset();
         let result = if name == "base" {
-            run_base(&plan, &bar)
+            let (result, share) = run_base(&plan, &bar);
+            results.majority_share = share;
+            result
         } else {
             run_method(&plan, name, &bar)?
         };

@@ -74,6 +74,8 @@ pub struct Results {
     pub common: Value,
     /// `exact_match`, `rouge_l`, or null (text data).
     pub task_metric: Option<String>,
+    /// Exact match only: the share of the most frequent reference (always answering it).
+    pub majority_share: Option<f64>,
     pub methods: Vec<MethodResult>,
 }
 
@@ -171,6 +173,12 @@ pub fn markdown(results: &Results) -> String {
         results.machine,
         metric.unwrap_or("none (text data)")
     );
+    if let (Some("exact_match"), Some(share)) = (metric, results.majority_share) {
+        let _ = writeln!(
+            md,
+            "Always answering the most frequent label would score {share:.3}.\n"
+        );
+    }
     let _ = writeln!(
         md,
         "| # | method | lr | {} | eval loss | eval ppl | trainable params | adapter file | peak RSS train / eval (MiB) | train tokens/s | steps | train time (s) | status |",
@@ -225,6 +233,7 @@ mod tests {
             budget: "steps=2".into(),
             common: serde_json::json!({}),
             task_metric: Some("exact_match".into()),
+            majority_share: Some(0.625),
             methods: vec![
                 result("lora", Some(0.5), Some(1.0), false),
                 result("x", None, None, true),
@@ -234,6 +243,7 @@ mod tests {
         assert_eq!(md.lines().filter(|l| l.starts_with("| ")).count(), 3);
         assert!(md.contains("| 1 | lora | 2e-4 | 0.500 | 1.0000 |"));
         assert!(md.contains("error: boom \\| bang"));
+        assert!(md.contains("would score 0.625"));
     }
 
     #[test]
