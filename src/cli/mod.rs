@@ -8,6 +8,7 @@ mod common;
 mod compare;
 mod compare_child;
 mod compare_eval;
+mod compare_method;
 mod convert;
 mod data_options;
 mod eval;

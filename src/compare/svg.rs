@@ -180,6 +180,21 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     svg
 }
 
+/// The first of a few positions near `(x, y)` (above, below, further up, ...) where a label `w`
+/// px wide stays clear of those already placed (`(x, y, w)`; labels are ~14 px high).
+fn label_position(placed: &[(f64, f64, f64)], x: f64, y: f64, w: f64) -> (f64, f64) {
+    let clear = |ly: f64| {
+        placed
+            .iter()
+            .all(|&(px, py, pw)| px + pw < x || x + w < px || (py - ly).abs() > 14.0)
+    };
+    [0.0, 21.0, -14.0, 35.0, -28.0, 49.0]
+        .iter()
+        .map(|dy| y + dy)
+        .find(|&ly| clear(ly))
+        .map_or((x, y), |ly| (x, ly))
+}
+
 /// Labelled points `(name, x, y)` on a log-x axis; `baseline` is drawn as a dashed line. With
 /// `unit_y` the y axis spans at least [0, 1] (scores).
 pub fn scatter_log_x(
@@ -208,19 +223,23 @@ pub fn scatter_log_x(
         );
         legend_entry(&mut svg, 0, name, "#888", true);
     }
+    let mut placed: Vec<(f64, f64, f64)> = Vec::new();
     for (i, (name, a, b)) in points.iter().enumerate() {
         if !(a.is_finite() && *a > 0.0 && b.is_finite()) {
             continue;
         }
         let colour = COLOURS[i % COLOURS.len()];
         let (px, py) = (x.px(*a), y.px(*b));
+        // About 7 px per character at font-size 12.
+        let w = 7.0 * name.chars().count() as f64;
+        let (lx, ly) = label_position(&placed, px + 7.0, py - 7.0, w);
+        placed.push((lx, ly, w));
         let _ = writeln!(
             svg,
-            r#"<circle cx="{px:.1}" cy="{py:.1}" r="5" fill="{colour}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
-            px + 7.0,
-            py - 7.0,
+            r#"<circle cx="{px:.1}" cy="{py:.1}" r="5" fill="{colour}"/><text x="{lx:.1}" y="{ly:.1}" fill="{colour}">{}</text>"#,
             escape(name)
         );
+        legend_entry(&mut svg, i + 1, name, colour, false);
     }
     svg.push_str("</svg>\n");
     svg
@@ -262,6 +281,9 @@ mod tests {
         }
         assert!(svg.contains(">1e4<") && svg.contains(">1e7<"));
         assert!(svg.contains(">0<") && svg.contains(">1<"));
+        let labels = vec![(10.0, 10.0, 30.0)];
+        assert_eq!(label_position(&labels, 12.0, 12.0, 30.0), (12.0, 33.0));
+        assert_eq!(label_position(&labels, 100.0, 12.0, 30.0), (100.0, 12.0));
     }
 
     #[test]
