@@ -3,15 +3,16 @@
 //! trainable-parameter counts equal PEFT's for the same configs (the element counts of PEFT's own
 //! saved fixture adapters), and that a method that cannot train is a row with its error.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use peft::io::Checkpoint;
 use serde_json::Value;
 
 use crate::common::{fixture, path_str, peft_bin, stderr};
 
-/// Methods whose fixture adapters PEFT saved for llama-tiny; `prompt` has no preset file, so it
-/// trains with `--method prompt` (an error row until that method exists).
+/// Methods whose fixture adapters PEFT saved for llama-tiny. Two more have no preset file and
+/// train with `--method NAME`: `prompt` (an error row until that method exists) and
+/// `no-such-method` (always an error row).
 const FIXTURE_METHODS: [&str; 5] = ["lora", "dora", "ia3", "adalora", "prefix"];
 /// Implemented today: these rows must succeed.
 const MUST_TRAIN: [&str; 3] = ["lora", "dora", "ia3"];
@@ -47,7 +48,7 @@ fn write_presets(dir: &Path) {
         let config = fixture("adapters").join(m).join("adapter_config.json");
         toml += &format!("[{m}]\npreset = \"{}\"\nlr = 1e-3\n", path_str(&config));
     }
-    toml += "[prompt]\npreset = \"prompt.json\"\nlr = 3e-2\n";
+    toml += "[prompt]\npreset = \"prompt.json\"\nlr = 3e-2\n[no-such-method]\nlr = 1e-3\n";
     std::fs::write(dir.join("compare.toml"), toml).unwrap();
 }
 
@@ -57,7 +58,9 @@ fn compare_writes_results_and_counts_trainable_parameters_as_peft() {
     write_task(tmp.path());
     write_presets(tmp.path());
     let out = tmp.path().join("out");
-    let methods = [&FIXTURE_METHODS[..], &["prompt"]].concat().join(",");
+    let methods = [&FIXTURE_METHODS[..], &["prompt", "no-such-method"]]
+        .concat()
+        .join(",");
     let run = peft_bin()
         .args(["compare", "--model", path_str(&fixture("llama-tiny"))])
         .args(["--data", path_str(&tmp.path().join("train.jsonl"))])
@@ -90,7 +93,16 @@ fn compare_writes_results_and_counts_trainable_parameters_as_peft() {
     let names: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["base", "lora", "dora", "ia3", "adalora", "prefix", "prompt"]
+        [
+            "base",
+            "lora",
+            "dora",
+            "ia3",
+            "adalora",
+            "prefix",
+            "prompt",
+            "no-such-method"
+        ]
     );
     let base = &rows[0]["metrics"];
     assert_eq!(rows[0]["status"], "ok", "{}", rows[0]);
@@ -186,4 +198,74 @@ fn compare_refuses_a_folder_with_results_and_unknown_methods() {
         "{}",
         stderr(&bad_budget)
     );
+}
+
+fn read_results(out: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+}
+
+/// Free-text answers (tiny_instruct) with a held-out split, under `budget`.
+fn compare_free_text(out: &Path, budget: &str) -> std::process::Output {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/tiny_instruct.jsonl");
+    peft_bin()
+        .args(["compare", "--model", path_str(&fixture("llama-tiny"))])
+        .args(["--data", path_str(&data), "--eval-split", "0.1"])
+        .args([
+            "--methods",
+            "lora,ia3",
+            "--budget",
+            budget,
+            "--eval-limit",
+            "2",
+        ])
+        .args(["--max-new-tokens", "4", "--out", path_str(out)])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_token_budget_gives_every_method_the_same_steps_and_free_text_is_scored_by_rouge_l() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let run = compare_free_text(&out, "tokens=1500");
+    assert!(run.status.success(), "{}", stderr(&run));
+    let results = read_results(&out);
+    assert_eq!(results["task_metric"], "rouge_l");
+    let rows = results["methods"].as_array().unwrap();
+    let steps: Vec<u64> = rows[1..]
+        .iter()
+        .map(|r| r["metrics"]["steps"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps[0], steps[1]);
+    assert_eq!(Some(steps[0]), results["common"]["steps"].as_u64());
+    for row in &rows[1..] {
+        let tokens = row["metrics"]["train_tokens"].as_u64().unwrap();
+        let last_step: u64 = row["curve"].as_array().unwrap().len() as u64;
+        assert!(tokens >= 1500, "{tokens}");
+        assert_eq!(last_step, steps[0]);
+    }
+}
+
+#[test]
+fn a_minutes_budget_stops_each_method_at_the_deadline_and_scores_its_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let run = compare_free_text(&out, "minutes=0.02");
+    assert!(run.status.success(), "{}", stderr(&run));
+    let results = read_results(&out);
+    assert_eq!(results["common"]["lr_scheduler"], "constant");
+    for row in &results["methods"].as_array().unwrap()[1..] {
+        assert_eq!(row["status"], "ok", "{row}");
+        let steps = row["metrics"]["steps"].as_u64().unwrap();
+        assert!(steps >= 1, "{row}");
+        let name = row["method"].as_str().unwrap();
+        let checkpoint = out
+            .join("runs")
+            .join(name)
+            .join(format!("checkpoint-{steps}"));
+        assert!(
+            checkpoint.join("adapter_model.safetensors").is_file(),
+            "{name}"
+        );
+    }
 }
