@@ -113,6 +113,12 @@ impl TryFrom<CompareArgs> for Plan {
         if args.data.eval_data.is_none() && args.data.eval_split.is_none() {
             bail!("peft compare needs held-out data: --eval-data FILE or --eval-split F");
         }
+        args.data.to_config(args.seed)?;
+        if !["auto", "none"].contains(&args.task_metric.as_str()) {
+            args.task_metric
+                .parse::<peft::compare::TaskMetric>()
+                .map_err(|e| anyhow::anyhow!("--task-metric: {e}, or auto, or none"))?;
+        }
         if args.batch_size == 0 || args.grad_accum == 0 {
             bail!("--batch-size and --grad-accum must be at least 1");
         }
@@ -254,15 +260,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             .data
             .as_ref()
             .map_or(String::new(), |p| p.display().to_string()),
-        eval: match (&a.data.eval_data, a.data.eval_split) {
-            (Some(p), _) => format!(
-                "`{}`{}",
-                p.display(),
-                a.eval_limit
-                    .map_or(String::new(), |n| format!(" (first {n} records)"))
-            ),
-            (None, s) => format!("{} of the data held out", s.unwrap_or(0.0)),
-        },
+        eval: eval_description(a),
         budget: a.budget.to_string(),
         common: common(&plan),
         task_metric: None,
@@ -296,6 +294,18 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+/// "`eval.jsonl` (first 24 records)" or "0.1 of the data held out".
+fn eval_description(a: &CompareArgs) -> String {
+    let data = match (&a.data.eval_data, a.data.eval_split) {
+        (Some(p), _) => format!("`{}`", p.display()),
+        (None, s) => format!("{} of the data held out", s.unwrap_or(0.0)),
+    };
+    let limit = a
+        .eval_limit
+        .map_or(String::new(), |n| format!(" (first {n} records)"));
+    data + &limit
 }
 
 fn summary(r: &MethodResult) -> String {
