@@ -63,7 +63,7 @@ pub struct CompareArgs {
     /// rouge-l or none.
     #[arg(long, default_value = "auto")]
     pub task_metric: String,
-    /// New tokens per generated answer (default: the longest reference plus a few).
+    /// New tokens per generated free-text answer (default: the longest reference plus a few).
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
     /// Compute device: cpu, flex, ndarray or wgpu.

@@ -88,6 +88,37 @@ pub fn split_response(record: &Encoded) -> Option<(Vec<u32>, Vec<u32>)> {
     Some((ids(0..start), ids(start..end)))
 }
 
+/// Greedy decoding's answer to a record, read off one teacher-forced forward pass: `argmax[t]` is
+/// the model's arg-max token after seeing `ids[..=t]`. Greedy decoding reproduces the response
+/// exactly when the arg-max equals every response token up to and including the first end-of-turn
+/// token in `eos` (decoding stops there); it diverges at the first mismatch, so the tokens it
+/// produces are the matching prefix plus the mismatched token. Returns those tokens and whether
+/// they are the whole response; `None` for records without a response.
+///
+/// Equal to exact match of real greedy generation except when the model would spell the same text
+/// with other tokens (counted wrong here), at the cost of one forward pass instead of one per
+/// generated token.
+pub fn forced_greedy(record: &Encoded, argmax: &[u32], eos: &[u32]) -> Option<(Vec<u32>, bool)> {
+    let learned = |t: usize| record.labels[t] != IGNORE_INDEX;
+    let end = (0..record.labels.len()).rev().find(|&t| learned(t))? + 1;
+    let start = (0..end).rev().find(|&t| !learned(t)).map_or(0, |t| t + 1);
+    if start == 0 || argmax.len() < end - 1 {
+        return None;
+    }
+    let mut produced = Vec::new();
+    for t in start..end {
+        let (want, got) = (record.ids[t] as u32, argmax[t - 1]);
+        produced.push(got);
+        if got != want {
+            return Some((produced, false));
+        }
+        if eos.contains(&want) {
+            break;
+        }
+    }
+    Some((produced, true))
+}
+
 /// Words for ROUGE-L: runs of alphanumeric ASCII, lower-cased; every other non-space character
 /// (CJK, punctuation) on its own, as character-level Chinese ROUGE does.
 fn units(text: &str) -> Vec<String> {
@@ -186,5 +217,30 @@ mod tests {
             labels: vec![-100, -100],
         };
         assert!(split_response(&nothing).is_none());
+    }
+
+    #[test]
+    fn forced_greedy_stops_at_the_first_mismatch_or_end_of_turn() {
+        // Prompt 1 2 3, response 6 7 (7 = end of turn) then 8 (learned, after the end of turn).
+        let record = Encoded {
+            ids: vec![1, 2, 3, 6, 7, 8],
+            labels: vec![-100, -100, -100, 6, 7, 8],
+        };
+        // argmax[t] predicts ids[t + 1].
+        let right = [0, 0, 6, 7, 5, 0];
+        assert_eq!(
+            forced_greedy(&record, &right, &[7]),
+            Some((vec![6, 7], true))
+        );
+        let wrong = [0, 0, 6, 9, 8, 0];
+        assert_eq!(
+            forced_greedy(&record, &wrong, &[7]),
+            Some((vec![6, 9], false))
+        );
+        // Without an end-of-turn id the whole learned run must match.
+        assert_eq!(
+            forced_greedy(&record, &right, &[]),
+            Some((vec![6, 7, 5], false))
+        );
     }
 }
