@@ -15,6 +15,8 @@ use indicatif::ProgressBar;
 use serde_json::Value;
 
 const POLL: Duration = Duration::from_millis(100);
+/// How long a child may take to save its checkpoint after SIGINT before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(300);
 
 /// What to follow while a child runs.
 pub struct Watch<'a> {
@@ -80,6 +82,13 @@ pub fn run(
                     let _ = Command::new("kill")
                         .args(["-INT", &child.id().to_string()])
                         .status();
+                }
+                // A child that ignores SIGINT (or a system without `kill`) must not run forever.
+                if watch
+                    .deadline
+                    .is_some_and(|d| t0.elapsed() >= d + STOP_GRACE)
+                {
+                    let _ = child.kill();
                 }
             }
         }
