@@ -42,7 +42,7 @@ pub struct CompareEvalArgs {
     /// auto (exact-match for labels, ROUGE-L otherwise), exact-match, rouge-l or none.
     #[arg(long, default_value = "auto")]
     pub task_metric: String,
-    /// New tokens per answer (default: the longest reference plus a few).
+    /// New tokens per generated free-text answer (default: the longest reference plus a few).
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
     #[arg(long, default_value_t = 8)]

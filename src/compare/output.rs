@@ -23,7 +23,8 @@ fn metric_title(metric: Option<&str>) -> &'static str {
     }
 }
 
-/// Task metric (or eval loss) against trainable parameters; the base model is the dashed line.
+/// Task metric (or eval loss) against trainable parameters; the base model and (for labels) the
+/// most-frequent-label score are dashed lines.
 fn metric_plot(results: &Results) -> String {
     let metric = results.task_metric.as_deref();
     let value = |m: &super::MethodResult| match metric {
@@ -48,12 +49,17 @@ fn metric_plot(results: &Results) -> String {
         .find(|m| m.method == "base" && m.ok())
         .and_then(value)
         .map(|v| ("base (zero-shot)", v));
+    let majority = match metric {
+        Some("exact_match") => results.majority_share.map(|v| ("most frequent label", v)),
+        _ => None,
+    };
+    let baselines: Vec<(&str, f64)> = base.into_iter().chain(majority).collect();
     let title = metric_title(metric);
     scatter_log_x(
         &format!("{title} vs trainable parameters ({})", results.budget),
         ("trainable parameters (log scale)", title),
         &points,
-        base,
+        &baselines,
         metric.is_some(),
     )
 }

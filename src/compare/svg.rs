@@ -195,13 +195,13 @@ fn label_position(placed: &[(f64, f64, f64)], x: f64, y: f64, w: f64) -> (f64, f
         .map_or((x, y), |ly| (x, ly))
 }
 
-/// Labelled points `(name, x, y)` on a log-x axis; `baseline` is drawn as a dashed line. With
-/// `unit_y` the y axis spans at least [0, 1] (scores).
+/// Labelled points `(name, x, y)` on a log-x axis; each of `baselines` is a dashed horizontal
+/// line. With `unit_y` the y axis spans at least [0, 1] (scores).
 pub fn scatter_log_x(
     title: &str,
     labels: (&str, &str),
     points: &[(String, f64, f64)],
-    baseline: Option<(&str, f64)>,
+    baselines: &[(&str, f64)],
     unit_y: bool,
 ) -> String {
     let x = Axis::new(points.iter().map(|p| p.1), L, W - R, true);
@@ -209,19 +209,19 @@ pub fn scatter_log_x(
     let ys = points
         .iter()
         .map(|p| p.2)
-        .chain(baseline.map(|b| b.1))
+        .chain(baselines.iter().map(|b| b.1))
         .chain(unit);
     let y = Axis::new(ys, H - B, T, false);
     let mut svg = String::new();
     frame(&mut svg, title, labels, &x, &y);
-    if let Some((name, v)) = baseline {
-        let py = y.px(v);
+    for (i, &(name, v)) in baselines.iter().enumerate() {
+        let (py, colour) = (y.px(v), ["#888", "#444"][i % 2]);
         let _ = writeln!(
             svg,
-            r##"<line x1="{L}" y1="{py:.1}" x2="{}" y2="{py:.1}" stroke="#888" stroke-width="2" stroke-dasharray="6 4"/>"##,
+            r##"<line x1="{L}" y1="{py:.1}" x2="{}" y2="{py:.1}" stroke="{colour}" stroke-width="2" stroke-dasharray="6 4"/>"##,
             W - R
         );
-        legend_entry(&mut svg, 0, name, "#888", true);
+        legend_entry(&mut svg, i, name, colour, true);
     }
     let mut placed: Vec<(f64, f64, f64)> = Vec::new();
     for (i, (name, a, b)) in points.iter().enumerate() {
@@ -239,7 +239,7 @@ pub fn scatter_log_x(
             r#"<circle cx="{px:.1}" cy="{py:.1}" r="5" fill="{colour}"/><text x="{lx:.1}" y="{ly:.1}" fill="{colour}">{}</text>"#,
             escape(name)
         );
-        legend_entry(&mut svg, i + 1, name, colour, false);
+        legend_entry(&mut svg, baselines.len() + i, name, colour, false);
     }
     svg.push_str("</svg>\n");
     svg
@@ -273,7 +273,7 @@ mod tests {
             ("lora".to_string(), 2.4e6, 0.9),
             ("ia3".to_string(), 4.0e4, 0.7),
         ];
-        let svg = scatter_log_x("acc", ("params", "acc"), &pts, Some(("base", 0.1)), true);
+        let svg = scatter_log_x("acc", ("params", "acc"), &pts, &[("base", 0.1)], true);
         assert_eq!(svg.matches("<circle").count(), 2);
         for c in svg.split("<circle cx=\"").skip(1) {
             let cx: f64 = c.split('"').next().unwrap().parse().unwrap();
