@@ -80,6 +80,8 @@ pub struct Plan {
     pub presets: Presets,
     /// Steps per method (`None`: a minutes budget).
     pub steps: Option<usize>,
+    /// config.json's `model_type`: picks family variants of the presets.
+    pub model_type: String,
 }
 
 fn default_presets() -> PathBuf {
@@ -122,7 +124,9 @@ impl TryFrom<CompareArgs> for Plan {
         if args.batch_size == 0 || args.grad_accum == 0 {
             bail!("--batch-size and --grad-accum must be at least 1");
         }
-        peft::models::ModelDir::open(&args.model)?;
+        let model_type = peft::models::ModelDir::open(&args.model)?
+            .model_type()
+            .to_string();
         let steps = match args.budget {
             Budget::Steps(n) => Some(n),
             Budget::Tokens(n) => Some(steps_for_tokens(&args, n)?),
@@ -132,6 +136,7 @@ impl TryFrom<CompareArgs> for Plan {
             args,
             presets,
             steps,
+            model_type,
         })
     }
 }

@@ -223,7 +223,7 @@ fn train_metrics(
 /// Trains and evaluates one method; every failure becomes the row's error.
 pub fn run_method(plan: &Plan, name: &str, bar: &ProgressBar) -> anyhow::Result<MethodResult> {
     let a = &plan.args;
-    let spec = match plan.presets.spec(name, &a.sets) {
+    let spec = match plan.presets.spec(name, &plan.model_type, &a.sets) {
         Ok(spec) => spec,
         Err(e) => {
             return Ok(row(

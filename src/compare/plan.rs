@@ -167,12 +167,29 @@ impl Presets {
             })
     }
 
-    /// The preset of `name` with the overrides addressed to it applied (`lr` is the learning
-    /// rate, every other key an adapter_config.json key).
-    pub fn spec(&self, name: &str, overrides: &[Override]) -> Result<MethodSpec, CompareError> {
+    /// The preset of `name` for a `model_type` model with the overrides addressed to it applied
+    /// (`lr` is the learning rate, every other key an adapter_config.json key). A preset
+    /// `X.json` has a variant `X-MODEL_TYPE.json` beside it when the model family names its
+    /// modules differently (`lora-chatglm.json` targets the fused `query_key_value`).
+    pub fn spec(
+        &self,
+        name: &str,
+        model_type: &str,
+        overrides: &[Override],
+    ) -> Result<MethodSpec, CompareError> {
         let preset = self.get(name)?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        let file = preset.preset.as_ref().map(|p| dir.join(p));
+        let file = preset.preset.as_ref().map(|p| {
+            let variant = p.with_file_name(format!(
+                "{}-{model_type}.json",
+                p.file_stem().unwrap_or_default().to_string_lossy()
+            ));
+            if dir.join(&variant).is_file() {
+                dir.join(variant)
+            } else {
+                dir.join(p)
+            }
+        });
         let mut adapter_config = match file.filter(|f| f.is_file()) {
             Some(f) => Some(read_object(&f)?),
             None => None,
@@ -280,15 +297,22 @@ mod tests {
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
-        let lora = presets.spec("lora", &sets).unwrap();
+        let lora = presets.spec("lora", "llama", &sets).unwrap();
         assert_eq!(lora.lr, 1e-3);
         assert_eq!(lora.adapter_config.unwrap()["r"], serde_json::json!(16));
-        let prompt = presets.spec("prompt", &sets).unwrap();
+        let prompt = presets.spec("prompt", "llama", &sets).unwrap();
         assert_eq!((prompt.lr, prompt.adapter_config), (0.1, None));
         let bad: Override = "prompt.num_virtual_tokens=8".parse().unwrap();
-        assert!(presets.spec("prompt", &[bad]).is_err());
+        assert!(presets.spec("prompt", "llama", &[bad]).is_err());
+        std::fs::write(
+            dir.join("lora-chatglm.json"),
+            r#"{"peft_type": "LORA", "r": 2}"#,
+        )
+        .unwrap();
+        let glm = presets.spec("lora", "chatglm", &[]).unwrap();
+        assert_eq!(glm.adapter_config.unwrap()["r"], serde_json::json!(2));
         assert!(matches!(
-            presets.spec("lroa", &[]),
+            presets.spec("lroa", "llama", &[]),
             Err(CompareError::UnknownMethod { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
