@@ -47,6 +47,10 @@ pub struct CompareEvalArgs {
     pub max_new_tokens: Option<usize>,
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Generate label answers too, instead of reading them off the teacher-forced pass (slower;
+    /// the same scores, which a test checks).
+    #[arg(long)]
+    pub generate: bool,
     /// Write one JSON line per example: prompt, reference, prediction, score.
     #[arg(long)]
     pub predictions: Option<PathBuf>,
@@ -170,9 +174,10 @@ fn score_labels(
         .collect()
 }
 
-/// Free text: greedy generation from each prompt, scored by ROUGE-L.
+/// Greedy generation from each prompt (free text, or labels with `--generate`).
 fn score_generated(
     args: &CompareEvalArgs,
+    metric: TaskMetric,
     model: &CausalLm,
     examples: &[Example],
     eos: &[u32],
@@ -199,7 +204,7 @@ fn score_generated(
             let new =
                 generate(model, &e.prompt, &sampling, &mut |_| {}).context("generation failed")?;
             let prediction = tokenizer.decode(&new, true)?.trim().to_string();
-            let score = TaskMetric::RougeL.score(&prediction, &e.reference);
+            let score = metric.score(&prediction, &e.reference);
             Ok((prediction, score))
         })
         .collect()
@@ -238,10 +243,10 @@ pub fn run(args: CompareEvalArgs) -> anyhow::Result<()> {
         let mut eos = loaded.dir.eos_token_ids();
         eos.extend(tokenizer.eos_id());
         let scored = match metric {
-            TaskMetric::ExactMatch => score_labels(&examples, &records, &argmax, &eos, &tokenizer)?,
-            TaskMetric::RougeL => {
-                score_generated(&args, &loaded.model, &examples, &eos, &tokenizer)?
+            TaskMetric::ExactMatch if !args.generate => {
+                score_labels(&examples, &records, &argmax, &eos, &tokenizer)?
             }
+            _ => score_generated(&args, metric, &loaded.model, &examples, &eos, &tokenizer)?,
         };
         let mut lines = String::new();
         for (e, (prediction, score)) in examples.iter().zip(&scored) {

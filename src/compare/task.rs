@@ -89,11 +89,13 @@ pub fn split_response(record: &Encoded) -> Option<(Vec<u32>, Vec<u32>)> {
 }
 
 /// Greedy decoding's answer to a record, read off one teacher-forced forward pass: `argmax[t]` is
-/// the model's arg-max token after seeing `ids[..=t]`. Greedy decoding reproduces the response
-/// exactly when the arg-max equals every response token up to and including the first end-of-turn
-/// token in `eos` (decoding stops there); it diverges at the first mismatch, so the tokens it
-/// produces are the matching prefix plus the mismatched token. Returns those tokens and whether
-/// they are the whole response; `None` for records without a response.
+/// the model's arg-max token after seeing `ids[..=t]`. Greedy decoding stops at the first token in
+/// `eos`, so it reproduces the response exactly when the arg-max equals every response token up to
+/// and including the first end-of-sequence token; when the response holds none (a template whose
+/// end-of-turn token is not a stop token), the arg-max after its last token must be one. Decoding
+/// diverges at the first mismatch, so the tokens it produces start with the matching prefix and
+/// the mismatched token. Returns those tokens and whether they are the whole answer; `None` for
+/// records without a response.
 ///
 /// Equal to exact match of real greedy generation except when the model would spell the same text
 /// with other tokens (counted wrong here), at the cost of one forward pass instead of one per
@@ -102,7 +104,7 @@ pub fn forced_greedy(record: &Encoded, argmax: &[u32], eos: &[u32]) -> Option<(V
     let learned = |t: usize| record.labels[t] != IGNORE_INDEX;
     let end = (0..record.labels.len()).rev().find(|&t| learned(t))? + 1;
     let start = (0..end).rev().find(|&t| !learned(t)).map_or(0, |t| t + 1);
-    if start == 0 || argmax.len() < end - 1 {
+    if start == 0 || argmax.len() < end {
         return None;
     }
     let mut produced = Vec::new();
@@ -113,10 +115,12 @@ pub fn forced_greedy(record: &Encoded, argmax: &[u32], eos: &[u32]) -> Option<(V
             return Some((produced, false));
         }
         if eos.contains(&want) {
-            break;
+            return Some((produced, true));
         }
     }
-    Some((produced, true))
+    let next = argmax[end - 1];
+    produced.push(next);
+    Some((produced, eos.contains(&next)))
 }
 
 /// Words for ROUGE-L: runs of alphanumeric ASCII, lower-cased; every other non-space character
@@ -220,8 +224,8 @@ mod tests {
     }
 
     #[test]
-    fn forced_greedy_stops_at_the_first_mismatch_or_end_of_turn() {
-        // Prompt 1 2 3, response 6 7 (7 = end of turn) then 8 (learned, after the end of turn).
+    fn forced_greedy_stops_at_the_first_mismatch_or_end_of_sequence() {
+        // Prompt 1 2 3, response 6 7 (7 = end of sequence) then 8 (learned, after it).
         let record = Encoded {
             ids: vec![1, 2, 3, 6, 7, 8],
             labels: vec![-100, -100, -100, 6, 7, 8],
@@ -237,10 +241,16 @@ mod tests {
             forced_greedy(&record, &wrong, &[7]),
             Some((vec![6, 9], false))
         );
-        // Without an end-of-turn id the whole learned run must match.
+        // No stop token in the response: the token after it must be one, else decoding goes on.
+        let stops = [0, 0, 6, 7, 8, 2];
         assert_eq!(
-            forced_greedy(&record, &right, &[]),
-            Some((vec![6, 7, 5], false))
+            forced_greedy(&record, &stops, &[2]),
+            Some((vec![6, 7, 8, 2], true))
+        );
+        let goes_on = [0, 0, 6, 7, 8, 6];
+        assert_eq!(
+            forced_greedy(&record, &goes_on, &[2]),
+            Some((vec![6, 7, 8, 6], false))
         );
     }
 }

@@ -269,3 +269,58 @@ fn a_minutes_budget_stops_each_method_at_the_deadline_and_scores_its_checkpoint(
         );
     }
 }
+
+/// Per-example scores of a `peft compare-eval` run (`extra` flags added).
+fn scores(tmp: &Path, adapter: &Path, extra: &[&str]) -> Vec<f64> {
+    let predictions = tmp.join("predictions.jsonl");
+    let run = peft_bin()
+        .args(["compare-eval", "--model", path_str(&fixture("llama-tiny"))])
+        .args(["--adapter", path_str(adapter), "--template", "alpaca"])
+        .args(["--data", path_str(&tmp.join("train.jsonl"))])
+        .args(["--eval-data", path_str(&tmp.join("eval.jsonl"))])
+        .args(["--predictions", path_str(&predictions)])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    std::fs::read_to_string(&predictions)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["score"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn label_answers_read_off_the_teacher_forced_pass_score_as_greedy_generation() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_task(tmp.path());
+    // The alpaca template ends each answer with EOS, so the tiny model can learn to stop.
+    let adapter = tmp.path().join("adapter");
+    let train = peft_bin()
+        .args(["train", "--model", path_str(&fixture("llama-tiny"))])
+        .args(["--data", path_str(&tmp.path().join("train.jsonl"))])
+        .args(["--template", "alpaca", "--out", path_str(&adapter)])
+        .args([
+            "--max-steps",
+            "80",
+            "--lr",
+            "1e-2",
+            "--lr-scheduler",
+            "constant",
+        ])
+        .output()
+        .unwrap();
+    assert!(train.status.success(), "{}", stderr(&train));
+    let forced = scores(tmp.path(), &adapter, &[]);
+    let generated = scores(tmp.path(), &adapter, &["--generate"]);
+    assert_eq!(forced.len(), 4);
+    assert_eq!(forced, generated);
+    assert!(
+        forced.iter().sum::<f64>() > 0.0,
+        "nothing learned: {forced:?}"
+    );
+}
