@@ -156,6 +156,21 @@ fn row(rank: usize, m: &MethodResult, metric: Option<&str>) -> String {
     )
 }
 
+/// `{"seed": 42, "lr_scheduler": "constant"}` → "seed 42, lr_scheduler constant" (nulls left out).
+fn shared(common: &Value) -> String {
+    let Some(map) = common.as_object() else {
+        return common.to_string();
+    };
+    map.iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| match v {
+            Value::String(s) => format!("{k} {s}"),
+            v => format!("{k} {v}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `results.md`: the setup, then the table sorted by the task metric.
 pub fn markdown(results: &Results) -> String {
     let metric = results.task_metric.as_deref();
@@ -164,12 +179,12 @@ pub fn markdown(results: &Results) -> String {
     let _ = writeln!(md, "    {}\n", results.command);
     let _ = writeln!(
         md,
-        "- model: `{}`\n- data: `{}`; evaluated on {}\n- budget: {} per method; shared: `{}`\n- machine: {}\n- task metric: {}\n",
+        "- model: `{}`\n- data: `{}`; evaluated on {}\n- budget: {} per method; shared: {}\n- machine: {}\n- task metric: {}\n",
         results.model,
         results.data,
         results.eval,
         results.budget,
-        results.common,
+        shared(&results.common),
         results.machine,
         metric.unwrap_or("none (text data)")
     );
