@@ -5,6 +5,7 @@
 //! PEFT `target_modules` list works unchanged.
 
 pub mod chat_templates;
+pub mod compare;
 pub mod data;
 pub mod device;
 pub mod error;

@@ -5,6 +5,10 @@ use clap::{Parser, Subcommand};
 
 mod adapter_options;
 mod common;
+mod compare;
+mod compare_child;
+mod compare_eval;
+mod compare_method;
 mod convert;
 mod data_options;
 mod eval;
@@ -42,6 +46,14 @@ pub enum Command {
     Convert(convert::ConvertCommand),
     /// Fold adapters into a base checkpoint and write a merged model.
     Merge(merge::MergeArgs),
+    /// Train and score several methods on the same task and budget: a table and plots.
+    Compare(compare::CompareArgs),
+    /// `train`, reporting peak memory, for `peft compare` (internal).
+    #[command(hide = true)]
+    CompareTrain(train::TrainArgs),
+    /// Eval loss and the task metric of one model, for `peft compare` (internal).
+    #[command(hide = true)]
+    CompareEval(compare_eval::CompareEvalArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -67,5 +79,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Convert(cmd) => convert::run(cmd),
         Command::Merge(args) => merge::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::CompareTrain(args) => compare_eval::train(args),
+        Command::CompareEval(args) => compare_eval::run(args),
     }
 }

@@ -8,6 +8,7 @@ mod adapters;
 mod bad_input;
 mod chatglm;
 mod chatglm_tokenizer;
+mod compare;
 mod data;
 mod gguf;
 mod llama;

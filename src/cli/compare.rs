@@ -1,0 +1,334 @@
+//! `peft compare`: every method on the same task, data order, seed, optimizer and budget. Each
+//! method trains in a `peft train` child process and is scored by a `peft compare-eval` child;
+//! the base model zero-shot is the first row. Results go to `--out`: `results.json`,
+//! `results.md`, `loss_curves.svg`, `metric_vs_params.svg`, and per-method runs, configs, logs
+//! and predictions. They are rewritten after every method, so an interrupted comparison keeps the
+//! rows it finished.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::ValueEnum;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use peft::compare::output::write_outputs;
+use peft::compare::{Budget, MethodResult, Override, Presets, Results};
+use peft::data::{self, BatchConfig};
+use peft::tokenizer::TextTokenizer;
+use peft::train::ScheduleKind;
+use serde_json::{json, Value};
+
+use super::compare_method::{run_base, run_method, scheduler};
+use super::data_options::DataOptions;
+
+const DEFAULT_METHODS: &str =
+    "lora,rslora,dora,adalora,ia3,prompt,ptuning,prefix,ptuning-v2,llama-adapter";
+
+#[derive(clap::Args, Debug)]
+pub struct CompareArgs {
+    /// Hugging Face model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub data: DataOptions,
+    /// Methods to compare, by their names in the presets file (`adapters/compare.toml`).
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_METHODS)]
+    pub methods: Vec<String>,
+    /// The same budget for every method: steps=N, tokens=N (real training tokens) or minutes=N.
+    #[arg(long)]
+    pub budget: Budget,
+    /// Output folder (refused if it holds results, unless --overwrite).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Override a preset: METHOD.KEY=VALUE (an adapter_config.json key, or `lr`). Repeatable.
+    #[arg(long = "set", value_name = "METHOD.KEY=VALUE")]
+    pub sets: Vec<Override>,
+    /// The presets file (default: adapters/compare.toml).
+    #[arg(long)]
+    pub presets: Option<PathBuf>,
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Learning-rate schedule (a minutes budget always uses constant: its end is not known).
+    #[arg(long, value_enum, default_value = "linear")]
+    pub lr_scheduler: ScheduleKind,
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
+    /// Score only the first N held-out records (generation is the slow part on a CPU).
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+    /// auto (exact-match when the responses are labels, ROUGE-L otherwise), exact-match,
+    /// rouge-l or none.
+    #[arg(long, default_value = "auto")]
+    pub task_metric: String,
+    /// New tokens per generated free-text answer (default: the longest reference plus a few).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Compute device: cpu, flex, ndarray or wgpu.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Replace an output folder that already holds results.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// The validated comparison.
+pub struct Plan {
+    pub args: CompareArgs,
+    pub presets: Presets,
+    /// Steps per method (`None`: a minutes budget).
+    pub steps: Option<usize>,
+    /// config.json's `model_type`: picks family variants of the presets.
+    pub model_type: String,
+}
+
+fn default_presets() -> PathBuf {
+    let local = PathBuf::from("adapters/compare.toml");
+    if local.is_file() {
+        return local;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("adapters/compare.toml")
+}
+
+impl TryFrom<CompareArgs> for Plan {
+    type Error = anyhow::Error;
+    fn try_from(mut args: CompareArgs) -> anyhow::Result<Self> {
+        let presets = Presets::load(&args.presets.clone().unwrap_or_else(default_presets))?;
+        let mut seen = std::collections::HashSet::new();
+        args.methods.retain(|m| seen.insert(m.clone()));
+        if args.methods.is_empty() {
+            bail!("--methods is empty");
+        }
+        for m in &args.methods {
+            presets.get(m)?;
+        }
+        if let Some(o) = args.sets.iter().find(|o| !args.methods.contains(&o.method)) {
+            bail!(
+                "--set {}.{}: {} is not in --methods",
+                o.method,
+                o.key,
+                o.method
+            );
+        }
+        if args.data.eval_data.is_none() && args.data.eval_split.is_none() {
+            bail!("peft compare needs held-out data: --eval-data FILE or --eval-split F");
+        }
+        args.data.to_config(args.seed)?;
+        if !["auto", "none"].contains(&args.task_metric.as_str()) {
+            args.task_metric
+                .parse::<peft::compare::TaskMetric>()
+                .map_err(|e| anyhow::anyhow!("--task-metric: {e}, or auto, or none"))?;
+        }
+        if args.batch_size == 0 || args.grad_accum == 0 {
+            bail!("--batch-size and --grad-accum must be at least 1");
+        }
+        let model_type = peft::models::ModelDir::open(&args.model)?
+            .model_type()
+            .to_string();
+        let steps = match args.budget {
+            Budget::Steps(n) => Some(n),
+            Budget::Tokens(n) => Some(steps_for_tokens(&args, n)?),
+            Budget::Minutes(_) => None,
+        };
+        Ok(Self {
+            args,
+            presets,
+            steps,
+            model_type,
+        })
+    }
+}
+
+/// Steps that consume `tokens` real tokens in the shared data order (the batches `peft train`
+/// builds from the same data, seed and batch size).
+fn steps_for_tokens(args: &CompareArgs, tokens: usize) -> anyhow::Result<usize> {
+    let tokenizer = TextTokenizer::load(&args.model)?;
+    let config = args.data.to_config(args.seed)?;
+    let prepared = data::prepare(&config, &tokenizer)?;
+    let batch_config = BatchConfig {
+        batch_size: args.batch_size,
+        seed: args.seed,
+        shuffle: true,
+        group_by_length: args.data.group_by_length,
+        pack: args.data.pack,
+        pad_id: prepared.pad_id,
+    };
+    let mut epoch = |e: usize| {
+        data::batches(&prepared.train, &batch_config, e as u64)
+            .iter()
+            .map(|b| b.tokens())
+            .collect()
+    };
+    let micro = peft::compare::plan::steps_for_tokens(&mut epoch, tokens)
+        .context("--budget tokens=N: the training data holds no tokens")?;
+    Ok(micro.div_ceil(args.grad_accum))
+}
+
+/// What every method shares, for results.json.
+fn common(plan: &Plan) -> Value {
+    let a = &plan.args;
+    let name = scheduler(plan)
+        .to_possible_value()
+        .map(|v| v.get_name().to_string());
+    json!({"seed": a.seed, "batch_size": a.batch_size, "grad_accum": a.grad_accum,
+        "steps": plan.steps, "optimizer": "AdamW (betas 0.9, 0.999; eps 1e-8; no weight decay), gradient norm clipped at 1.0",
+        "lr_scheduler": name, "warmup_steps": a.warmup_steps, "max_len": a.data.max_len.unwrap_or(1024),
+        "eval_limit": a.eval_limit, "device": a.device})
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|m| m.trim().to_string())
+    });
+    let mem = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("MemTotal:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<f64>()
+            .ok()
+    });
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{}, {cores} cores, {}",
+        cpu.unwrap_or_else(|| "unknown CPU".into()),
+        mem.map_or("unknown memory".into(), |kb| format!(
+            "{:.0} GiB RAM",
+            kb / 1024.0 / 1024.0
+        ))
+    )
+}
+
+fn command_line() -> String {
+    let quote = |a: String| {
+        if a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_=.,/:+".contains(c))
+        {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    };
+    let mut args: Vec<String> = std::env::args().skip(1).map(quote).collect();
+    args.insert(0, "peft".into());
+    args.join(" ")
+}
+
+/// `--out` must not hold results (unless --overwrite, which clears it).
+fn prepare_out(out: &Path, overwrite: bool) -> anyhow::Result<()> {
+    if out.join("results.json").exists() {
+        if !overwrite {
+            bail!(
+                "{} already holds results (results.json); pass --overwrite to replace them",
+                out.display()
+            );
+        }
+        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    for sub in ["runs", "logs", "configs"] {
+        std::fs::create_dir_all(out.join(sub))
+            .with_context(|| format!("creating {}", out.join(sub).display()))?;
+    }
+    Ok(())
+}
+
+fn bars(plan: &Plan) -> (MultiProgress, ProgressBar, ProgressBar) {
+    let multi = MultiProgress::new();
+    let style =
+        |t: &str| ProgressStyle::with_template(t).unwrap_or_else(|_| ProgressStyle::default_bar());
+    let overall = multi.add(ProgressBar::new(plan.args.methods.len() as u64 + 1));
+    overall.set_style(style(
+        "compare {bar:30} {pos}/{len} runs [{elapsed_precise}] {msg}",
+    ));
+    let method = multi.add(ProgressBar::new(plan.steps.unwrap_or(0) as u64));
+    method.set_style(style(
+        "{prefix:>13} {bar:30} {pos}/{len} steps [{elapsed_precise}] {msg}",
+    ));
+    (multi, overall, method)
+}
+
+pub fn run(args: CompareArgs) -> anyhow::Result<()> {
+    let plan = Plan::try_from(args)?;
+    let a = &plan.args;
+    prepare_out(&a.out, a.overwrite)?;
+    let mut results = Results {
+        command: command_line(),
+        machine: machine(),
+        model: a.model.display().to_string(),
+        data: a
+            .data
+            .data
+            .as_ref()
+            .map_or(String::new(), |p| p.display().to_string()),
+        eval: eval_description(a),
+        budget: a.budget.to_string(),
+        common: common(&plan),
+        task_metric: None,
+        majority_share: None,
+        methods: Vec::new(),
+    };
+    let (multi, overall, bar) = bars(&plan);
+    for name in std::iter::once("base").chain(a.methods.iter().map(String::as_str)) {
+        overall.set_message(name.to_string());
+        bar.set_prefix(name.to_string());
+        bar.reset();
+        let result = if name == "base" {
+            let (result, share) = run_base(&plan, &bar);
+            results.majority_share = share;
+            result
+        } else {
+            run_method(&plan, name, &bar)?
+        };
+        multi.suspend(|| eprintln!("{}", summary(&result)));
+        results.task_metric = results
+            .task_metric
+            .or_else(|| result.metrics.task_metric.clone());
+        results.methods.push(result);
+        write_outputs(&a.out, &results)?;
+        overall.inc(1);
+    }
+    overall.finish_with_message("done");
+    bar.finish_and_clear();
+    eprintln!(
+        "results in {} (results.md, results.json, loss_curves.svg, metric_vs_params.svg)",
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// "`eval.jsonl` (first 24 records)" or "0.1 of the data held out".
+fn eval_description(a: &CompareArgs) -> String {
+    let data = match (&a.data.eval_data, a.data.eval_split) {
+        (Some(p), _) => format!("`{}`", p.display()),
+        (None, s) => format!("{} of the data held out", s.unwrap_or(0.0)),
+    };
+    let limit = a
+        .eval_limit
+        .map_or(String::new(), |n| format!(" (first {n} records)"));
+    data + &limit
+}
+
+fn summary(r: &MethodResult) -> String {
+    match &r.error {
+        Some(e) => format!("{}: error: {e}", r.method),
+        None => format!(
+            "{}: task {} | eval loss {} | {} trainable | {:.0} s",
+            r.method,
+            r.metrics
+                .task_score
+                .map_or("–".into(), |s| format!("{s:.3}")),
+            r.metrics
+                .eval_loss
+                .map_or("–".into(), |l| format!("{l:.4}")),
+            r.metrics
+                .trainable_params
+                .map_or("?".into(), peft::compare::results::human_count),
+            r.metrics.train_seconds.unwrap_or(0.0) + r.metrics.eval_seconds.unwrap_or(0.0)
+        ),
+    }
+}

@@ -1,0 +1,330 @@
+//! `peft compare` end to end on the tiny fixture model: every method of the fixture adapters (and
+//! one without a preset) on a tiny label task, two steps each. Checks the output files, that the
+//! trainable-parameter counts equal PEFT's for the same configs (the element counts of PEFT's own
+//! saved fixture adapters), and that a method that cannot train is a row with its error.
+
+use std::path::{Path, PathBuf};
+
+use peft::io::Checkpoint;
+use serde_json::Value;
+
+use crate::common::{fixture, path_str, peft_bin, stderr};
+
+/// Methods whose fixture adapters PEFT saved for llama-tiny (and whose saved tensors are exactly
+/// their trainable weights). Two more have no preset file and train with `--method NAME`:
+/// `ptuning` (its built-in defaults) and `no-such-method` (always an error row).
+const FIXTURE_METHODS: [&str; 6] = ["lora", "dora", "ia3", "adalora", "prefix", "prompt"];
+/// These rows must succeed.
+const MUST_TRAIN: [&str; 7] = [
+    "lora", "dora", "ia3", "adalora", "prefix", "prompt", "ptuning",
+];
+
+/// Trainable parameters as PEFT counts them for the fixture's config: every saved tensor,
+/// except AdaLoRA's `ranknum` (a frozen buffer-like parameter PEFT saves but does not train).
+fn peft_trainable(method: &str) -> u64 {
+    let file = fixture("adapters")
+        .join(method)
+        .join("adapter_model.safetensors");
+    let ckpt = Checkpoint::open_files(&[file]).expect("fixture adapter opens");
+    ckpt.entries()
+        .filter(|e| !e.name.ends_with(".ranknum"))
+        .map(|e| e.shape.iter().product::<usize>() as u64)
+        .sum()
+}
+
+/// A labels task: 12 training records, 4 held out, answers `yes` or `no`.
+fn write_task(dir: &Path) {
+    let record = |i: usize| {
+        let answer = if i % 2 == 0 { "yes" } else { "no" };
+        format!("{{\"instruction\": \"is {i} even?\", \"output\": \"{answer}\"}}\n")
+    };
+    let train: String = (0..12).map(record).collect();
+    let eval: String = (12..16).map(record).collect();
+    std::fs::write(dir.join("train.jsonl"), train).unwrap();
+    std::fs::write(dir.join("eval.jsonl"), eval).unwrap();
+}
+
+fn write_presets(dir: &Path) {
+    let mut toml = String::new();
+    for m in FIXTURE_METHODS {
+        let config = fixture("adapters").join(m).join("adapter_config.json");
+        toml += &format!("[{m}]\npreset = \"{}\"\nlr = 1e-3\n", path_str(&config));
+    }
+    toml += "[ptuning]\npreset = \"ptuning.json\"\nlr = 1e-2\n[no-such-method]\nlr = 1e-3\n";
+    std::fs::write(dir.join("compare.toml"), toml).unwrap();
+}
+
+#[test]
+fn compare_writes_results_and_counts_trainable_parameters_as_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_task(tmp.path());
+    write_presets(tmp.path());
+    let out = tmp.path().join("out");
+    let methods = [&FIXTURE_METHODS[..], &["ptuning", "no-such-method"]]
+        .concat()
+        .join(",");
+    let run = peft_bin()
+        .args(["compare", "--model", path_str(&fixture("llama-tiny"))])
+        .args(["--data", path_str(&tmp.path().join("train.jsonl"))])
+        .args(["--eval-data", path_str(&tmp.path().join("eval.jsonl"))])
+        .args(["--presets", path_str(&tmp.path().join("compare.toml"))])
+        .args([
+            "--methods",
+            &methods,
+            "--budget",
+            "steps=2",
+            "--batch-size",
+            "2",
+        ])
+        .args(["--set", "lora.lr=2e-3", "--out", path_str(&out)])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    for f in [
+        "results.json",
+        "results.md",
+        "loss_curves.svg",
+        "metric_vs_params.svg",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["task_metric"], "exact_match");
+    let rows = results["methods"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "base",
+            "lora",
+            "dora",
+            "ia3",
+            "adalora",
+            "prefix",
+            "prompt",
+            "ptuning",
+            "no-such-method"
+        ]
+    );
+    let base = &rows[0]["metrics"];
+    assert_eq!(rows[0]["status"], "ok", "{}", rows[0]);
+    assert_eq!(base["task_examples"], 4);
+    assert!(base["eval_loss"].as_f64().unwrap().is_finite());
+    let mut checked = 0;
+    for row in &rows[1..] {
+        let name = row["method"].as_str().unwrap();
+        if row["status"] != "ok" {
+            assert!(
+                !MUST_TRAIN.contains(&name),
+                "{name} failed: {}",
+                row["error"]
+            );
+            assert!(!row["error"].as_str().unwrap_or("").is_empty(), "{row}");
+            continue;
+        }
+        let m = &row["metrics"];
+        assert_eq!(m["steps"], 2, "{name}");
+        assert_eq!(row["curve"].as_array().unwrap().len(), 2, "{name}");
+        let score = m["task_score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score), "{name}: {score}");
+        assert!(m["adapter_bytes"].as_u64().unwrap() > 0, "{name}");
+        assert!(m["peak_rss_mib"].as_f64().unwrap() > 0.0, "{name}");
+        assert!(m["tokens_per_s"].as_f64().unwrap() > 0.0, "{name}");
+        if FIXTURE_METHODS.contains(&name) {
+            assert_eq!(
+                m["trainable_params"].as_u64(),
+                Some(peft_trainable(name)),
+                "{name}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, FIXTURE_METHODS.len(), "compared {checked} counts");
+    assert_eq!(rows[1]["config"]["lr"], 2e-3, "--set lora.lr applies");
+    assert_eq!(
+        rows[7]["status"], "ok",
+        "ptuning trains with its built-in defaults"
+    );
+    assert_eq!(rows[8]["status"], "error", "no-such-method is an error row");
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    let table: Vec<&str> = md.lines().filter(|l| l.starts_with("| ")).collect();
+    assert_eq!(table.len(), 1 + rows.len(), "{md}");
+    let loss_svg = std::fs::read_to_string(out.join("loss_curves.svg")).unwrap();
+    assert!(loss_svg.matches("<polyline").count() >= MUST_TRAIN.len());
+}
+
+#[test]
+fn compare_refuses_a_folder_with_results_and_unknown_methods() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_task(tmp.path());
+    let base_args = |out: &Path, methods: &str, budget: &str| {
+        let mut c = peft_bin();
+        c.args(["compare", "--model", path_str(&fixture("llama-tiny"))])
+            .args(["--data", path_str(&tmp.path().join("train.jsonl"))])
+            .args(["--eval-data", path_str(&tmp.path().join("eval.jsonl"))])
+            .args([
+                "--methods",
+                methods,
+                "--budget",
+                budget,
+                "--eval-limit",
+                "1",
+            ])
+            .args(["--out", path_str(out)]);
+        c
+    };
+    let unknown = base_args(&tmp.path().join("x"), "lora,lroa", "steps=1")
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("unknown method `lroa`"),
+        "{}",
+        stderr(&unknown)
+    );
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("results.json"), "{}").unwrap();
+    let refused = base_args(&out, "ia3", "steps=1").output().unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--overwrite"),
+        "{}",
+        stderr(&refused)
+    );
+    let bad_budget = base_args(&tmp.path().join("y"), "ia3", "epochs=2")
+        .output()
+        .unwrap();
+    assert!(!bad_budget.status.success());
+    assert!(
+        stderr(&bad_budget).contains("steps=N"),
+        "{}",
+        stderr(&bad_budget)
+    );
+}
+
+fn read_results(out: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+}
+
+/// Free-text answers (tiny_instruct) with a held-out split, under `budget`.
+fn compare_free_text(out: &Path, budget: &str) -> std::process::Output {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/tiny_instruct.jsonl");
+    peft_bin()
+        .args(["compare", "--model", path_str(&fixture("llama-tiny"))])
+        .args(["--data", path_str(&data), "--eval-split", "0.1"])
+        .args([
+            "--methods",
+            "lora,ia3",
+            "--budget",
+            budget,
+            "--eval-limit",
+            "2",
+        ])
+        .args(["--max-new-tokens", "4", "--out", path_str(out)])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_token_budget_gives_every_method_the_same_steps_and_free_text_is_scored_by_rouge_l() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let run = compare_free_text(&out, "tokens=1500");
+    assert!(run.status.success(), "{}", stderr(&run));
+    let results = read_results(&out);
+    assert_eq!(results["task_metric"], "rouge_l");
+    let rows = results["methods"].as_array().unwrap();
+    let steps: Vec<u64> = rows[1..]
+        .iter()
+        .map(|r| r["metrics"]["steps"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps[0], steps[1]);
+    assert_eq!(Some(steps[0]), results["common"]["steps"].as_u64());
+    for row in &rows[1..] {
+        let tokens = row["metrics"]["train_tokens"].as_u64().unwrap();
+        let last_step: u64 = row["curve"].as_array().unwrap().len() as u64;
+        assert!(tokens >= 1500, "{tokens}");
+        assert_eq!(last_step, steps[0]);
+    }
+}
+
+#[test]
+fn a_minutes_budget_stops_each_method_at_the_deadline_and_scores_its_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let run = compare_free_text(&out, "minutes=0.02");
+    assert!(run.status.success(), "{}", stderr(&run));
+    let results = read_results(&out);
+    assert_eq!(results["common"]["lr_scheduler"], "constant");
+    for row in &results["methods"].as_array().unwrap()[1..] {
+        assert_eq!(row["status"], "ok", "{row}");
+        let steps = row["metrics"]["steps"].as_u64().unwrap();
+        assert!(steps >= 1, "{row}");
+        let name = row["method"].as_str().unwrap();
+        let checkpoint = out
+            .join("runs")
+            .join(name)
+            .join(format!("checkpoint-{steps}"));
+        assert!(
+            checkpoint.join("adapter_model.safetensors").is_file(),
+            "{name}"
+        );
+    }
+}
+
+/// Per-example scores of a `peft compare-eval` run (`extra` flags added).
+fn scores(tmp: &Path, adapter: &Path, extra: &[&str]) -> Vec<f64> {
+    let predictions = tmp.join("predictions.jsonl");
+    let run = peft_bin()
+        .args(["compare-eval", "--model", path_str(&fixture("llama-tiny"))])
+        .args(["--adapter", path_str(adapter), "--template", "alpaca"])
+        .args(["--data", path_str(&tmp.join("train.jsonl"))])
+        .args(["--eval-data", path_str(&tmp.join("eval.jsonl"))])
+        .args(["--predictions", path_str(&predictions)])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    std::fs::read_to_string(&predictions)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["score"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn label_answers_read_off_the_teacher_forced_pass_score_as_greedy_generation() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_task(tmp.path());
+    // The alpaca template ends each answer with EOS, so the tiny model can learn to stop.
+    let adapter = tmp.path().join("adapter");
+    let train = peft_bin()
+        .args(["train", "--model", path_str(&fixture("llama-tiny"))])
+        .args(["--data", path_str(&tmp.path().join("train.jsonl"))])
+        .args(["--template", "alpaca", "--out", path_str(&adapter)])
+        .args([
+            "--max-steps",
+            "80",
+            "--lr",
+            "1e-2",
+            "--lr-scheduler",
+            "constant",
+        ])
+        .output()
+        .unwrap();
+    assert!(train.status.success(), "{}", stderr(&train));
+    let forced = scores(tmp.path(), &adapter, &[]);
+    let generated = scores(tmp.path(), &adapter, &["--generate"]);
+    assert_eq!(forced.len(), 4);
+    assert_eq!(forced, generated);
+    assert!(
+        forced.iter().sum::<f64>() > 0.0,
+        "nothing learned: {forced:?}"
+    );
+}
