@@ -55,3 +55,21 @@ impl ModelArgs {
         })
     }
 }
+
+/// Batches for evaluation: in order, no packing, padded with the tokenizer's pad (or EOS) id.
+pub fn eval_batch_config(
+    tokenizer: &peft::tokenizer::TextTokenizer,
+    batch_size: usize,
+) -> peft::data::BatchConfig {
+    peft::data::BatchConfig {
+        batch_size: batch_size.max(1),
+        seed: 0,
+        shuffle: false,
+        group_by_length: false,
+        pack: None,
+        pad_id: tokenizer
+            .pad_id()
+            .or(tokenizer.eos_id())
+            .map_or(0, i64::from),
+    }
+}

@@ -20,7 +20,7 @@ use peft::train::eval::EvalResult;
 use peft::train::loss::token_loss_sum;
 use serde_json::json;
 
-use super::common::ModelArgs;
+use super::common::{eval_batch_config, ModelArgs};
 use super::data_options::DataOptions;
 
 /// New tokens allowed beyond the longest reference and its end-of-turn token (free text).
@@ -225,18 +225,7 @@ pub fn run(args: CompareEvalArgs) -> anyhow::Result<()> {
     let tokenizer = TextTokenizer::load(&args.model.model)?;
     let records = eval_records(&args, &tokenizer)?;
     let loaded = args.model.load()?;
-    let pad_id = tokenizer
-        .pad_id()
-        .or(tokenizer.eos_id())
-        .map_or(0, i64::from);
-    let batch_config = BatchConfig {
-        batch_size: args.batch_size.max(1),
-        seed: 0,
-        shuffle: false,
-        group_by_length: false,
-        pack: None,
-        pad_id,
-    };
+    let batch_config = eval_batch_config(&tokenizer, args.batch_size);
     let (loss, argmax) = forward_pass(&loaded.model, &records, &batch_config);
     let mut out = json!({"eval_loss": loss.loss, "eval_perplexity": loss.perplexity, "eval_tokens": loss.tokens, "records": records.len(), "task_metric": null, "task_score": null, "task_examples": 0});
     if let Some((metric, examples)) = task(&args, &records, &tokenizer)? {

@@ -1,10 +1,10 @@
 //! `peft eval`: mean token loss and perplexity of a model (and adapters) over a dataset.
 
-use peft::data::{self, BatchConfig, DataStats};
+use peft::data::{self, DataStats};
 use peft::tokenizer::TextTokenizer;
 use peft::train::eval::evaluate;
 
-use super::common::ModelArgs;
+use super::common::{eval_batch_config, ModelArgs};
 use super::data_options::DataOptions;
 
 #[derive(clap::Args, Debug)]
@@ -35,18 +35,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if extra > 0 && longest + extra > context {
         anyhow::bail!("the longest record ({longest} tokens) plus the adapter's {extra} virtual tokens exceeds the model's context of {context} positions; lower --max-len");
     }
-    let pad_id = tokenizer
-        .pad_id()
-        .or(tokenizer.eos_id())
-        .map_or(0, i64::from);
-    let batch_config = BatchConfig {
-        batch_size: args.batch_size.max(1),
-        seed: 0,
-        shuffle: false,
-        group_by_length: false,
-        pack: None,
-        pad_id,
-    };
+    let batch_config = eval_batch_config(&tokenizer, args.batch_size);
     let batches = data::batches(&records, &batch_config, 0);
     let result = evaluate(&loaded.model, &batches);
     if result.tokens == 0 {
