@@ -71,3 +71,27 @@ impl PromptState {
         (0..layers).map(|l| (one(2 * l), one(2 * l + 1))).collect()
     }
 }
+
+/// `layer`'s keys/values with the prompt's key/value prefix in front, broadcast over the batch
+/// (PEFT passes the prefix as `past_key_values`, so it comes first and carries no rotary).
+pub fn prepend_kv_prefix(
+    prompt: Option<&PromptState>,
+    layer: usize,
+    k: Tensor<4>,
+    v: Tensor<4>,
+) -> (Tensor<4>, Tensor<4>) {
+    match prompt
+        .and_then(|p| p.kv_prefix.as_ref())
+        .and_then(|p| p.get(layer))
+    {
+        Some((pk, pv)) => {
+            let b = k.dims()[0];
+            let [_, groups, len, dim] = pk.dims();
+            (
+                Tensor::cat(vec![pk.clone().expand([b, groups, len, dim]), k], 2),
+                Tensor::cat(vec![pv.clone().expand([b, groups, len, dim]), v], 2),
+            )
+        }
+        None => (k, v),
+    }
+}

@@ -15,7 +15,7 @@ use crate::models::cache::KvCache;
 use crate::models::layers::{Embedding, RmsNorm};
 use crate::models::linear::Linear;
 use crate::models::mask::Inputs;
-use crate::models::prompt::PromptState;
+use crate::models::prompt::{prepend_kv_prefix, PromptState};
 use crate::models::tensor_util::ids_tensor;
 use crate::peft::prompt::PromptEncoder;
 
@@ -207,25 +207,7 @@ impl SelfAttention {
         };
         // P-tuning v2: the layer's prefix keys/values come first (`torch.cat((cache_k, key_layer))`
         // with the prefix as `past_key_values`); they carry no rotary.
-        let (k, v) = match step
-            .prompt
-            .and_then(|p| p.kv_prefix.as_ref())
-            .and_then(|p| p.get(layer))
-        {
-            Some((pk, pv)) => {
-                let [pb, pg, pp, pd] = pk.dims();
-                let (pk, pv) = if pb == b {
-                    (pk.clone(), pv.clone())
-                } else {
-                    (
-                        pk.clone().expand([b, pg, pp, pd]),
-                        pv.clone().expand([b, pg, pp, pd]),
-                    )
-                };
-                (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2))
-            }
-            None => (k, v),
-        };
+        let (k, v) = prepend_kv_prefix(step.prompt, layer, k, v);
         let k = expand_groups(k, h / g);
         let v = expand_groups(v, h / g);
         let keys = k.dims()[2];

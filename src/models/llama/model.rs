@@ -11,7 +11,7 @@ use crate::models::cache::KvCache;
 use crate::models::layers::{Embedding, RmsNorm};
 use crate::models::linear::Linear;
 use crate::models::mask::Inputs;
-use crate::models::prompt::{AdaptionPrompt, PromptState};
+use crate::models::prompt::{prepend_kv_prefix, AdaptionPrompt, PromptState};
 use crate::models::rope::{apply_rotary, Rope};
 use crate::models::tensor_util::ids_tensor;
 use crate::peft::prompt::PromptEncoder;
@@ -126,20 +126,7 @@ impl Attention {
         };
         // Prefix tuning: the layer's prefix keys/values come first (transformers' DynamicCache
         // built by PEFT `get_prompt`); they carry no rotary and never enter our cache.
-        let (k, v) = match step
-            .prompt
-            .and_then(|p| p.kv_prefix.as_ref())
-            .and_then(|p| p.get(layer))
-        {
-            Some((pk, pv)) => {
-                let [_, pg, pp, pd] = pk.dims();
-                (
-                    Tensor::cat(vec![pk.clone().expand([b, pg, pp, pd]), k], 2),
-                    Tensor::cat(vec![pv.clone().expand([b, pg, pp, pd]), v], 2),
-                )
-            }
-            None => (k, v),
-        };
+        let (k, v) = prepend_kv_prefix(step.prompt, layer, k, v);
         let adapted = step
             .prompt
             .and_then(|p| p.adaption(layer))
