@@ -12,6 +12,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod io;
+pub mod kernels;
 pub mod merge;
 pub mod models;
 pub mod peft;
