@@ -13,8 +13,10 @@ use burn::tensor::{DType, Device, Tensor};
 pub mod attention;
 pub mod cross_entropy;
 pub mod flex;
+pub mod gemv;
 pub mod rms_norm;
 pub mod rope;
+pub mod softmax;
 pub mod swiglu;
 
 /// Whether fused kernels are switched off for this process (`PEFT_KERNELS=off`): every op then
@@ -26,7 +28,10 @@ pub fn disabled() -> bool {
 
 /// Whether `device` runs the flex backend (autodiff or not).
 pub fn is_flex(device: &Device) -> bool {
-    matches!(device.clone().inner().as_dispatch(), DispatchDevice::Flex(_))
+    matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::Flex(_)
+    )
 }
 
 /// Whether an op over `tensor` takes the fused path: flex, f32, kernels not disabled.

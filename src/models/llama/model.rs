@@ -7,6 +7,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
 
+use crate::kernels::cross_entropy::HeadLayout;
 use crate::models::cache::KvCache;
 use crate::models::layers::{Embedding, RmsNorm};
 use crate::models::linear::Linear;
@@ -267,14 +268,31 @@ impl LlamaForCausalLm {
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(
-                self.model
-                    .embed_tokens
-                    .weight
-                    .val()
-                    .transpose()
-                    .unsqueeze::<3>(),
-            ),
+            None => {
+                // One 2-D matmul on the transposed view of the tied embedding: a 3-D matmul
+                // would reshape (on flex: copy) the whole [vocab, hidden] matrix every call.
+                let [b, s, h] = hidden.dims();
+                let weight = self.model.embed_tokens.weight.val();
+                let vocab = weight.dims()[0];
+                hidden
+                    .reshape([b * s, h])
+                    .matmul(weight.transpose())
+                    .reshape([b, s, vocab])
+            }
+        }
+    }
+
+    /// The output head's weight when the fused loss can take it: the tied embedding
+    /// ([vocab, hidden]) or a plain frozen `lm_head` ([hidden, vocab]).
+    pub fn output_head(&self) -> Option<(Tensor<2>, HeadLayout)> {
+        match &self.lm_head {
+            Some(head) => head
+                .plain_frozen_weight()
+                .map(|w| (w, HeadLayout::HiddenMajor)),
+            None => {
+                let weight = self.model.embed_tokens.weight.val();
+                (!weight.is_require_grad()).then_some((weight, HeadLayout::VocabMajor))
+            }
         }
     }
 
