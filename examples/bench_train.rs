@@ -132,6 +132,7 @@ fn main() -> Result<()> {
     };
     let device_name = arg("--device").unwrap_or_else(|| "cpu".into());
     let device = peft::device::parse_device(&device_name)?;
+    let threads = peft::device::set_threads(arg("--threads").and_then(|t| t.parse().ok()))?;
     let steps: usize = arg("--steps").and_then(|s| s.parse().ok()).unwrap_or(3);
     let dir = std::env::temp_dir().join("peft-bench-train/smollm2-shaped");
     if let Some(model_dir) = arg("--train-only") {
@@ -149,6 +150,8 @@ fn main() -> Result<()> {
             &device_name,
             "--steps",
             &steps.to_string(),
+            "--threads",
+            &threads.to_string(),
         ])
         .stderr(std::process::Stdio::inherit())
         .output()?;
@@ -158,6 +161,7 @@ fn main() -> Result<()> {
         r.extend(t.clone());
         r.insert("device".into(), json!(device_name));
         r.insert("rank".into(), json!(RANK));
+        r.insert("threads".into(), json!(threads));
     }
     let out = arg("--out").unwrap_or_else(|| "bench-out/train.json".into());
     if let Some(parent) = Path::new(&out).parent() {

@@ -5,12 +5,18 @@
 //! Here each thread streams its own column block of `W` (rows of `W` are contiguous in burn's
 //! `[in, out]` orientation) and accumulates `x[r, i] · W[i, block]` for every row at once.
 //!
+//! Decoding weights may be bf16 (`CausalLm::cast_decode_weights`): half the bytes per token,
+//! widened to f32 in registers (a bf16 is the top half of an f32), accumulated in f32.
+//! `few_rows_linear_t` is the same product against a `[N, K]` weight (a tied embedding as the
+//! output head): each output is a dot product of a row of `W` with `x`.
+//!
 //! Inference only (no autodiff): training and prefill keep burn's linear.
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch, Flex};
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
+use half::bf16;
 use rayon::prelude::*;
 
 use super::flex::{tensor, F32};
@@ -25,11 +31,32 @@ const BLOCK: usize = 128;
 pub trait FewRowsLinearOps: Backend {
     /// x [m, K], weight [K, N] -> [m, N]
     fn few_rows_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// x [m, K], weight [N, K] -> [m, N]
+    fn few_rows_linear_t(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// A weight element the kernels widen to f32.
+pub trait Weight: Copy + Send + Sync {
+    fn f32(self) -> f32;
+}
+
+impl Weight for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+}
+
+impl Weight for bf16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
 }
 
 /// `acc[r, ..] += x[r, i] · w_block[i, ..]` over all i, for one column block.
 #[inline(always)]
-fn block_body(x: &[f32], w: &[f32], k: usize, n: usize, j0: usize, out: &mut [f32]) {
+fn block_body<W: Weight>(x: &[f32], w: &[W], k: usize, n: usize, j0: usize, out: &mut [f32]) {
     let width = out.len() / (x.len() / k);
     let rows = x.len() / k;
     for i in 0..k {
@@ -37,7 +64,7 @@ fn block_body(x: &[f32], w: &[f32], k: usize, n: usize, j0: usize, out: &mut [f3
         for r in 0..rows {
             let xi = x[r * k + i];
             for (o, &wv) in out[r * width..(r + 1) * width].iter_mut().zip(wrow) {
-                *o += xi * wv;
+                *o += xi * wv.f32();
             }
         }
     }
@@ -45,17 +72,31 @@ fn block_body(x: &[f32], w: &[f32], k: usize, n: usize, j0: usize, out: &mut [f3
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn block_avx512(x: &[f32], w: &[f32], k: usize, n: usize, j0: usize, out: &mut [f32]) {
+unsafe fn block_avx512<W: Weight>(
+    x: &[f32],
+    w: &[W],
+    k: usize,
+    n: usize,
+    j0: usize,
+    out: &mut [f32],
+) {
     block_body(x, w, k, n, j0, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2(x: &[f32], w: &[f32], k: usize, n: usize, j0: usize, out: &mut [f32]) {
+unsafe fn block_avx2<W: Weight>(
+    x: &[f32],
+    w: &[W],
+    k: usize,
+    n: usize,
+    j0: usize,
+    out: &mut [f32],
+) {
     block_body(x, w, k, n, j0, out)
 }
 
-fn block(x: &[f32], w: &[f32], k: usize, n: usize, j0: usize, out: &mut [f32]) {
+fn block<W: Weight>(x: &[f32], w: &[W], k: usize, n: usize, j0: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
@@ -71,10 +112,28 @@ fn block(x: &[f32], w: &[f32], k: usize, n: usize, j0: usize, out: &mut [f32]) {
     block_body(x, w, k, n, j0, out)
 }
 
+/// `y = x · W`, W [K, N] of f32 or bf16.
 fn few_rows_flex(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
-    let (x, w) = (F32::new(x), F32::new(weight));
-    let (m, k, n) = (x.dims()[0], x.dims()[1], w.dims()[1]);
-    let (xs, ws) = (x.as_slice(), w.as_slice());
+    let x = F32::new(x);
+    let weight = weight.to_contiguous();
+    let off = weight.layout().start_offset();
+    let len = weight.layout().num_elements();
+    match weight.dtype() {
+        DType::BF16 => few_rows(
+            &x,
+            &weight.storage::<bf16>()[off..][..len],
+            weight.layout().shape()[1],
+        ),
+        _ => {
+            let w = F32::new(weight);
+            few_rows(&x, w.as_slice(), w.dims()[1])
+        }
+    }
+}
+
+fn few_rows<W: Weight>(x: &F32, ws: &[W], n: usize) -> FlexTensor {
+    let (m, k) = (x.dims()[0], x.dims()[1]);
+    let xs = x.as_slice();
     // Per block: its m × width partial results, laid out row by row.
     let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(BLOCK))
         .into_par_iter()
@@ -86,6 +145,95 @@ fn few_rows_flex(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
             (j0, out)
         })
         .collect();
+    scatter_blocks(blocks, m, n)
+}
+
+/// `y[r, j] = Σ_i x[r, i] · w[j, i]` for j in `j0..j0 + out.len() / rows` (W as [N, K]).
+#[inline(always)]
+fn dot_body<W: Weight>(x: &[f32], w: &[W], k: usize, j0: usize, out: &mut [f32]) {
+    let rows = x.len() / k;
+    let width = out.len() / rows;
+    for j in 0..width {
+        let wrow = &w[(j0 + j) * k..(j0 + j + 1) * k];
+        for r in 0..rows {
+            // 16 partial sums: vectorises and keeps rounding close to gemm's.
+            let mut lanes = [0f32; 16];
+            let xr = &x[r * k..(r + 1) * k];
+            let (xb, wb) = (xr.chunks_exact(16), wrow.chunks_exact(16));
+            let (xt, wt) = (xb.remainder(), wb.remainder());
+            for (xc, wc) in xb.zip(wb) {
+                for l in 0..16 {
+                    lanes[l] += xc[l] * wc[l].f32();
+                }
+            }
+            let tail: f32 = xt.iter().zip(wt).map(|(a, b)| a * b.f32()).sum();
+            out[r * width + j] = lanes.iter().sum::<f32>() + tail;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_avx512<W: Weight>(x: &[f32], w: &[W], k: usize, j0: usize, out: &mut [f32]) {
+    dot_body(x, w, k, j0, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2<W: Weight>(x: &[f32], w: &[W], k: usize, j0: usize, out: &mut [f32]) {
+    dot_body(x, w, k, j0, out)
+}
+
+fn dot<W: Weight>(x: &[f32], w: &[W], k: usize, j0: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { dot_avx512(x, w, k, j0, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { dot_avx2(x, w, k, j0, out) };
+        }
+    }
+    dot_body(x, w, k, j0, out)
+}
+
+/// `y = x · Wᵀ`, W [N, K] of f32 or bf16.
+fn few_rows_t_flex(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
+    let x = F32::new(x);
+    let weight = weight.to_contiguous();
+    let off = weight.layout().start_offset();
+    let len = weight.layout().num_elements();
+    let n = weight.layout().shape()[0];
+    match weight.dtype() {
+        DType::BF16 => few_rows_t(&x, &weight.storage::<bf16>()[off..][..len], n),
+        _ => {
+            let w = F32::new(weight);
+            few_rows_t(&x, w.as_slice(), n)
+        }
+    }
+}
+
+fn few_rows_t<W: Weight>(x: &F32, ws: &[W], n: usize) -> FlexTensor {
+    let (m, k) = (x.dims()[0], x.dims()[1]);
+    let xs = x.as_slice();
+    let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|b| {
+            let j0 = b * BLOCK;
+            let width = BLOCK.min(n - j0);
+            let mut out = vec![0f32; m * width];
+            dot(xs, ws, k, j0, &mut out);
+            (j0, out)
+        })
+        .collect();
+    scatter_blocks(blocks, m, n)
+}
+
+/// Blocks of `m × width` partial results into `[m, n]`.
+fn scatter_blocks(blocks: Vec<(usize, Vec<f32>)>, m: usize, n: usize) -> FlexTensor {
     let mut y = vec![0f32; m * n];
     for (j0, out) in blocks {
         let width = out.len() / m;
@@ -100,32 +248,56 @@ impl FewRowsLinearOps for Flex {
     fn few_rows_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
         few_rows_flex(x, weight)
     }
+
+    fn few_rows_linear_t(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        few_rows_t_flex(x, weight)
+    }
 }
 
-/// `x · weight` for x [.., K] with at most `MAX_ROWS` rows, on flex f32 without autodiff;
-/// `None` when the fused path does not apply (the caller uses burn's linear).
-pub fn few_rows_linear<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>) -> Option<Tensor<D>> {
+/// Whether the few-row kernels take `x` against `weight`: flex, no autodiff, f32 input, f32 or
+/// bf16 weight, at most `MAX_ROWS` rows.
+fn applies<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>) -> Option<usize> {
     let dims = x.dims();
-    let k = dims[D - 1];
     let rows: usize = dims[..D - 1].iter().product();
-    if rows == 0
-        || rows > MAX_ROWS
-        || x.is_autodiff()
-        || weight.is_autodiff()
-        || !super::fused(x)
-        || !super::fused(weight)
-    {
-        return None;
-    }
-    let n = weight.dims()[1];
-    let flat = x.clone().reshape([rows, k]);
+    let weight_ok = matches!(weight.dtype(), DType::F32 | DType::BF16);
+    let ok = rows > 0
+        && rows <= MAX_ROWS
+        && !x.is_autodiff()
+        && !weight.is_autodiff()
+        && weight_ok
+        && !super::disabled()
+        && super::fused(x)
+        && super::is_flex(&weight.device());
+    ok.then_some(rows)
+}
+
+/// `x · weight` for x [.., K], weight [K, N] (f32 or bf16), with at most `MAX_ROWS` rows, on
+/// flex without autodiff; `None` when the fused path does not apply (the caller uses burn's
+/// linear).
+pub fn few_rows_linear<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>) -> Option<Tensor<D>> {
+    let rows = applies(x, weight)?;
+    let mut dims = x.dims();
+    let flat = x.clone().reshape([rows, dims[D - 1]]);
     let y: Tensor<2> = Tensor::from_dispatch(<Dispatch as FewRowsLinearOps>::few_rows_linear(
         flat.into_dispatch(),
         weight.clone().into_dispatch(),
     ));
-    let mut out = dims;
-    out[D - 1] = n;
-    Some(y.reshape(out))
+    dims[D - 1] = weight.dims()[1];
+    Some(y.reshape(dims))
+}
+
+/// `x · weightᵀ` for weight [N, K] (a tied embedding as the output head); as
+/// `few_rows_linear` otherwise.
+pub fn few_rows_linear_t<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>) -> Option<Tensor<D>> {
+    let rows = applies(x, weight)?;
+    let mut dims = x.dims();
+    let flat = x.clone().reshape([rows, dims[D - 1]]);
+    let y: Tensor<2> = Tensor::from_dispatch(<Dispatch as FewRowsLinearOps>::few_rows_linear_t(
+        flat.into_dispatch(),
+        weight.clone().into_dispatch(),
+    ));
+    dims[D - 1] = weight.dims()[0];
+    Some(y.reshape(dims))
 }
 
 #[cfg(test)]
@@ -145,6 +317,25 @@ mod tests {
             let diff = (want - got).abs().max().into_scalar::<f32>();
             assert!(diff < 1e-4, "({m}, {k}, {n}): {diff}");
         }
+    }
+
+    #[test]
+    fn transposed_and_bf16_weights_give_the_product_of_the_widened_weight() {
+        let device = Device::flex();
+        let (m, k, n) = (2, 67, 300);
+        let x = Tensor::<2>::random([m, k], Distribution::Uniform(-1.0, 1.0), &device);
+        let w = Tensor::<2>::random([n, k], Distribution::Uniform(-1.0, 1.0), &device);
+        let want = x.clone().matmul(w.clone().transpose());
+        let got = few_rows_linear_t(&x, &w).expect("fused path applies");
+        assert!((want.clone() - got).abs().max().into_scalar::<f32>() < 1e-4);
+        // bf16: the reference is the f32 product with the rounded weight.
+        let w16 = w.cast(DType::BF16);
+        let want16 = x.clone().matmul(w16.clone().cast(DType::F32).transpose());
+        let got16 = few_rows_linear_t(&x, &w16).expect("bf16 applies");
+        assert!((want16.clone() - got16).abs().max().into_scalar::<f32>() < 1e-4);
+        let wt16 = w16.clone().cast(DType::F32).transpose().cast(DType::BF16);
+        let got = few_rows_linear(&x, &wt16).expect("bf16 applies");
+        assert!((want16 - got).abs().max().into_scalar::<f32>() < 1e-4);
     }
 
     #[test]

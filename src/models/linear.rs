@@ -3,7 +3,7 @@
 //! Adapters act on activations (`y = W·x + b + s·B(A(x))`), never by rebuilding a dense weight.
 
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::peft::adapter::LinearAdapter;
 
@@ -52,6 +52,12 @@ impl Linear {
                 None => y,
             };
         }
+        // A bf16 decoding weight (`CausalLm::cast_decode_weights`) is widened per call.
+        let weight = if weight.dtype() == DType::F32 {
+            weight
+        } else {
+            weight.cast(DType::F32)
+        };
         burn::tensor::module::linear(x, weight, bias)
     }
 

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::module::{Module, Param};
+use burn::tensor::{DType, Device, Tensor};
 use serde_json::{Map, Value};
 
 use crate::error::AdapterError;
@@ -17,6 +17,7 @@ use crate::models::linear::Linear;
 use crate::models::llama::{self, LlamaConfig, LlamaForCausalLm};
 use crate::models::mask::Inputs;
 use crate::models::prompt::PromptState;
+use crate::peft::adapter::LinearAdapter;
 use crate::train::loss::{shifted_targets, token_loss_sum};
 
 /// A model folder with its parsed `config.json`.
@@ -306,6 +307,30 @@ impl CausalLm {
                 };
                 token_loss_sum(logits, labels, batch, seq)
             }
+        }
+    }
+
+    /// Stores the frozen linear and embedding weights in `dtype` (bf16 for decoding: half the
+    /// bytes each generated token reads; every product still computes in f32). Norms and adapter
+    /// tensors keep f32, and so do DoRA-adapted layers (their weight norm is computed from the
+    /// weight). Inference only: call it after the adapters are loaded.
+    pub fn cast_decode_weights(&mut self, dtype: DType) {
+        fn cast<const D: usize>(param: &mut Param<Tensor<D>>, dtype: DType) {
+            let device = param.val().device();
+            let placeholder = Param::from_tensor(Tensor::zeros([1; D], &device));
+            let old = std::mem::replace(param, placeholder);
+            *param = old.map(|t| t.cast(dtype));
+        }
+        for (_, linear) in self.linears_mut() {
+            let dora =
+                matches!(&linear.adapter, Some(LinearAdapter::Lora(l)) if l.magnitude.is_some());
+            if !dora {
+                cast(&mut linear.weight, dtype);
+            }
+        }
+        match self {
+            Self::Llama(m) => cast(&mut m.model.embed_tokens.weight, dtype),
+            Self::ChatGlm(m) => cast(&mut m.transformer.embedding.word_embeddings.weight, dtype),
         }
     }
 

@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::kernels::cross_entropy::HeadLayout;
 use crate::models::cache::KvCache;
@@ -273,7 +273,15 @@ impl LlamaForCausalLm {
                 // would reshape (on flex: copy) the whole [vocab, hidden] matrix every call.
                 let [b, s, h] = hidden.dims();
                 let weight = self.model.embed_tokens.weight.val();
+                if let Some(logits) = crate::kernels::gemv::few_rows_linear_t(&hidden, &weight) {
+                    return logits;
+                }
                 let vocab = weight.dims()[0];
+                let weight = if weight.dtype() == DType::F32 {
+                    weight
+                } else {
+                    weight.cast(DType::F32)
+                };
                 hidden
                     .reshape([b * s, h])
                     .matmul(weight.transpose())
