@@ -30,6 +30,7 @@
 //! `attention`.
 
 mod flash;
+mod rows;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;

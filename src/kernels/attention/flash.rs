@@ -5,6 +5,7 @@
 
 use rayon::prelude::*;
 
+use super::rows;
 use super::AttnMask;
 
 /// Query rows per block (forward task and backward inner loop).
@@ -96,8 +97,12 @@ impl<'a> Visibility<'a> {
         self.key_valid.is_none_or(|v| v[j0..j1].iter().any(|&x| x))
     }
 
-    fn valid(&self, j: usize) -> bool {
-        self.key_valid.is_none_or(|v| v[j])
+    /// `bias[c]` = 0 for a real key `j0 + c`, −∞ for padding.
+    fn bias(&self, j0: usize, bias: &mut [f32]) {
+        for (c, b) in bias.iter_mut().enumerate() {
+            let real = self.key_valid.is_none_or(|v| v[j0 + c]);
+            *b = if real { 0.0 } else { f32::NEG_INFINITY };
+        }
     }
 }
 
@@ -158,6 +163,7 @@ impl Out {
 /// Per-thread scratch of the forward.
 struct FwdScratch {
     scores: Vec<f32>, // [BQ, BK]
+    bias: Vec<f32>,   // [BK]
     acc: Vec<f32>,    // [BQ, d]
     max: Vec<f32>,    // [BQ]
     sum: Vec<f32>,    // [BQ]
@@ -183,6 +189,7 @@ pub fn forward(q: View, k: View, v: View, mask: &AttnMask, scale: f32) -> (Vec<f
     (0..b * h * nqb).into_par_iter().for_each_init(
         || FwdScratch {
             scores: vec![0.0; BQ * BK],
+            bias: vec![0.0; BK],
             acc: vec![0.0; BQ * d],
             max: vec![0.0; BQ],
             sum: vec![0.0; BQ],
@@ -226,6 +233,7 @@ fn forward_block(
     let vis = Visibility::new(mask, bi, t);
     let FwdScratch {
         scores,
+        bias,
         acc,
         max,
         sum,
@@ -254,18 +262,12 @@ fn forward_block(
                 1.0,
             );
         }
+        let bias = &mut bias[..n];
+        vis.bias(j0, bias);
         for r in 0..m {
             let row = &mut scores[r * BK..r * BK + n];
             let seen = vis.limit(i0 + r).saturating_sub(j0).min(n);
-            let mut block_max = f32::NEG_INFINITY;
-            for (c, x) in row.iter_mut().enumerate() {
-                *x = if c < seen && vis.valid(j0 + c) {
-                    *x * scale
-                } else {
-                    f32::NEG_INFINITY
-                };
-                block_max = block_max.max(*x);
-            }
+            let block_max = rows::scale_mask_max(row, scale, bias, seen);
             if block_max == f32::NEG_INFINITY {
                 // Nothing visible in this block: P = 0, the running state is unchanged.
                 row.fill(0.0);
@@ -274,17 +276,11 @@ fn forward_block(
             // Online softmax (FA2 Algorithm 1): rescale the running sum and output by
             // exp(m_old − m_new) and add this block's exp(S − m_new).
             let new_max = max[r].max(block_max);
-            let mut block_sum = 0f32;
-            for x in row.iter_mut() {
-                *x = (*x - new_max).exp();
-                block_sum += *x;
-            }
+            let block_sum = rows::exp_sum(row, new_max);
             if max[r] != new_max {
                 let correction = (max[r] - new_max).exp();
                 sum[r] *= correction;
-                acc[r * d..(r + 1) * d]
-                    .iter_mut()
-                    .for_each(|o| *o *= correction);
+                rows::scale(&mut acc[r * d..(r + 1) * d], correction);
             }
             sum[r] += block_sum;
             max[r] = new_max;
@@ -305,8 +301,7 @@ fn forward_block(
     }
     for r in 0..m {
         if sum[r] > 0.0 {
-            let inv = 1.0 / sum[r];
-            acc[r * d..(r + 1) * d].iter_mut().for_each(|o| *o *= inv);
+            rows::scale(&mut acc[r * d..(r + 1) * d], 1.0 / sum[r]);
             max[r] += sum[r].ln();
         } else {
             // A row that sees no key: output 0 (acc is still 0) and no gradient.
@@ -345,6 +340,7 @@ pub struct Grads {
 /// Per-thread scratch of the backward.
 struct BwdScratch {
     p: Vec<f32>,    // [BQ, BK]: P, then dS
+    bias: Vec<f32>, // [BK]
     dp: Vec<f32>,   // [BQ, BK]
     rowd: Vec<f32>, // [s]: D = rowsum(dO ∘ O)
 }
@@ -385,6 +381,7 @@ pub fn backward(saved: &Saved, mask: &AttnMask, scale: f32, wanted: Wanted) -> G
     tasks.into_par_iter().for_each_init(
         || BwdScratch {
             p: vec![0.0; BQ * BK],
+            bias: vec![0.0; BK],
             dp: vec![0.0; BQ * BK],
             rowd: vec![0.0; s],
         },
@@ -438,7 +435,7 @@ fn backward_head(
     } = saved;
     let lse = &lse[bh * s..(bh + 1) * s];
     let vis = Visibility::new(mask, bi, t);
-    let BwdScratch { p, dp, rowd } = scratch;
+    let BwdScratch { p, bias, dp, rowd } = scratch;
     let need_ds = dq.is_some() || dk.is_some();
     // D_i = rowsum(dO_i ∘ O_i) = Σ_j P_ij dP_ij (FA2 eq. for the softmax backward).
     for (i, di) in rowd.iter_mut().enumerate() {
@@ -455,6 +452,8 @@ fn backward_head(
         if !vis.any_valid(j0, j0 + n) {
             continue;
         }
+        let bias = &mut bias[..n];
+        vis.bias(j0, bias);
         // Causal: query i sees key j0 only when j0 ≤ i + offset.
         let first = vis.causal_offset.map_or(0, |off| j0.saturating_sub(off));
         for i0 in (first / BQ * BQ..s).step_by(BQ) {
@@ -480,15 +479,7 @@ fn backward_head(
                 let i = i0 + r;
                 let row = &mut p[r * BK..r * BK + n];
                 let seen = vis.limit(i).saturating_sub(j0).min(n);
-                let l = lse[i];
-                for (c, x) in row.iter_mut().enumerate() {
-                    *x = if c < seen && l.is_finite() && vis.valid(j0 + c) {
-                        (*x * scale - l).exp()
-                    } else {
-                        0.0
-                    };
-                }
-                any |= seen > 0 && l.is_finite();
+                any |= rows::probabilities(row, scale, bias, seen, lse[i]);
             }
             if !any {
                 continue;
@@ -523,8 +514,7 @@ fn backward_head(
             // dS = P ∘ (dP − D)
             for r in 0..m {
                 let di = rowd[i0 + r];
-                let (pr, dpr) = (&mut p[r * BK..r * BK + n], &dp[r * BK..r * BK + n]);
-                pr.iter_mut().zip(dpr).for_each(|(x, y)| *x *= y - di);
+                rows::softmax_grad(&mut p[r * BK..r * BK + n], &dp[r * BK..r * BK + n], di);
             }
             unsafe {
                 if let Some(dq) = dq {
