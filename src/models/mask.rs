@@ -1,7 +1,10 @@
 //! Model inputs on the host: token ids, which key positions are real (padding mask), and position
-//! ids. The causal + padding mask is built here as one boolean tensor (true = masked out).
+//! ids. The causal + padding mask is built here, as a description for the attention kernel
+//! ([`AttnMask`]) or as one boolean tensor (true = masked out).
 
 use burn::tensor::{Bool, Device, Tensor, TensorData};
+
+use crate::kernels::attention::AttnMask;
 
 /// One forward call's inputs. `key_mask` covers the cached and the new positions, as HF's
 /// `attention_mask` does; `positions` defaults to `past + i`.
@@ -88,6 +91,24 @@ impl Inputs {
             seq,
             key_mask: self.key_mask.as_ref().map(|_| key_mask),
             positions: self.positions.as_ref().map(|_| positions),
+        }
+    }
+
+    /// The mask of [`Inputs::attention_mask`] as a description: `prefix` always-visible keys,
+    /// then the `past + seq` keys padded by `key_mask`; causal with offset `prefix + past`.
+    pub fn attn_mask(&self, past: usize, prefix: usize) -> AttnMask {
+        let keys = past + self.seq;
+        let key_valid = self.key_mask.as_ref().map(|m| {
+            (0..self.batch)
+                .flat_map(|b| {
+                    std::iter::repeat_n(true, prefix)
+                        .chain(m[b * keys..(b + 1) * keys].iter().copied())
+                })
+                .collect()
+        });
+        AttnMask {
+            key_valid,
+            causal_offset: Some(prefix + past),
         }
     }
 

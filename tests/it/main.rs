@@ -11,6 +11,7 @@ mod chatglm_tokenizer;
 mod compare;
 mod data;
 mod gguf;
+mod kernels_attention;
 mod llama;
 mod matcher;
 mod merge;

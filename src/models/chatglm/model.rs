@@ -7,10 +7,9 @@
 
 use burn::module::Module;
 use burn::tensor::activation::silu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::kernels::attention::{attention, AttnMask};
 use crate::kernels::cross_entropy::HeadLayout;
 use crate::models::cache::KvCache;
 use crate::models::layers::{Embedding, RmsNorm};
@@ -141,23 +140,11 @@ impl GlmRope {
 struct Step<'a> {
     cos: Tensor<5>,
     sin: Tensor<5>,
-    /// [batch, 1, seq, prefix + past + seq], true = masked.
-    mask: Tensor<4, Bool>,
+    /// Causal + padding over prefix + past + seq keys.
+    mask: AttnMask,
     rope: &'a GlmRope,
     prompt: Option<&'a PromptState>,
     config: &'a ChatGlmConfig,
-}
-
-/// [batch, groups, seq, d] -> [batch, groups · n, seq, d]: each group serves `n` consecutive query
-/// heads (`unsqueeze(-2).expand(...)` in the reference's multi-query branch).
-fn expand_groups(x: Tensor<4>, n: usize) -> Tensor<4> {
-    if n == 1 {
-        return x;
-    }
-    let [b, g, s, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, g, n, s, d])
-        .reshape([b, g * n, s, d])
 }
 
 impl Mlp {
@@ -209,17 +196,10 @@ impl SelfAttention {
         // P-tuning v2: the layer's prefix keys/values come first (`torch.cat((cache_k, key_layer))`
         // with the prefix as `past_key_values`); they carry no rotary.
         let (k, v) = prepend_kv_prefix(step.prompt, layer, k, v);
-        let k = expand_groups(k, h / g);
-        let v = expand_groups(v, h / g);
-        let keys = k.dims()[2];
-        let mask = step.mask.clone().expand([b, h, s, keys]);
-        // torch's scaled_dot_product_attention with its default scale 1/√d (the fixtures' note).
-        let options = AttentionModuleOptions {
-            scale: Some(1.0 / (d as f64).sqrt()),
-            softcap: None,
-            is_causal: false,
-        };
-        let out = attention(q, k, v, Some(mask), None, options);
+        // Each group serves `h / g` consecutive query heads (`unsqueeze(-2).expand(...)` in the
+        // reference's multi-query branch): indexed inside the kernel. torch's
+        // scaled_dot_product_attention with its default scale 1/√d (the fixtures' note).
+        let out = attention(q, k, v, &step.mask, 1.0 / (d as f64).sqrt());
         self.dense
             .forward(out.swap_dims(1, 2).reshape([b, s, h * d]))
     }
@@ -278,7 +258,7 @@ impl ChatGlmForConditionalGeneration {
             .cos_sin(&positions, inputs.batch, inputs.seq, &device);
         let prefix = prompt.map_or(0, PromptState::prefix_len);
         // `get_masks`: prefix columns all visible, then causal + padding over the real keys.
-        let mask = inputs.attention_mask(past, prefix, &device);
+        let mask = inputs.attn_mask(past, prefix);
         let step = Step {
             cos,
             sin,

@@ -3,10 +3,9 @@
 
 use burn::module::Module;
 use burn::tensor::activation::silu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Tensor};
 
+use crate::kernels::attention::{attention, AttnMask};
 use crate::kernels::cross_entropy::HeadLayout;
 use crate::models::cache::KvCache;
 use crate::models::layers::{Embedding, RmsNorm};
@@ -67,7 +66,7 @@ pub struct LlamaForCausalLm {
 struct Step<'a> {
     cos: Tensor<4>,
     sin: Tensor<4>,
-    mask: Tensor<4, burn::tensor::Bool>,
+    mask: AttnMask,
     prompt: Option<&'a PromptState>,
     config: &'a LlamaConfig,
 }
@@ -78,18 +77,6 @@ impl Mlp {
         self.down_proj
             .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
     }
-}
-
-/// [batch, kv_heads, seq, d] -> [batch, kv_heads * groups, seq, d] (GQA/MQA: each KV head serves
-/// `groups` query heads, as transformers' `repeat_kv`).
-fn repeat_kv(x: Tensor<4>, groups: usize) -> Tensor<4> {
-    if groups == 1 {
-        return x;
-    }
-    let [b, h, s, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, h, groups, s, d])
-        .reshape([b, h * groups, s, d])
 }
 
 impl Attention {
@@ -132,16 +119,8 @@ impl Attention {
             .prompt
             .and_then(|p| p.adaption(layer))
             .map(|a| self.adaption(q.clone(), a, c));
-        let k = repeat_kv(k, h / kvh);
-        let v = repeat_kv(v, h / kvh);
-        let keys = k.dims()[2];
-        let mask = step.mask.clone().expand([b, h, s, keys]);
-        let options = AttentionModuleOptions {
-            scale: Some(1.0 / (d as f64).sqrt()),
-            softcap: None,
-            is_causal: false,
-        };
-        let out = attention(q, k, v, Some(mask), None, options);
+        // GQA by head index inside the kernel (transformers' `repeat_kv` in the reference path).
+        let out = attention(q, k, v, &step.mask, 1.0 / (d as f64).sqrt());
         let out = self
             .o_proj
             .forward(out.swap_dims(1, 2).reshape([b, s, h * d]));
@@ -166,18 +145,16 @@ impl Attention {
         let kvh = c.num_key_value_heads;
         let len = prompt.dims()[1];
         let kv = |proj: &Linear| {
-            let x = proj
-                .forward(prompt.clone())
+            proj.forward(prompt.clone())
                 .reshape([1, len, kvh, d])
                 .swap_dims(1, 2)
-                .expand([b, kvh, len, d]);
-            repeat_kv(x, h / kvh)
+                .expand([b, kvh, len, d])
         };
         let (k, v) = (kv(&self.k_proj), kv(&self.v_proj));
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
-        let weights =
-            burn::tensor::activation::softmax(scores, 3) * gate.clone().reshape([1, 1, 1, 1]);
-        let out = weights.matmul(v).swap_dims(1, 2).reshape([b, s, h * d]);
+        // softmax(q kᵀ / √d) v · gate: every query sees the whole prompt (no mask).
+        let out = attention(q, k, v, &AttnMask::none(), 1.0 / (d as f64).sqrt())
+            * gate.clone().reshape([1, 1, 1, 1]);
+        let out = out.swap_dims(1, 2).reshape([b, s, h * d]);
         self.o_proj.forward(out)
     }
 }
@@ -230,7 +207,7 @@ impl LlamaForCausalLm {
             .map(|p| p + prefix)
             .collect();
         let (cos, sin) = self.rope.cos_sin(&positions, ext.batch, ext.seq, &device);
-        let mask = ext.attention_mask(past, prefix, &device);
+        let mask = ext.attn_mask(past, prefix);
         let step = Step {
             cos,
             sin,
