@@ -24,12 +24,13 @@ json.dump({"cpu": model, "simd": kind, "cores": os.cpu_count(), "threads": int(s
            "load_before": os.getloadavg()}, open(sys.argv[1], "w"))
 PY
 "$CARGO_TARGET_DIR/debug/examples/bench_forward" --threads "$THREADS" --out "$OUT/forward.json" > /dev/null
-"$CARGO_TARGET_DIR/debug/examples/bench_train" --threads "$THREADS" --steps "${STEPS:-3}" --out "$OUT/train.json" > /dev/null
+"$CARGO_TARGET_DIR/debug/examples/bench_train" --threads "$THREADS" --steps "${STEPS:-3}" --with-full --out "$OUT/train.json" > /dev/null
 (
   cd "$BENCH"
   for b in 1 8; do THREADS=$THREADS B=$b NEW=16 "$PY" torch_forward.py; done
   THREADS=$THREADS B=1 NEW=256 "$PY" torch_forward.py | grep generate
   THREADS=$THREADS STEPS="${STEPS:-3}" "$PY" torch_train.py lora
+  THREADS=$THREADS STEPS="${STEPS:-3}" "$PY" torch_train.py full
 ) > "$OUT/torch.jsonl"
 
 python3 - "$OUT" <<'PY'
@@ -53,6 +54,7 @@ rows = [
     ("greedy generation, 256 new, bf16 decoding weights (tokens/s)", ours["generate_bf16_256_tokens_per_s"], t("generate", batch=1, new_tokens=256)["tokens_per_s"]),
     ("LoRA r8 training, batch 4 × 256 (tokens/s)", ours["train_tokens_per_s"], t("train_step", method="lora")["tokens_per_s"]),
     ("LoRA r8 training peak RSS (MiB)", ours["train_peak_rss_mib"], t("train_step", method="lora")["peak_rss_mib"]),
+    ("full fine-tuning, batch 4 × 256 (tokens/s)", ours["full_tokens_per_s"], t("train_step", method="full")["tokens_per_s"]),
 ]
 print("| measurement | peft (burn) | PyTorch + PEFT | ratio |\n|---|---|---|---|")
 for name, a, b in rows:
@@ -63,6 +65,7 @@ print(f"\nLoRA forward overhead over the base forward: {100 * ours['forward_lora
 print(f"Loading {ours['load_params']/1e6:.0f}M parameters: peak RSS {ours['load_peak_rss_mib']:.0f} MiB "
       f"= {ours['load_peak_rss_mib']/ours['load_f32_mib']:.2f}× the f32 size ({ours['load_f32_mib']:.0f} MiB)")
 # 619 GFLOP per step for this shape (issue 14's analytic count: forward + input and LoRA grads)
+print(f"LoRA step / our full fine-tuning step: {ours['train_step_s'] / ours['full_step_s']:.2f}")
 print(f"LoRA training step: {ours['train_step_s']:.2f} s = {619 / ours['train_step_s']:.0f} GFLOP/s of the 619 GFLOP step")
 json.dump({"ours": ours, "torch": torch, "machine": machine}, open(f"{out}/summary.json", "w"), indent=1)
 PY
