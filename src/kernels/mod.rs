@@ -15,6 +15,8 @@ pub mod cross_entropy;
 pub mod flex;
 pub mod rms_norm;
 pub mod rope;
+pub mod rows;
+pub mod simd;
 pub mod swiglu;
 
 /// Whether fused kernels are switched off for this process (`PEFT_KERNELS=off`): every op then
