@@ -13,6 +13,7 @@ use burn::tensor::{DType, Device, Tensor};
 pub mod attention;
 pub mod cross_entropy;
 pub mod flex;
+pub mod lora_linear;
 pub mod rms_norm;
 pub mod rope;
 pub mod rows;
