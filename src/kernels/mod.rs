@@ -14,8 +14,11 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod flex;
 pub mod gemv;
+pub mod lora_linear;
 pub mod rms_norm;
 pub mod rope;
+pub mod rows;
+pub mod simd;
 pub mod softmax;
 pub mod swiglu;
 

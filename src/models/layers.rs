@@ -31,10 +31,8 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// x: [batch, seq, hidden] -> [batch, seq, hidden]
+    /// x: [batch, seq, hidden] -> [batch, seq, hidden] (fused on flex: `kernels::rms_norm`).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let variance = x.clone().powi_scalar(2).mean_dim(2);
-        let normed = x * (variance + self.eps).sqrt().recip();
-        normed * self.weight.val().unsqueeze::<3>()
+        crate::kernels::rms_norm::rms_norm(x, self.weight.val(), self.eps)
     }
 }

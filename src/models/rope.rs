@@ -96,10 +96,7 @@ impl Rope {
 
 /// x·cos + rotate_half(x)·sin, where rotate_half([x1, x2]) = [−x2, x1] over the last dim.
 /// x: [batch, heads, seq, head_dim]; cos, sin: [batch, 1, seq, head_dim].
+/// Fused on flex (`kernels::rope`, which keeps this composition as its reference).
 pub fn apply_rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-    let [b, h, s, d] = x.dims();
-    let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..d / 2]);
-    let x2 = x.clone().slice([0..b, 0..h, 0..s, d / 2..d]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    x * cos.clone() + rotated * sin.clone()
+    crate::kernels::rope::rope(x, cos, sin)
 }

@@ -38,6 +38,17 @@ impl Lora {
     /// `y = W·x + b + s·B(A(dropout(x)))`; DoRA rescales rows by `m / ‖W + s·BA‖_row` with the
     /// norm detached (DoRA §4.3, PEFT `DoraLinearVariant.forward`).
     pub fn forward<const D: usize>(&self, base: &Linear, x: Tensor<D>) -> Tensor<D> {
+        if self.magnitude.is_none() && self.dropout.prob == 0.0 {
+            // Plain LoRA without dropout: one op (fused on flex, this same formula elsewhere).
+            return crate::kernels::lora_linear::lora_linear(
+                x,
+                base.weight.val(),
+                base.bias.as_ref().map(|b| b.val()),
+                self.lora_a.val(),
+                self.lora_b.val(),
+                self.scale,
+            );
+        }
         let low = linear(
             linear(self.dropout.forward(x.clone()), self.lora_a.val(), None),
             self.lora_b.val(),

@@ -6,7 +6,6 @@
 //! (`[batch, heads, seq, dim]`) as the Llama code does, which changes no value.
 
 use burn::module::Module;
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::kernels::attention::{attention, AttnMask};
@@ -119,20 +118,10 @@ impl GlmRope {
         )
     }
 
-    /// x: [batch, heads, seq, d] -> same; pairs of the first `rot_dim` dims rotated, the rest passed.
+    /// x: [batch, heads, seq, d] -> same; pairs of the first `rot_dim` dims rotated, the rest passed
+    /// (fused on flex: `kernels::rope::rope_pairs`, which keeps the composition as its reference).
     fn apply(&self, x: Tensor<4>, cos: &Tensor<5>, sin: &Tensor<5>) -> Tensor<4> {
-        let [b, h, s, d] = x.dims();
-        let r = self.rot_dim;
-        let pass = x.clone().slice([0..b, 0..h, 0..s, r..d]);
-        let pairs = x
-            .slice([0..b, 0..h, 0..s, 0..r])
-            .reshape([b, h, s, r / 2, 2]);
-        let x0 = pairs.clone().slice([0..b, 0..h, 0..s, 0..r / 2, 0..1]);
-        let x1 = pairs.slice([0..b, 0..h, 0..s, 0..r / 2, 1..2]);
-        let out0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
-        let out1 = x1 * cos.clone() + x0 * sin.clone();
-        let rotated = Tensor::cat(vec![out0, out1], 4).reshape([b, h, s, r]);
-        Tensor::cat(vec![rotated, pass], 3)
+        crate::kernels::rope::rope_pairs(x, cos, sin, self.rot_dim)
     }
 }
 
@@ -152,10 +141,8 @@ impl Mlp {
     /// x: [batch, seq, hidden] -> [batch, seq, hidden]
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let fused = self.dense_h_to_4h.forward(x);
-        let [b, s, two_f] = fused.dims();
-        let gate = fused.clone().slice([0..b, 0..s, 0..two_f / 2]);
-        let up = fused.slice([0..b, 0..s, two_f / 2..two_f]);
-        self.dense_4h_to_h.forward(silu(gate) * up)
+        self.dense_4h_to_h
+            .forward(crate::kernels::swiglu::swiglu_packed(fused))
     }
 }
 

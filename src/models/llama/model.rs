@@ -2,7 +2,6 @@
 //! Fields are named as the checkpoint keys: `model.layers.N.self_attn.q_proj`, `lm_head`, ...
 
 use burn::module::Module;
-use burn::tensor::activation::silu;
 use burn::tensor::{DType, Tensor};
 
 use crate::kernels::attention::{attention, AttnMask};
@@ -74,8 +73,10 @@ struct Step<'a> {
 impl Mlp {
     /// x: [batch, seq, hidden] -> [batch, seq, hidden]
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = self.gate_proj.forward(x.clone());
+        let up = self.up_proj.forward(x);
         self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+            .forward(crate::kernels::swiglu::swiglu(gate, up))
     }
 }
 
