@@ -1,7 +1,9 @@
 //! The fused element-wise kernels against their reference compositions, forward + backward, on
 //! SmolLM2-135M's training shapes (batch 4 × 256, hidden 576, intermediate 1536, 9 query / 3 key
 //! heads of 64), in one process: best of `REPS` (default 5) per op, in ms, with both results'
-//! largest difference. Relative numbers only; give `uptime` with them.
+//! largest difference. Each measurement includes the same harness (`(y · probe).sum()`, its
+//! backward, reading the gradient back); `harness` is that cost with an identity op, to subtract.
+//! Relative numbers only; give `uptime` with them.
 //!
 //!     cargo run --example bench_kernels
 
@@ -29,6 +31,10 @@ fn report(
     mut fused: impl FnMut() -> Tensor<2>,
     mut reference: impl FnMut() -> Tensor<2>,
 ) {
+    // ONLY=<part of a name>: just those ops (for a profiler).
+    if std::env::var("ONLY").is_ok_and(|only| !name.contains(&only)) {
+        return;
+    }
     let diff = (fused() - reference()).abs().max().into_scalar::<f32>();
     let f = best_ms(reps, || {
         std::hint::black_box(fused().into_data());
@@ -55,6 +61,15 @@ fn main() {
         rayon::current_num_threads(),
         peft::kernels::simd::avx2()
     );
+
+    // The harness alone, on the largest activation ([4, 256, 1536]).
+    let xh = Tensor::<3>::random([b, s, inter], n, &dev).require_grad();
+    let probe = Tensor::<3>::random([b, s, inter], n, &dev);
+    let run = || {
+        let g = (xh.clone() * probe.clone()).sum().backward();
+        xh.grad(&g).unwrap().reshape([b * s, inter])
+    };
+    report("harness [4,256,1536] (identity)", reps, run, run);
 
     // SwiGLU: gate, up [4, 256, 1536], both tracked; returns d gate (flattened to 2-D).
     let gate = Tensor::<3>::random([b, s, inter], n, &dev).require_grad();
@@ -94,6 +109,27 @@ fn main() {
         reps,
         || run(rms_norm::rms_norm),
         || run(rms_norm::reference),
+    );
+
+    // Forward only, without autodiff (inference).
+    let flex = Device::flex();
+    let x = Tensor::<3>::random([b, s, hid], n, &flex);
+    let w = Tensor::<1>::random([hid], Distribution::Uniform(0.5, 1.5), &flex);
+    report(
+        "rms_norm [4,256,576] fwd, no autodiff",
+        reps,
+        || rms_norm::rms_norm(x.clone(), w.clone(), 1e-5).reshape([b * s, hid]),
+        || rms_norm::reference(x.clone(), w.clone(), 1e-5).reshape([b * s, hid]),
+    );
+    let (g, u) = (
+        Tensor::<3>::random([b, s, inter], n, &flex),
+        Tensor::<3>::random([b, s, inter], n, &flex),
+    );
+    report(
+        "swiglu [4,256,1536] fwd, no autodiff",
+        reps,
+        || swiglu::swiglu(g.clone(), u.clone()).reshape([b * s, inter]),
+        || swiglu::reference(g.clone(), u.clone()).reshape([b * s, inter]),
     );
 
     // Rope on q [4, 9, 256, 64] and k [4, 3, 256, 64] (the projection's swap_dims view).
