@@ -177,7 +177,15 @@ fn main() {
             let y = if fused {
                 lora_linear::lora_linear(x.clone(), w.val(), None, a.clone(), bb.clone(), 2.0)
             } else {
-                lora_linear::reference(x.clone(), w.val(), None, a.clone(), bb.clone(), 2.0)
+                lora_linear::reference(
+                    x.clone(),
+                    x.clone(),
+                    w.val(),
+                    None,
+                    a.clone(),
+                    bb.clone(),
+                    2.0,
+                )
             };
             let g = (y * probe.clone()).sum().backward();
             let _ = (a.grad(&g), bb.grad(&g));
