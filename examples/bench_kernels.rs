@@ -192,5 +192,34 @@ fn main() {
             x.grad(&g).unwrap().reshape([b * s, hid])
         };
         report(name, reps, || run(true), || run(false));
+
+        // The same with a dropout (p = 0.05) on the low-rank input, as adapters/lora.json.
+        let dropout = burn::nn::DropoutConfig::new(0.05).init();
+        let run = |fused: bool| {
+            let x_low = dropout.forward(x.clone());
+            let y = if fused {
+                lora_linear::lora_linear_dropout(
+                    x.clone(),
+                    x_low,
+                    w.val(),
+                    None,
+                    a.clone(),
+                    bb.clone(),
+                    2.0,
+                )
+            } else {
+                lora_linear::reference(x.clone(), x_low, w.val(), None, a.clone(), bb.clone(), 2.0)
+            };
+            let g = (y * probe.clone()).sum().backward();
+            let _ = (a.grad(&g), bb.grad(&g));
+            // The masks differ between the two runs: report the base part's gradient shape only.
+            x.grad(&g).unwrap().reshape([b * s, hid]).mul_scalar(0.0)
+        };
+        report(
+            &format!("{name}, dropout 0.05"),
+            reps,
+            || run(true),
+            || run(false),
+        );
     }
 }
