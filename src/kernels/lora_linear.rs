@@ -1,7 +1,7 @@
 //! A LoRA linear layer in one op (Hu et al. 2021, arXiv 2106.09685; PEFT `tuners/lora/layer.py`
 //! `Linear.forward`: `result = base_layer(x) + lora_B(lora_A(dropout(x))) * scaling`), for plain
-//! LoRA and rsLoRA (the scale differs, not the op) without dropout; DoRA and a dropout keep
-//! `peft::lora`'s composition.
+//! LoRA and rsLoRA (the scale differs, not the op). With a dropout, the caller applies it and
+//! passes `x_low = dropout(x)` ([`lora_linear_dropout`]); DoRA keeps `peft::lora`'s composition.
 //!
 //! Shapes (burn orientation): x `[.., in]` (rows flattened to N), W `[in, out]` (frozen),
 //! bias `[out]` (frozen), A `[in, r]`, B `[r, out]`, scale s -> `[.., out]`.
@@ -10,7 +10,8 @@
 //! - forward   `xa = x·A`; `y = bias` (broadcast), `y += x·W`, `y += s·xa·B` (in place)
 //! - backward  `t = dY·Bᵀ` [N, r]; `dA = s·xᵀ·t`; `dB = s·xaᵀ·dY` (reusing the saved xa);
 //!   `dx = dY·Wᵀ`, then `dx += s·t·Aᵀ` into the same buffer. No dW (W is frozen), and each
-//!   gradient only for a tracked input (layer 0's x comes from the frozen embedding).
+//!   gradient only for a tracked input (layer 0's x comes from the frozen embedding). With a
+//!   dropout, x_low replaces x in xa and dA, and `d x_low = s·t·Aᵀ` is its own gradient.
 //!
 //! The composition materialises and keeps `x·A·B`, its scaled copy and the sum, and its backward
 //! splits, scales and adds `[N, out]` and `[N, in]` tensors; here the only extra tensors are the
