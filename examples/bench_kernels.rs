@@ -14,15 +14,22 @@ use burn::tensor::{Device, Distribution, Tensor};
 use peft::kernels::{lora_linear, rms_norm, rope, swiglu};
 use peft::models::rope::{Rope, RopeScaling};
 
-fn best_ms(reps: usize, mut f: impl FnMut()) -> f64 {
+/// Best of `reps` runs of each, the two alternating (so both see the same allocator and cache
+/// state: which op ran just before changes a time by several times here).
+fn best_ms(reps: usize, mut f: impl FnMut(), mut g: impl FnMut()) -> (f64, f64) {
+    let time = |h: &mut dyn FnMut()| {
+        let t = Instant::now();
+        h();
+        t.elapsed().as_secs_f64() * 1e3
+    };
     f();
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .fold(f64::MAX, f64::min)
+    g();
+    let (mut bf, mut bg) = (f64::MAX, f64::MAX);
+    for _ in 0..reps {
+        bf = bf.min(time(&mut f));
+        bg = bg.min(time(&mut g));
+    }
+    (bf, bg)
 }
 
 fn report(
@@ -36,12 +43,15 @@ fn report(
         return;
     }
     let diff = (fused() - reference()).abs().max().into_scalar::<f32>();
-    let f = best_ms(reps, || {
-        std::hint::black_box(fused().into_data());
-    });
-    let r = best_ms(reps, || {
-        std::hint::black_box(reference().into_data());
-    });
+    let (f, r) = best_ms(
+        reps,
+        || {
+            std::hint::black_box(fused().into_data());
+        },
+        || {
+            std::hint::black_box(reference().into_data());
+        },
+    );
     println!(
         "{name:<34} fused {f:>7.1} ms | reference {r:>7.1} ms | {:>4.2}x | max |grad diff| {diff:.2e}",
         r / f
