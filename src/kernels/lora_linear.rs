@@ -1,7 +1,7 @@
 //! A LoRA linear layer in one op (Hu et al. 2021, arXiv 2106.09685; PEFT `tuners/lora/layer.py`
 //! `Linear.forward`: `result = base_layer(x) + lora_B(lora_A(dropout(x))) * scaling`), for plain
-//! LoRA and rsLoRA (the scale differs, not the op) without dropout; DoRA and a dropout keep
-//! `peft::lora`'s composition.
+//! LoRA and rsLoRA (the scale differs, not the op). With a dropout, the caller applies it and
+//! passes `x_low = dropout(x)` ([`lora_linear_dropout`]); DoRA keeps `peft::lora`'s composition.
 //!
 //! Shapes (burn orientation): x `[.., in]` (rows flattened to N), W `[in, out]` (frozen),
 //! bias `[out]` (frozen), A `[in, r]`, B `[r, out]`, scale s -> `[.., out]`.
@@ -10,7 +10,8 @@
 //! - forward   `xa = x·A`; `y = bias` (broadcast), `y += x·W`, `y += s·xa·B` (in place)
 //! - backward  `t = dY·Bᵀ` [N, r]; `dA = s·xᵀ·t`; `dB = s·xaᵀ·dY` (reusing the saved xa);
 //!   `dx = dY·Wᵀ`, then `dx += s·t·Aᵀ` into the same buffer. No dW (W is frozen), and each
-//!   gradient only for a tracked input (layer 0's x comes from the frozen embedding).
+//!   gradient only for a tracked input (layer 0's x comes from the frozen embedding). With a
+//!   dropout, x_low replaces x in xa and dA, and `d x_low = s·t·Aᵀ` is its own gradient.
 //!
 //! The composition materialises and keeps `x·A·B`, its scaled copy and the sum, and its backward
 //! splits, scales and adds `[N, out]` and `[N, in]` tensors; here the only extra tensors are the
@@ -38,6 +39,33 @@ pub fn lora_linear<const D: usize>(
     b: Tensor<2>,
     scale: f64,
 ) -> Tensor<D> {
+    call(x, None, weight, bias, a, b, scale)
+}
+
+/// `x·W + bias + s·(x_low·A)·B` with `x_low = dropout(x)` computed by the caller (PEFT applies
+/// LoRA's dropout to the low-rank input only). Same shapes as [`lora_linear`]; x and x_low get
+/// their own gradients (`dY·Wᵀ` and `s·dY·Bᵀ·Aᵀ`).
+pub fn lora_linear_dropout<const D: usize>(
+    x: Tensor<D>,
+    x_low: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    a: Tensor<2>,
+    b: Tensor<2>,
+    scale: f64,
+) -> Tensor<D> {
+    call(x, Some(x_low), weight, bias, a, b, scale)
+}
+
+fn call<const D: usize>(
+    x: Tensor<D>,
+    x_low: Option<Tensor<D>>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    a: Tensor<2>,
+    b: Tensor<2>,
+    scale: f64,
+) -> Tensor<D> {
     let dims = x.dims();
     let [inp, out] = weight.dims();
     let [a_in, r] = a.dims();
@@ -46,228 +74,280 @@ pub fn lora_linear<const D: usize>(
         && super::fused(&weight)
         && super::fused(&a)
         && super::fused(&b)
-        && bias.as_ref().is_none_or(super::fused);
-    let fits = D >= 2 && dims[D - 1] == inp && a_in == inp && b.dims() == [r, out];
+        && bias.as_ref().is_none_or(super::fused)
+        && x_low.as_ref().is_none_or(super::fused);
+    let fits = D >= 2
+        && dims[D - 1] == inp
+        && a_in == inp
+        && b.dims() == [r, out]
+        && x_low.as_ref().is_none_or(|l| l.dims() == dims);
     if !(frozen && f32s && fits) {
-        return reference(x, weight, bias, a, b, scale);
+        let x_low = x_low.unwrap_or_else(|| x.clone());
+        return reference(x, x_low, weight, bias, a, b, scale);
     }
     let rows: usize = dims[..D - 1].iter().product();
-    let x = x.reshape([rows, inp]).into_dispatch();
+    let split = x_low.is_some();
+    let x = x.reshape([rows, inp]);
+    // Without dropout x_low must be the very node of x (the backward puts the whole gradient
+    // there), so it is the reshaped x itself, not a second reshape.
+    let x_low = match x_low {
+        Some(l) => l.reshape([rows, inp]),
+        None => x.clone(),
+    };
+    let (x, x_low) = (x.into_dispatch(), x_low.into_dispatch());
     let (weight, a, b) = (weight.into_dispatch(), a.into_dispatch(), b.into_dispatch());
     // Two methods rather than an `Option` bias: burn 0.22.1's `backend_extension` does not
     // convert an optional tensor argument.
     let y = match bias {
         Some(bias) => <Dispatch as LoraLinearOps>::lora_linear_bias(
             x,
+            x_low,
             weight,
             bias.into_dispatch(),
             a,
             b,
             scale,
+            split,
         ),
-        None => <Dispatch as LoraLinearOps>::lora_linear(x, weight, a, b, scale),
+        None => <Dispatch as LoraLinearOps>::lora_linear(x, x_low, weight, a, b, scale, split),
     };
     let mut out_dims = dims;
     out_dims[D - 1] = out;
     Tensor::<2>::from_dispatch(y).reshape(out_dims)
 }
 
-/// `peft::lora`'s composition (without dropout), and the path for every other case.
+/// `peft::lora`'s composition (`base_layer(x) + lora_B(lora_A(dropout(x))) * scaling`, with
+/// x_low = dropout(x)), and the path for every other case.
 pub fn reference<const D: usize>(
     x: Tensor<D>,
+    x_low: Tensor<D>,
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
     a: Tensor<2>,
     b: Tensor<2>,
     scale: f64,
 ) -> Tensor<D> {
-    let low = linear(linear(x.clone(), a, None), b, None);
+    let low = linear(linear(x_low, a, None), b, None);
     linear(x, weight, bias) + low.mul_scalar(scale)
 }
 
 #[backend_extension(Flex, Autodiff)]
 pub trait LoraLinearOps: Backend {
-    /// x: [N, in], weight: [in, out] (a constant), a: [in, r], b: [r, out] -> [N, out]
+    /// x, x_low: [N, in] (`split` false: x_low is x), weight: [in, out] (a constant),
+    /// a: [in, r], b: [r, out] -> [N, out]
+    #[allow(clippy::too_many_arguments)]
     fn lora_linear(
         x: FloatTensor<Self>,
+        x_low: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         a: FloatTensor<Self>,
         b: FloatTensor<Self>,
         scale: f64,
+        split: bool,
     ) -> FloatTensor<Self>;
     /// The same plus bias: [out] (a constant).
+    #[allow(clippy::too_many_arguments)]
     fn lora_linear_bias(
         x: FloatTensor<Self>,
+        x_low: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         a: FloatTensor<Self>,
         b: FloatTensor<Self>,
         scale: f64,
+        split: bool,
     ) -> FloatTensor<Self>;
 }
 
 impl LoraLinearOps for Flex {
     fn lora_linear(
         x: FlexTensor,
+        x_low: FlexTensor,
         weight: FlexTensor,
         a: FlexTensor,
         b: FlexTensor,
         scale: f64,
+        _split: bool,
     ) -> FlexTensor {
-        plain(x, weight, None, a, b, scale)
+        plain(x, x_low, weight, None, a, b, scale)
     }
 
     fn lora_linear_bias(
         x: FlexTensor,
+        x_low: FlexTensor,
         weight: FlexTensor,
         bias: FlexTensor,
         a: FlexTensor,
         b: FlexTensor,
         scale: f64,
+        _split: bool,
     ) -> FlexTensor {
-        plain(x, weight, Some(bias), a, b, scale)
+        plain(x, x_low, weight, Some(bias), a, b, scale)
     }
 }
 
 fn plain(
     x: FlexTensor,
+    x_low: FlexTensor,
     weight: FlexTensor,
     bias: Option<FlexTensor>,
     a: FlexTensor,
     b: FlexTensor,
     scale: f64,
 ) -> FlexTensor {
-    let (x, w, a, b) = (Mat::new(x), Mat::new(weight), Mat::new(a), Mat::new(b));
-    forward(&x, &w, bias.map(F32::new).as_ref(), &a, &b, scale as f32).0
+    let (x, xl) = (Mat::new(x), Mat::new(x_low));
+    let (w, a, b) = (Mat::new(weight), Mat::new(a), Mat::new(b));
+    forward(
+        &x,
+        &xl,
+        &w,
+        bias.map(F32::new).as_ref(),
+        &a,
+        &b,
+        scale as f32,
+    )
+    .0
 }
 
 impl<C: CheckpointStrategy> LoraLinearOps for Autodiff<Flex, C> {
     fn lora_linear(
         x: FloatTensor<Self>,
+        x_low: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         a: FloatTensor<Self>,
         b: FloatTensor<Self>,
         scale: f64,
+        split: bool,
     ) -> FloatTensor<Self> {
-        tracked::<C>(x, weight, None, a, b, scale)
+        tracked::<C>([x, x_low, a, b], weight, None, scale, split)
     }
 
     fn lora_linear_bias(
         x: FloatTensor<Self>,
+        x_low: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         a: FloatTensor<Self>,
         b: FloatTensor<Self>,
         scale: f64,
+        split: bool,
     ) -> FloatTensor<Self> {
-        tracked::<C>(x, weight, Some(bias), a, b, scale)
+        tracked::<C>([x, x_low, a, b], weight, Some(bias), scale, split)
     }
 }
 
 type AdTensor<C> = FloatTensor<Autodiff<Flex, C>>;
 
-fn tracked<C: CheckpointStrategy>(
-    x: AdTensor<C>,
-    weight: AdTensor<C>,
-    bias: Option<AdTensor<C>>,
-    a: AdTensor<C>,
-    b: AdTensor<C>,
-    scale: f64,
-) -> AdTensor<C> {
-    {
-        #[derive(Debug)]
-        struct LoraLinearBackward;
+#[derive(Debug)]
+struct LoraLinearBackward;
 
-        impl Backward<Flex, 3> for LoraLinearBackward {
-            /// x, xa, W, A, B, s
-            type State = (
-                FlexTensor,
-                FlexTensor,
-                FlexTensor,
-                FlexTensor,
-                FlexTensor,
-                f32,
-            );
+/// x_low, xa = x_low·A, W, A, B, s, split
+type LoraState = (
+    FlexTensor,
+    FlexTensor,
+    FlexTensor,
+    FlexTensor,
+    FlexTensor,
+    f32,
+    bool,
+);
 
-            fn backward(
-                self,
-                ops: Ops<Self::State, 3>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [node_x, node_a, node_b] = ops.parents;
-                let dy = Mat::new(grads.consume::<Flex>(&ops.node));
-                let (x, xa, w, a, b, s) = ops.state;
-                let (x, xa, w, a, b) = (
-                    Mat::new(x),
-                    Mat::new(xa),
-                    Mat::new(w),
-                    Mat::new(a),
-                    Mat::new(b),
-                );
-                let (n, inp, r, out) = (x.rows, x.cols, a.cols, b.cols);
-                // t = dY·Bᵀ [N, r]
-                let mut t = vec![0f32; n * r];
-                gemm_into(&mut t, n, r, out, &dy, &b.t(), false, 1.0);
-                let t = Mat::from_vec(t, n, r);
-                if let Some(node) = node_a {
-                    // dA = s·xᵀ·t [in, r]
-                    let mut da = vec![0f32; inp * r];
-                    gemm_into(&mut da, inp, r, n, &x.t(), &t, false, s);
-                    grads.register::<Flex>(node.id, super::flex::tensor(da, [inp, r]));
-                }
-                if let Some(node) = node_b {
-                    // dB = s·xaᵀ·dY [r, out]
-                    let mut db = vec![0f32; r * out];
-                    gemm_into(&mut db, r, out, n, &xa.t(), &dy, false, s);
-                    grads.register::<Flex>(node.id, super::flex::tensor(db, [r, out]));
-                }
-                if let Some(node) = node_x {
-                    // dx = dY·Wᵀ, then dx += s·t·Aᵀ in place [N, in]
-                    let mut dx = vec![0f32; n * inp];
-                    gemm_into(&mut dx, n, inp, out, &dy, &w.t(), false, 1.0);
-                    gemm_into(&mut dx, n, inp, r, &t, &a.t(), true, s);
-                    grads.register::<Flex>(node.id, super::flex::tensor(dx, [n, inp]));
-                }
-            }
+impl Backward<Flex, 4> for LoraLinearBackward {
+    type State = LoraState;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 4>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        // Without dropout x_low is x (the same graph node twice): its whole gradient goes to
+        // node_x in one buffer.
+        let [node_x, node_low, node_a, node_b] = ops.parents;
+        let dy = Mat::new(grads.consume::<Flex>(&ops.node));
+        let (xl, xa, w, a, b, s, split) = ops.state;
+        let (xl, xa, w, a, b) = (
+            Mat::new(xl),
+            Mat::new(xa),
+            Mat::new(w),
+            Mat::new(a),
+            Mat::new(b),
+        );
+        let (n, inp, r, out) = (xl.rows, xl.cols, a.cols, b.cols);
+        // t = dY·Bᵀ [N, r]
+        let mut t = vec![0f32; n * r];
+        gemm_into(&mut t, n, r, out, &dy, &b.t(), false, 1.0);
+        let t = Mat::from_vec(t, n, r);
+        if let Some(node) = node_a {
+            // dA = s·x_lowᵀ·t [in, r]
+            let mut da = vec![0f32; inp * r];
+            gemm_into(&mut da, inp, r, n, &xl.t(), &t, false, s);
+            grads.register::<Flex>(node.id, super::flex::tensor(da, [inp, r]));
         }
-
-        // W and bias are frozen (checked by `lora_linear`): constants, no graph edge.
-        let weight = weight.into_primitive();
-        let bias = bias.map(|b| F32::new(b.into_primitive()));
-        let s = scale as f32;
-        match LoraLinearBackward
-            .prepare::<C>([x.node(), a.node(), b.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (x, a, b) = (x.into_primitive(), a.into_primitive(), b.into_primitive());
-                let (mx, mw, ma, mb) = (
-                    Mat::new(x.clone()),
-                    Mat::new(weight.clone()),
-                    Mat::new(a.clone()),
-                    Mat::new(b.clone()),
-                );
-                let (y, xa) = forward(&mx, &mw, bias.as_ref(), &ma, &mb, s);
-                prep.finish((mx.tensor, xa, mw.tensor, ma.tensor, mb.tensor, s), y)
+        if let Some(node) = node_b {
+            // dB = s·xaᵀ·dY [r, out]
+            let mut db = vec![0f32; r * out];
+            gemm_into(&mut db, r, out, n, &xa.t(), &dy, false, s);
+            grads.register::<Flex>(node.id, super::flex::tensor(db, [r, out]));
+        }
+        let low_into_x = !split && node_x.is_some();
+        if let Some(node) = node_x {
+            // dx = dY·Wᵀ, then (no dropout) dx += s·t·Aᵀ in place [N, in]
+            let mut dx = vec![0f32; n * inp];
+            gemm_into(&mut dx, n, inp, out, &dy, &w.t(), false, 1.0);
+            if low_into_x {
+                gemm_into(&mut dx, n, inp, r, &t, &a.t(), true, s);
             }
-            OpsKind::UnTracked(prep) => {
-                let (mx, mw, ma, mb) = (
-                    Mat::new(x.into_primitive()),
-                    Mat::new(weight),
-                    Mat::new(a.into_primitive()),
-                    Mat::new(b.into_primitive()),
-                );
-                prep.finish(forward(&mx, &mw, bias.as_ref(), &ma, &mb, s).0)
-            }
+            grads.register::<Flex>(node.id, super::flex::tensor(dx, [n, inp]));
+        }
+        if let (Some(node), true) = (node_low, split) {
+            // d x_low = s·t·Aᵀ [N, in]
+            let mut dl = vec![0f32; n * inp];
+            gemm_into(&mut dl, n, inp, r, &t, &a.t(), false, s);
+            grads.register::<Flex>(node.id, super::flex::tensor(dl, [n, inp]));
         }
     }
 }
 
-/// (y [N, out], xa [N, r]).
+fn tracked<C: CheckpointStrategy>(
+    [x, x_low, a, b]: [AdTensor<C>; 4],
+    weight: AdTensor<C>,
+    bias: Option<AdTensor<C>>,
+    scale: f64,
+    split: bool,
+) -> AdTensor<C> {
+    // W and bias are frozen (checked by `lora_linear`): constants, no graph edge.
+    let mw = Mat::new(weight.into_primitive());
+    let bias = bias.map(|b| F32::new(b.into_primitive()));
+    let s = scale as f32;
+    let nodes = [x.node(), x_low.node(), a.node(), b.node()];
+    let (mx, ml) = (
+        Mat::new(x.into_primitive()),
+        Mat::new(x_low.into_primitive()),
+    );
+    let (ma, mb) = (Mat::new(a.into_primitive()), Mat::new(b.into_primitive()));
+    match LoraLinearBackward
+        .prepare::<C>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (y, xa) = forward(&mx, &ml, &mw, bias.as_ref(), &ma, &mb, s);
+            prep.finish(
+                (ml.tensor, xa, mw.tensor, ma.tensor, mb.tensor, s, split),
+                y,
+            )
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(forward(&mx, &ml, &mw, bias.as_ref(), &ma, &mb, s).0)
+        }
+    }
+}
+
+/// (y [N, out], xa = x_low·A [N, r]).
 fn forward(
     x: &Mat,
+    xl: &Mat,
     w: &Mat,
     bias: Option<&F32>,
     a: &Mat,
@@ -276,11 +356,15 @@ fn forward(
 ) -> (FlexTensor, FlexTensor) {
     let (n, inp, r, out) = (x.rows, x.cols, a.cols, b.cols);
     assert!(
-        w.rows == inp && w.cols == out && a.rows == inp && b.rows == r,
+        w.rows == inp
+            && w.cols == out
+            && a.rows == inp
+            && b.rows == r
+            && (xl.rows, xl.cols) == (n, inp),
         "lora_linear: shapes"
     );
     let mut xa = vec![0f32; n * r];
-    gemm_into(&mut xa, n, r, inp, x, a, false, 1.0);
+    gemm_into(&mut xa, n, r, inp, xl, a, false, 1.0);
     let mut y = vec![0f32; n * out];
     let has_bias = match bias {
         Some(bias) => {
@@ -435,19 +519,13 @@ mod tests {
     }
 
     fn run(c: &Case, fused: bool) -> (Tensor<3>, burn::tensor::Gradients) {
-        let f = if fused {
-            lora_linear::<3>
+        let bias = c.bias.as_ref().map(|b| b.val());
+        let (a, b) = (c.a.clone(), c.b.clone());
+        let y = if fused {
+            lora_linear(c.x.clone(), c.w.val(), bias, a, b, 1.75)
         } else {
-            reference::<3>
+            reference(c.x.clone(), c.x.clone(), c.w.val(), bias, a, b, 1.75)
         };
-        let y = f(
-            c.x.clone(),
-            c.w.val(),
-            c.bias.as_ref().map(|b| b.val()),
-            c.a.clone(),
-            c.b.clone(),
-            1.75,
-        );
         let grads = (y.clone() * c.probe.clone()).sum().backward();
         (y, grads)
     }
@@ -490,8 +568,38 @@ mod tests {
         let a = Tensor::<2>::random([40, 4], Distribution::Normal(0.0, 0.1), &device);
         let b = Tensor::<2>::random([4, 24], Distribution::Normal(0.0, 0.1), &device);
         let fused = lora_linear(x.clone(), w.clone(), None, a.clone(), b.clone(), 0.5);
-        let want = reference(x, w, None, a, b, 0.5);
+        let want = reference(x.clone(), x, w, None, a, b, 0.5);
         assert!(rel_diff(fused, want) <= 1e-5);
+    }
+
+    #[test]
+    fn with_dropout_outside_x_and_the_dropped_input_get_their_own_matching_gradients() {
+        let device = Device::flex().autodiff();
+        let c = case(&device, 45, 70, 3, true, true);
+        // A fixed mask (p = 0.25, kept values scaled by 1/0.75) standing in for dropout.
+        let mask = Tensor::<3>::random(c.x.dims(), Distribution::Bernoulli(0.75), &device)
+            .div_scalar(0.75);
+        let run = |fused: bool| {
+            let x_low = c.x.clone() * mask.clone();
+            let bias = c.bias.as_ref().map(|b| b.val());
+            let (a, b) = (c.a.clone(), c.b.clone());
+            let y = if fused {
+                lora_linear_dropout(c.x.clone(), x_low, c.w.val(), bias, a, b, 1.75)
+            } else {
+                reference(c.x.clone(), x_low, c.w.val(), bias, a, b, 1.75)
+            };
+            let grads = (y.clone() * c.probe.clone()).sum().backward();
+            (y, grads)
+        };
+        let ((y1, g1), (y2, g2)) = (run(true), run(false));
+        assert!(rel_diff(y1, y2) <= 1e-5);
+        let dx = rel_diff(c.x.grad(&g1).unwrap(), c.x.grad(&g2).unwrap());
+        let da = rel_diff(c.a.grad(&g1).unwrap(), c.a.grad(&g2).unwrap());
+        let db = rel_diff(c.b.grad(&g1).unwrap(), c.b.grad(&g2).unwrap());
+        assert!(
+            dx <= 1e-5 && da <= 1e-5 && db <= 1e-5,
+            "dx {dx}, dA {da}, dB {db}"
+        );
     }
 
     #[test]

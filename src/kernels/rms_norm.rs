@@ -231,16 +231,7 @@ impl Kernel for Fwd<'_> {
         let (x, w, y) = (self.x.as_ptr(), self.w.as_ptr(), self.y.as_mut_ptr());
         let m = n - n % V::N;
         // SAFETY (both loops): i + lanes <= n for the three rows of length n.
-        let mut acc = V::splat(0.0);
-        let mut i = 0;
-        unsafe {
-            while i < m {
-                let v = V::load(x.add(i));
-                acc = v.mul_add(v, acc);
-                i += V::N;
-            }
-        }
-        let mut ss = acc.hsum();
+        let mut ss = unsafe { dot::<V>(x, x, m) };
         for &v in &self.x[m..] {
             ss += v * v;
         }
@@ -263,6 +254,56 @@ impl Kernel for Fwd<'_> {
         }
         rstd
     }
+}
+
+/// Σ a·b over the first m values (m a multiple of the lanes), four accumulators so the adds
+/// do not wait on each other.
+///
+/// # Safety
+/// `a..a + m` and `b..b + m` must be readable.
+#[inline(always)]
+unsafe fn dot<V: Lanes>(a: *const f32, b: *const f32, m: usize) -> f32 {
+    let (mut s0, mut s1, mut s2, mut s3) =
+        (V::splat(0.0), V::splat(0.0), V::splat(0.0), V::splat(0.0));
+    let m4 = m - m % (4 * V::N);
+    let mut i = 0;
+    while i < m4 {
+        s0 = V::load(a.add(i)).mul_add(V::load(b.add(i)), s0);
+        s1 = V::load(a.add(i + V::N)).mul_add(V::load(b.add(i + V::N)), s1);
+        s2 = V::load(a.add(i + 2 * V::N)).mul_add(V::load(b.add(i + 2 * V::N)), s2);
+        s3 = V::load(a.add(i + 3 * V::N)).mul_add(V::load(b.add(i + 3 * V::N)), s3);
+        i += 4 * V::N;
+    }
+    while i < m {
+        s0 = V::load(a.add(i)).mul_add(V::load(b.add(i)), s0);
+        i += V::N;
+    }
+    s0.add(s1).add(s2.add(s3)).hsum()
+}
+
+/// Σ a·b·c over the first m values, as [`dot`].
+///
+/// # Safety
+/// `a`, `b`, `c` readable for m values.
+#[inline(always)]
+unsafe fn dot3<V: Lanes>(a: *const f32, b: *const f32, c: *const f32, m: usize) -> f32 {
+    let (mut s0, mut s1) = (V::splat(0.0), V::splat(0.0));
+    let m2 = m - m % (2 * V::N);
+    let mut i = 0;
+    while i < m2 {
+        let ab0 = V::load(a.add(i)).mul(V::load(b.add(i)));
+        let ab1 = V::load(a.add(i + V::N)).mul(V::load(b.add(i + V::N)));
+        s0 = ab0.mul_add(V::load(c.add(i)), s0);
+        s1 = ab1.mul_add(V::load(c.add(i + V::N)), s1);
+        i += 2 * V::N;
+    }
+    while i < m {
+        s0 = V::load(a.add(i))
+            .mul(V::load(b.add(i)))
+            .mul_add(V::load(c.add(i)), s0);
+        i += V::N;
+    }
+    s0.add(s1).hsum()
 }
 
 /// One row of the backward: dx (when asked) and dw += dy·x̂ (when asked).
@@ -306,20 +347,13 @@ impl Kernel for Bwd<'_> {
         let Some(dx) = self.dx else { return };
         assert_eq!(dx.len(), n);
         let dxp = dx.as_mut_ptr();
-        // c = mean(g·x̂), g = dy·w
-        let mut acc = V::splat(0.0);
-        let mut i = 0;
-        unsafe {
-            while i < m {
-                let g = V::load(dy.add(i)).mul(V::load(w.add(i)));
-                acc = g.mul_add(V::load(x.add(i)).mul(r), acc);
-                i += V::N;
-            }
+        // c = mean(g·x̂) = rstd·Σ (dy·w)·x / n, g = dy·w
+        let mut dot = 0.0;
+        for ((&dy, &w), &x) in self.dy.iter().zip(self.w).zip(self.x).skip(m) {
+            dot += dy * w * x;
         }
-        let mut dot = acc.hsum();
-        for j in m..n {
-            dot += self.dy[j] * self.w[j] * (self.x[j] * self.rstd);
-        }
+        // SAFETY: m <= n for the three rows of length n.
+        let dot = (unsafe { dot3::<V>(dy, w, x, m) } + dot) * self.rstd;
         let c = dot / n as f32;
         let cv = V::splat(c);
         let mut i = 0;

@@ -38,15 +38,17 @@ impl Lora {
     /// `y = W·x + b + s·B(A(dropout(x)))`; DoRA rescales rows by `m / ‖W + s·BA‖_row` with the
     /// norm detached (DoRA §4.3, PEFT `DoraLinearVariant.forward`).
     pub fn forward<const D: usize>(&self, base: &Linear, x: Tensor<D>) -> Tensor<D> {
-        if self.magnitude.is_none() && self.dropout.prob == 0.0 {
-            // Plain LoRA without dropout: one op (fused on flex, this same formula elsewhere).
-            return crate::kernels::lora_linear::lora_linear(
-                x,
-                base.weight.val(),
-                base.bias.as_ref().map(|b| b.val()),
-                self.lora_a.val(),
-                self.lora_b.val(),
-                self.scale,
+        if self.magnitude.is_none() {
+            // Plain LoRA: one op (fused on flex, this same formula elsewhere); a dropout, when
+            // there is one, applies to the low-rank input only, as PEFT's.
+            let (weight, bias) = (base.weight.val(), base.bias.as_ref().map(|b| b.val()));
+            let (a, b) = (self.lora_a.val(), self.lora_b.val());
+            if self.dropout.prob == 0.0 {
+                return crate::kernels::lora_linear::lora_linear(x, weight, bias, a, b, self.scale);
+            }
+            let x_low = self.dropout.forward(x.clone());
+            return crate::kernels::lora_linear::lora_linear_dropout(
+                x, x_low, weight, bias, a, b, self.scale,
             );
         }
         let low = linear(
