@@ -138,6 +138,10 @@ fn options(args: MergeArgs) -> anyhow::Result<MergeOptions> {
 }
 
 pub fn run(args: MergeArgs) -> anyhow::Result<()> {
+    // Contradictions are refused before any work, not after the output is written.
+    if args.verify && args.scale != 1.0 {
+        anyhow::bail!("--verify compares against the adapters at full strength; it cannot check --scale {}: drop one of them", args.scale);
+    }
     let check = args.verify.then(|| {
         (
             args.base.clone(),

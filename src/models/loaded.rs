@@ -134,9 +134,86 @@ impl ModelDir {
         }
     }
 
+    /// Every tensor name the checkpoint must hold, in checkpoint order.
+    pub fn expected_tensors(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let (embedding, layers, norms, final_norm, head): (
+            &str,
+            usize,
+            [&str; 2],
+            Option<&str>,
+            Option<&str>,
+        ) = match &self.family {
+            Family::Llama(c) => (
+                "model.embed_tokens.weight",
+                c.num_hidden_layers,
+                ["input_layernorm", "post_attention_layernorm"],
+                Some("model.norm.weight"),
+                (!c.tie_word_embeddings).then_some("lm_head.weight"),
+            ),
+            Family::ChatGlm(c) => (
+                "transformer.embedding.word_embeddings.weight",
+                c.num_layers,
+                ["input_layernorm", "post_attention_layernorm"],
+                c.post_layer_norm
+                    .then_some("transformer.encoder.final_layernorm.weight"),
+                Some("transformer.output_layer.weight"),
+            ),
+        };
+        let layer_prefix = match &self.family {
+            Family::Llama(_) => "model.layers",
+            Family::ChatGlm(_) => "transformer.encoder.layers",
+        };
+        out.push(embedding.to_string());
+        let linears = match &self.family {
+            Family::Llama(c) => c.linear_shapes(),
+            Family::ChatGlm(c) => c.linear_shapes(),
+        };
+        for (path, _, _, bias) in linears {
+            out.push(format!("{path}.weight"));
+            if bias {
+                out.push(format!("{path}.bias"));
+            }
+        }
+        for l in 0..layers {
+            for norm in norms {
+                out.push(format!("{layer_prefix}.{l}.{norm}.weight"));
+            }
+        }
+        out.extend(final_norm.map(String::from));
+        out.extend(head.map(String::from));
+        out
+    }
+
+    /// Refuses, before allocating anything, a checkpoint that lacks tensors the config needs
+    /// (a config declaring more layers than the checkpoint has would otherwise be zero-filled up
+    /// to the end) and a model larger than the machine's available memory.
+    pub fn check_loadable(&self, checkpoint: &Checkpoint) -> Result<(), LoadError> {
+        let bytes = (self.num_parameters() as u64).checked_mul(4);
+        let setting = match &self.family {
+            Family::Llama(_) => "the sizes in config.json (num_hidden_layers, hidden_size, intermediate_size, vocab_size)",
+            Family::ChatGlm(_) => "the sizes in config.json (num_layers, hidden_size, ffn_hidden_size, padded_vocab_size)",
+        };
+        crate::io::budget::check(
+            &format!("the model in {} (f32 weights)", self.dir.display()),
+            setting,
+            bytes,
+        )?;
+        let missing: Vec<String> = self
+            .expected_tensors()
+            .into_iter()
+            .filter(|n| !checkpoint.contains(n))
+            .collect();
+        if !missing.is_empty() {
+            return Err(LoadError::MissingTensors { tensors: missing });
+        }
+        Ok(())
+    }
+
     /// Loads the weights onto `device`.
     pub fn load(&self, device: &Device) -> Result<CausalLm, LoadError> {
         let checkpoint = Checkpoint::open_dir(&self.dir)?;
+        self.check_loadable(&checkpoint)?;
         match &self.family {
             Family::Llama(c) => Ok(CausalLm::Llama(llama::weights::load(
                 c.clone(),

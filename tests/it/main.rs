@@ -17,6 +17,7 @@ mod merge;
 mod prompt;
 mod prompt_cli;
 mod prompt_train;
+mod safe_out;
 mod tokenizer;
 mod train;
 mod train_cli;
