@@ -17,6 +17,7 @@ mod merge;
 mod prompt;
 mod prompt_cli;
 mod prompt_train;
+mod safe_numbers;
 mod safe_out;
 mod tokenizer;
 mod train;
