@@ -126,6 +126,11 @@ fn forward_pass(
 ) -> (EvalResult, Vec<Vec<u32>>) {
     let (mut sum, mut tokens, mut argmax) = (0.0, 0, Vec::new());
     for batch in data::batches(records, config, 0) {
+        if batch.seq == 0 {
+            // Records that encoded to nothing: no logits, no answers.
+            argmax.extend(std::iter::repeat_n(Vec::new(), batch.batch));
+            continue;
+        }
         let logits = model.forward(&batch.inputs(), None);
         let loss = token_loss_sum(logits.clone(), &batch.labels, batch.batch, batch.seq);
         sum += loss.into_scalar::<f32>() as f64;

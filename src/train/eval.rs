@@ -17,6 +17,10 @@ pub fn evaluate(model: &CausalLm, batches: &[Batch]) -> EvalResult {
     let mut sum = 0.0;
     let mut tokens = 0;
     for batch in batches {
+        // Nothing to score (e.g. a template that rendered nothing): no forward pass, no loss.
+        if batch.targets() == 0 {
+            continue;
+        }
         let logits = model.forward(&batch.inputs(), None);
         sum += token_loss_sum(logits, &batch.labels, batch.batch, batch.seq).into_scalar::<f32>()
             as f64;

@@ -9,6 +9,9 @@ pub const IGNORE_INDEX: i64 = -100;
 
 /// Non-ignored target tokens in `labels` [batch, seq] after the shift.
 pub fn count_targets(labels: &[i64], batch: usize, seq: usize) -> usize {
+    if seq < 2 {
+        return 0;
+    }
     (0..batch)
         .map(|b| {
             labels[b * seq + 1..(b + 1) * seq]

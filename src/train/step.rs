@@ -78,14 +78,27 @@ pub fn train_step_with(
     let mut accumulator = GradientsAccumulator::<CausalLm>::new();
     let mut loss_sum = 0.0;
     for (k, batch) in micro_batches.iter().enumerate() {
-        let logits = model.forward(&batch.inputs(), None);
-        let mut loss =
-            token_loss_sum(logits, &batch.labels, batch.batch, batch.seq).div_scalar(denom);
-        if k == 0 {
-            if let Some(extra) = hook.extra_loss(&model) {
-                loss = loss + extra;
-            }
-        }
+        let extra = if k == 0 {
+            hook.extra_loss(&model)
+        } else {
+            None
+        };
+        // A micro-batch with no learned token adds no loss and no gradient (its loss would be a
+        // constant: backward on it has nothing to differentiate).
+        let loss = if batch.targets() > 0 {
+            let logits = model.forward(&batch.inputs(), None);
+            let loss =
+                token_loss_sum(logits, &batch.labels, batch.batch, batch.seq).div_scalar(denom);
+            Some(match extra {
+                Some(extra) => loss + extra,
+                None => loss,
+            })
+        } else {
+            extra
+        };
+        let Some(loss) = loss else {
+            continue;
+        };
         loss_sum += loss.clone().into_scalar::<f32>() as f64;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         accumulator.accumulate(&model, grads);

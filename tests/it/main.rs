@@ -19,6 +19,7 @@ mod prompt_cli;
 mod prompt_train;
 mod safe_numbers;
 mod safe_out;
+mod safe_panics;
 mod safe_plan;
 mod tokenizer;
 mod train;
