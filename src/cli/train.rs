@@ -333,6 +333,8 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
             .max()
             .unwrap_or(0),
     };
+    let rows = o.batch_size.unwrap_or(4).min(prepared.train.len().max(1));
+    super::validate::batch_budget(&dir, rows, longest + virtual_positions)?;
     if virtual_positions > 0 && longest + virtual_positions > context {
         bail!("the longest sequence ({longest} tokens) plus {virtual_positions} virtual tokens exceeds the model's context of {context} positions; lower --max-len or --num-virtual-tokens");
     }

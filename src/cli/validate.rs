@@ -189,3 +189,25 @@ pub fn resume_matches(
     }
     Ok(())
 }
+
+/// The memory one training micro-batch needs, checked before the first step: the logits with
+/// their log-softmax and gradient (3 × vocab floats per position) and the activations autodiff
+/// keeps per layer (about 16 × hidden floats per position), all f32.
+pub fn batch_budget(dir: &peft::models::ModelDir, batch: usize, seq: usize) -> anyhow::Result<()> {
+    use peft::models::loaded::Family;
+    let (vocab, hidden, layers) = match &dir.family {
+        Family::Llama(c) => (c.vocab_size, c.hidden_size, c.num_hidden_layers),
+        Family::ChatGlm(c) => (c.padded_vocab_size, c.hidden_size, c.num_layers),
+    };
+    let per_position = (3 * vocab as u64).checked_add(16 * (hidden as u64) * (layers as u64));
+    let bytes = per_position
+        .and_then(|p| p.checked_mul(batch as u64))
+        .and_then(|p| p.checked_mul(seq as u64))
+        .and_then(|p| p.checked_mul(4));
+    peft::io::budget::check(
+        &format!("one training batch of {batch} × {seq} tokens"),
+        "--batch-size or --max-len (or --pack)",
+        bytes,
+    )?;
+    Ok(())
+}
