@@ -269,6 +269,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let plan = Plan::try_from(args)?;
     let a = &plan.args;
     prepare_out(a)?;
+    let _lock = peft::io::lock::lock_dir(&a.out)?;
     let mut results = Results {
         command: command_line(),
         machine: machine(),

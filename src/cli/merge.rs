@@ -151,6 +151,7 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         )
     });
     let plan = MergePlan::build(options(args)?).context("merge refused; nothing was written")?;
+    peft::io::leftovers::clean_siblings(&plan.options.out);
     if let Some(tie) = &plan.untied {
         eprintln!(
             "note: an adapter changes the tied embedding; untying: writing `{}` as its own tensor and setting tie_word_embeddings = false in config.json",

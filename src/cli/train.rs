@@ -273,6 +273,9 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
     };
     tokenize_init_text(&mut adapter, &tokenizer, &model_path)?;
     prepare_out(&out, &o)?;
+    // One run per --out at a time; held until this function returns.
+    let _lock = peft::io::lock::lock_dir(&out)?;
+    peft::io::leftovers::clean_locked_dir(&out);
     let previous_checkpoints = if o.overwrite && resume_dir.is_none() {
         run_checkpoints(&out)
     } else {

@@ -6,6 +6,8 @@ pub mod budget;
 pub mod checkpoint;
 pub mod dtype;
 pub mod json;
+pub mod leftovers;
+pub mod lock;
 pub mod paths;
 
 pub use atomic::{write_atomic, write_safetensors_atomic, OwnedTensor};

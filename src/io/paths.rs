@@ -38,19 +38,18 @@ pub fn resolve(path: &Path) -> Result<PathBuf, PathError> {
         let path = path.to_path_buf();
         move |source| PathError::Io { path, source }
     };
-    let abs = std::path::absolute(path).map_err(io(path))?;
-    let mut existing = abs.as_path();
+    let mut existing = std::path::absolute(path).map_err(io(path))?;
     let mut rest = Vec::new();
     while existing.symlink_metadata().is_err() {
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_owned());
-                existing = parent;
-            }
-            _ => break,
+        let Some(last) = existing.components().next_back() else {
+            break;
+        };
+        rest.push(last.as_os_str().to_owned());
+        if !existing.pop() {
+            break;
         }
     }
-    let mut resolved = existing.canonicalize().map_err(io(existing))?;
+    let mut resolved = existing.canonicalize().map_err(io(&existing))?;
     for part in rest.iter().rev() {
         // `absolute` keeps `..`; a missing component followed by `..` cancels it.
         if part == ".." {

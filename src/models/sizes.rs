@@ -59,9 +59,13 @@ mod tests {
             err.contains("hidden_size") && err.contains("vocab_size"),
             "{err}"
         );
-        let err =
-            parameters(&[&[("a", 1 << 40)], &[("b", 1 << 40)], &[("c", 1 << 41)]]).unwrap_err();
-        assert!(err.contains("c (2199023255552)"), "{err}");
+        let err = parameters(&[
+            &[("a", 1 << 40)],
+            &[("b", 1 << 40)],
+            &[("c", (1 << 41) + 1)],
+        ])
+        .unwrap_err();
+        assert!(err.contains("c (2199023255553)"), "{err}");
         assert_eq!(parameters(&[&[("a", 3), ("b", 4)], &[("c", 5)]]), Ok(17));
     }
 }

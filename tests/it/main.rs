@@ -21,6 +21,7 @@ mod safe_numbers;
 mod safe_out;
 mod safe_panics;
 mod safe_plan;
+mod safe_runs;
 mod safe_sizes;
 mod tokenizer;
 mod train;
