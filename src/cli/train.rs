@@ -306,6 +306,10 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         pad_id: prepared.pad_id,
     };
     let train = |epoch: usize| data::batches(&prepared.train, &batch_config, epoch as u64);
+    let per_epoch = train(0).len();
+    if config.grad_accum > per_epoch.max(1) {
+        bail!("--grad-accum {} exceeds the {per_epoch} micro-batches of one epoch: one optimizer step would span the whole data set more than once; lower --grad-accum or --batch-size", config.grad_accum);
+    }
     let mut adapter = adapter;
     let mut hook = StepHook::None;
     if let Method::AdaLora(_, ada) = &adapter.method {

@@ -47,7 +47,7 @@ pub fn float(flag: &str, value: Option<f64>, range: Range) -> anyhow::Result<()>
 /// Refuses 0 for a count that must be at least 1.
 pub fn at_least_one(flag: &str, value: Option<usize>) -> anyhow::Result<()> {
     if value == Some(0) {
-        bail!("{flag} must be at least 1");
+        bail!("{flag} must be a positive integer (at least 1)");
     }
     Ok(())
 }

@@ -68,7 +68,8 @@ pub fn clean_locked_dir(dir: &Path) -> Vec<PathBuf> {
         let Some((_, pid)) = ours(&name) else {
             continue;
         };
-        if pid == Some(std::process::id()) {
+        // `.checkpoint-N.partial` is always a folder of ours; a file of that name is not.
+        if pid == Some(std::process::id()) || (pid.is_none() && !entry.path().is_dir()) {
             continue;
         }
         if remove(&entry.path()) {

@@ -165,7 +165,6 @@ impl MergePlan {
         )?;
         let base = Checkpoint::open_dir(&options.base)?;
         let config = read_config(&options.base)?;
-        check_complete(&options.base, &base)?;
         let adapters = options
             .adapters
             .iter()
@@ -179,6 +178,8 @@ impl MergePlan {
                 tie: tie.as_ref(),
             },
         )?;
+        // After the adapters' own checks, which name the adapter file for a tensor it adapts.
+        check_complete(&options.base, &base)?;
         let untied =
             tie.filter(|t| patches.contains_key(&t.input) || patches.contains_key(&t.output));
         let shards = plan_layout(

@@ -341,6 +341,32 @@ impl CausalLm {
 
     /// Extra positions the attached prompt encoder takes from the context (virtual tokens or
     /// key/value prefixes); 0 without one.
+    /// Logit positions in front of the first real token that the loss uses. PEFT prepends
+    /// −100 labels for prompt tuning's and P-tuning's virtual tokens before the shift
+    /// (peft_model.py, `PeftModelForCausalLM.forward`), so the last virtual token predicts the
+    /// first real one and that label counts: 1 for those methods, 0 otherwise.
+    pub fn loss_lead(&self) -> usize {
+        match self {
+            Self::Llama(m) => m
+                .prompt_encoder
+                .as_ref()
+                .is_some_and(|e| e.prepends_tokens())
+                .into(),
+            Self::ChatGlm(_) => 0,
+        }
+    }
+
+    /// Logits for the loss: [batch, lead + seq, vocab] with `lead` = [`Self::loss_lead`]; the
+    /// first `lead` rows are the last virtual positions.
+    pub fn forward_for_loss(&self, inputs: &Inputs) -> Tensor<3> {
+        match self {
+            Self::Llama(m) if self.loss_lead() > 0 => {
+                m.logits(m.hidden_states_keeping(inputs, None, None, self.loss_lead()))
+            }
+            _ => self.forward(inputs, None),
+        }
+    }
+
     pub fn prompt_positions(&self) -> usize {
         let encoder = match self {
             Self::Llama(m) => m.prompt_encoder.as_ref(),

@@ -407,7 +407,7 @@ fn check_adalora(o: &AdaLoraOptions, path: &Path) -> Result<(), AdapterError> {
         return Err(err(
             path,
             format!(
-                "`target_r` ({}) must not exceed `init_r` ({})",
+                "target_r ({}) must not exceed init_r ({})",
                 o.target_r, o.init_r
             ),
         ));

@@ -2,7 +2,7 @@
 //! (only non-ignored target tokens count), on a model without autodiff.
 
 use crate::models::CausalLm;
-use crate::train::loss::token_loss_sum;
+use crate::train::loss::token_loss_sum_lead;
 use crate::train::Batch;
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -16,15 +16,18 @@ pub struct EvalResult {
 pub fn evaluate(model: &CausalLm, batches: &[Batch]) -> EvalResult {
     let mut sum = 0.0;
     let mut tokens = 0;
+    // The loss as in training (and PEFT): with virtual tokens, the first label counts too.
+    let lead = model.loss_lead();
     for batch in batches {
         // Nothing to score (e.g. a template that rendered nothing): no forward pass, no loss.
-        if batch.targets() == 0 {
+        let targets = batch.targets_for(lead);
+        if targets == 0 {
             continue;
         }
-        let logits = model.forward(&batch.inputs(), None);
-        sum += token_loss_sum(logits, &batch.labels, batch.batch, batch.seq).into_scalar::<f32>()
-            as f64;
-        tokens += batch.targets();
+        let logits = model.forward_for_loss(&batch.inputs());
+        sum += token_loss_sum_lead(logits, &batch.labels, batch.batch, batch.seq, lead)
+            .into_scalar::<f32>() as f64;
+        tokens += targets;
     }
     let loss = if tokens == 0 {
         f64::NAN

@@ -129,9 +129,10 @@ fn merge_refuses_an_index_that_omits_a_shard() {
     let index = base.join("model.safetensors.index.json");
     let mut json: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&index).unwrap()).unwrap();
+    // The index forgets the norms (tensors no adapter touches, so only the completeness check
+    // can notice).
     let map = json["weight_map"].as_object_mut().unwrap();
-    let last = map.values().last().unwrap().clone();
-    map.retain(|_, shard| *shard != last);
+    map.retain(|name, _| !name.contains("norm"));
     fs::write(&index, json.to_string()).unwrap();
     let out = tmp.path().join("merged");
     let o = merge_base(&base, &out);
