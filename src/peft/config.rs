@@ -280,12 +280,20 @@ fn get_targets(
 ) -> Result<Option<Targets>, AdapterError> {
     match raw.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => Targets::from_json(v).map(Some).ok_or_else(|| {
-            err(
-                path,
-                format!("`{key}` must be a list of names or a regex string, found {v}"),
-            )
-        }),
+        Some(v) => {
+            let targets = Targets::from_json(v).ok_or_else(|| {
+                err(
+                    path,
+                    format!("`{key}` must be a list of names or a regex string, found {v}"),
+                )
+            })?;
+            // A bad regex is an error when the config is read, before any work.
+            if let Targets::Regex(re) = &targets {
+                regex::Regex::new(&format!("^(?:{re})$"))
+                    .map_err(|e| err(path, format!("`{key}`: invalid regex `{re}`: {e}")))?;
+            }
+            Ok(Some(targets))
+        }
     }
 }
 

@@ -139,3 +139,17 @@ fn merge_refuses_an_index_that_omits_a_shard() {
     refused(&o, "lm_head.weight");
     assert!(!out.exists());
 }
+
+#[test]
+fn a_zero_rope_scaling_factor_in_config_json_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    copy_dir(&fixture("llama-tiny"), &model);
+    let path = model.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    c["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 0.0});
+    fs::write(&path, c.to_string()).unwrap();
+    let o = run_peft(&["generate", "--model", path_str(&model), "--prompt", "hi"]);
+    refused(&o, "factor");
+}

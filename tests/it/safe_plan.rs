@@ -111,3 +111,21 @@ fn resume_with_the_same_command_line_continues() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(fs::read_to_string(out.join("trainer_state.json")).is_ok());
 }
+
+#[test]
+fn a_bad_target_modules_regex_is_refused_before_the_data_is_tokenized() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("adapter_config.json");
+    std::fs::write(
+        &config,
+        r#"{"peft_type": "LORA", "r": 4, "target_modules": "("}"#,
+    )
+    .unwrap();
+    let o = train(
+        &fixture("llama-tiny"),
+        Path::new(DATA),
+        &tmp.path().join("run"),
+        &["--adapter-config", path_str(&config)],
+    );
+    refused_before_the_work(&o, "invalid regex");
+}

@@ -76,6 +76,14 @@ impl ChatGlmConfig {
             None | Some(Value::Null) => None,
             Some(_) => Some(f.usize_req("pre_seq_len")?),
         };
+        for (key, default) in [("layernorm_epsilon", 1e-5), ("rope_ratio", 1.0)] {
+            let v = f.f64_or(key, default)?;
+            if !(v.is_finite() && v >= 0.0) || (key == "rope_ratio" && v == 0.0) {
+                return Err(f.err(format!(
+                    "`{key}` must be a finite positive number, found {v}"
+                )));
+            }
+        }
         let num_layers = f.usize_or("num_layers", 28)?;
         let ffn_hidden_size = f.usize_or("ffn_hidden_size", 13696)?;
         let seq_length = f.usize_or("seq_length", 2048)?;

@@ -76,6 +76,16 @@ fn rope(f: &Fields) -> Result<(f64, RopeScaling), LoadError> {
             .and_then(Value::as_f64)
             .map(|x| x as f32)
             .ok_or_else(|| f.err(format!("rope scaling `{kind}` needs `{key}`")))
+            // Factors divide frequencies and wavelengths: 0, negative or overflowing gives inf/NaN.
+            .and_then(|x| {
+                if x.is_finite() && x > 0.0 {
+                    Ok(x)
+                } else {
+                    Err(f.err(format!(
+                        "rope scaling `{key}` must be a finite number > 0, found {x}"
+                    )))
+                }
+            })
     };
     let scaling = match kind {
         "default" => RopeScaling::None,
