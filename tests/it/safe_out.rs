@@ -184,3 +184,31 @@ fn convert_gguf_force_refuses_an_out_that_holds_the_gguf_file() {
     fails(&o, "contains the GGUF file");
     assert!(gguf.is_file(), "the GGUF file is gone");
 }
+
+#[test]
+fn compare_overwrite_refuses_an_out_that_holds_its_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cmp");
+    fs::create_dir(&out).unwrap();
+    fs::write(out.join("results.json"), "{}").unwrap();
+    let data = out.join("train.jsonl");
+    fs::copy(DATA, &data).unwrap();
+    let o = run_peft(&[
+        "compare",
+        "--model",
+        path_str(&fixture("llama-tiny")),
+        "--data",
+        path_str(&data),
+        "--eval-split",
+        "0.1",
+        "--methods",
+        "lora",
+        "--budget",
+        "steps=1",
+        "--out",
+        path_str(&out),
+        "--overwrite",
+    ]);
+    fails(&o, "contains the --data file");
+    assert!(data.is_file(), "the data file is gone");
+}
