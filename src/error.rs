@@ -41,8 +41,10 @@ pub enum LoadError {
     },
     #[error("tensor `{tensor}` is missing from the checkpoint")]
     MissingTensor { tensor: String },
-    #[error("checkpoint is missing {} expected tensor(s): {}", tensors.len(), tensors.join(", "))]
+    #[error("checkpoint is missing {} expected tensor(s): {}", tensors.len(), list(tensors))]
     MissingTensors { tensors: Vec<String> },
+    #[error(transparent)]
+    Memory(#[from] crate::io::budget::MemoryError),
     #[error("{}: tensor `{tensor}` has unsupported dtype {dtype} (expected F32, F16 or BF16)", path.display())]
     UnsupportedDtype {
         path: PathBuf,
@@ -139,6 +141,12 @@ pub enum WriteError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{}: tensor `{tensor}` has non-finite values (NaN or infinity) in {dtype}; nothing was written", path.display())]
+    NonFinite {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+    },
 }
 
 /// Errors of `peft merge`. Everything but `Io`/`Write` is raised while planning, before the first
@@ -192,9 +200,12 @@ pub enum MergeError {
         dtype: String,
     },
     #[error(
-        "merged tensor `{tensor}` has non-finite values (NaN or infinity); nothing was written"
+        "merged tensor `{tensor}` has non-finite values (NaN or infinity){}; nothing was written", dtype.as_ref().map(|d| format!(" in {d} (out of its range: lower --scale or keep a wider --dtype)")).unwrap_or_default()
     )]
-    NonFinite { tensor: String },
+    NonFinite {
+        tensor: String,
+        dtype: Option<String>,
+    },
     #[error("--out {} is the base model folder; the input is never modified, choose another folder", path.display())]
     OutIsBase { path: PathBuf },
     #[error("--out {} is inside or contains the base folder {}; choose a folder outside it", out.display(), base.display())]
@@ -203,6 +214,25 @@ pub enum MergeError {
     OutExists { path: PathBuf },
     #[error("invalid merge option: {0}")]
     Option(String),
+    #[error(transparent)]
+    Path(#[from] crate::io::paths::PathError),
+    #[error("the base checkpoint lacks {} tensor(s) its config.json needs (a missing shard, or an index that omits one?): {}", tensors.len(), list(tensors))]
+    IncompleteBase { tensors: Vec<String> },
+}
+
+/// The first names of a long list, and how many more.
+fn list(names: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        s.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    s
 }
 
 /// Errors of `peft convert gguf`: reading a llama.cpp GGUF file and writing a Hugging Face folder.
@@ -263,6 +293,8 @@ pub enum GgufError {
     OutputExists { path: PathBuf },
     #[error(transparent)]
     Write(#[from] WriteError),
+    #[error(transparent)]
+    Path(#[from] crate::io::paths::PathError),
 }
 
 /// What is wrong with one record of a data file. Wrapped in [`DataError::Record`] with the file and

@@ -35,6 +35,19 @@ pub struct TextTokenizer {
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
     pub pad_token: Option<String>,
+    /// Embedding rows of the model in the same folder (`vocab_size` / `padded_vocab_size` in
+    /// config.json): an id at or beyond it would index past the embedding table.
+    vocab_limit: Option<usize>,
+}
+
+/// The model's embedding rows from `dir/config.json`, when there is one.
+fn vocab_limit(dir: &Path) -> Option<usize> {
+    let config: serde_json::Map<String, Value> =
+        crate::io::json::read_json(&dir.join("config.json")).ok()?;
+    ["padded_vocab_size", "vocab_size"]
+        .iter()
+        .find_map(|k| config.get(*k).and_then(Value::as_u64))
+        .and_then(|n| usize::try_from(n).ok())
 }
 
 /// A special token in tokenizer_config.json: `"</s>"` or `{"content": "</s>", ...}`.
@@ -109,7 +122,13 @@ impl TextTokenizer {
             bos_token: token_string(config.get("bos_token")),
             eos_token: token_string(config.get("eos_token")).or(eos_default),
             pad_token: token_string(config.get("pad_token")),
+            vocab_limit: vocab_limit(dir),
         })
+    }
+
+    /// Whether `id` indexes a row of the model's embedding table.
+    fn in_vocab(&self, id: u32) -> bool {
+        self.vocab_limit.is_none_or(|n| (id as usize) < n)
     }
 
     fn err(&self, message: impl ToString) -> LoadError {
@@ -121,11 +140,22 @@ impl TextTokenizer {
 
     /// Encodes text; `add_special` adds the tokenizer's own specials (e.g. BOS), as transformers'
     /// `tokenizer(text)` does.
+    /// Every id is checked against the model's embedding rows: a tokenizer with tokens the
+    /// model has no embedding for is refused here, not by an out-of-bounds panic in a gather.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, LoadError> {
-        self.inner
+        let ids = self
+            .inner
             .encode(text, add_special)
             .map(|e| e.get_ids().to_vec())
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        if let Some(&id) = ids.iter().find(|&&id| !self.in_vocab(id)) {
+            let token = self.inner.id_to_token(id).unwrap_or_default();
+            return Err(self.err(format!(
+                "token {token:?} has id {id}, beyond the model's {} embedding rows (vocab_size in config.json): the tokenizer does not match the model",
+                self.vocab_limit.unwrap_or(0)
+            )));
+        }
+        Ok(ids)
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, LoadError> {
@@ -144,11 +174,19 @@ impl TextTokenizer {
 
     /// The EOS id named in tokenizer_config.json, if any.
     pub fn eos_id(&self) -> Option<u32> {
-        self.eos_token.as_deref().and_then(|t| self.token_id(t))
+        self.eos_token
+            .as_deref()
+            .and_then(|t| self.token_id(t))
+            .filter(|&id| self.in_vocab(id))
     }
 
+    /// The pad id, only when the model has an embedding for it (padding is masked, but still
+    /// looked up).
     pub fn pad_id(&self) -> Option<u32> {
-        self.pad_token.as_deref().and_then(|t| self.token_id(t))
+        self.pad_token
+            .as_deref()
+            .and_then(|t| self.token_id(t))
+            .filter(|&id| self.in_vocab(id))
     }
 
     /// Renders `messages` with the tokenizer's chat template.

@@ -219,16 +219,29 @@ fn command_line() -> String {
     args.join(" ")
 }
 
-/// `--out` must not hold results (unless --overwrite, which clears it).
-fn prepare_out(out: &Path, overwrite: bool) -> anyhow::Result<()> {
-    if out.join("results.json").exists() {
-        if !overwrite {
-            bail!(
-                "{} already holds results (results.json); pass --overwrite to replace them",
-                out.display()
-            );
+/// `--out` must not hold results (unless --overwrite: each result file and method run is then
+/// replaced as the new comparison writes it; nothing else in the folder is deleted), nor be,
+/// contain or lie inside an input.
+fn prepare_out(a: &CompareArgs) -> anyhow::Result<()> {
+    let (out, overwrite) = (&a.out, a.overwrite);
+    let mut inputs: Vec<(&str, &Path)> = vec![("--model folder", &a.model)];
+    for (what, file) in [
+        ("--data file", &a.data.data),
+        ("--eval-data file", &a.data.eval_data),
+    ] {
+        if let Some(f) = file {
+            inputs.push((what, f));
         }
-        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    if let Some(p) = &a.presets {
+        inputs.push(("--presets file", p));
+    }
+    peft::io::paths::check_out_against_inputs(out, &inputs)?;
+    if out.join("results.json").exists() && !overwrite {
+        bail!(
+            "{} already holds results (results.json); pass --overwrite to replace them",
+            out.display()
+        );
     }
     for sub in ["runs", "logs", "configs"] {
         std::fs::create_dir_all(out.join(sub))
@@ -255,7 +268,8 @@ fn bars(plan: &Plan) -> (MultiProgress, ProgressBar, ProgressBar) {
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let plan = Plan::try_from(args)?;
     let a = &plan.args;
-    prepare_out(&a.out, a.overwrite)?;
+    prepare_out(a)?;
+    let _lock = peft::io::lock::lock_dir(&a.out)?;
     let mut results = Results {
         command: command_line(),
         machine: machine(),

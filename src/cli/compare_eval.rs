@@ -17,7 +17,7 @@ use peft::generate::{generate, SamplingConfig};
 use peft::models::CausalLm;
 use peft::tokenizer::TextTokenizer;
 use peft::train::eval::EvalResult;
-use peft::train::loss::token_loss_sum;
+use peft::train::loss::token_loss_sum_lead;
 use serde_json::json;
 
 use super::common::{eval_batch_config, ModelArgs};
@@ -126,11 +126,21 @@ fn forward_pass(
 ) -> (EvalResult, Vec<Vec<u32>>) {
     let (mut sum, mut tokens, mut argmax) = (0.0, 0, Vec::new());
     for batch in data::batches(records, config, 0) {
-        let logits = model.forward(&batch.inputs(), None);
-        let loss = token_loss_sum(logits.clone(), &batch.labels, batch.batch, batch.seq);
+        if batch.seq == 0 {
+            // Records that encoded to nothing: no logits, no answers.
+            argmax.extend(std::iter::repeat_n(Vec::new(), batch.batch));
+            continue;
+        }
+        // The loss as `peft eval` (the first label counts behind virtual tokens); the answers
+        // from the real positions only.
+        let lead = model.loss_lead();
+        let logits = model.forward_for_loss(&batch.inputs());
+        let loss = token_loss_sum_lead(logits.clone(), &batch.labels, batch.batch, batch.seq, lead);
         sum += loss.into_scalar::<f32>() as f64;
-        tokens += batch.targets();
+        tokens += batch.targets_for(lead);
+        let [b, t, v] = logits.dims();
         let best = logits
+            .slice([0..b, lead..t, 0..v])
             .argmax(2)
             .into_data()
             .convert::<i64>()

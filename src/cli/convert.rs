@@ -36,6 +36,7 @@ pub fn run(cmd: ConvertCommand) -> anyhow::Result<()> {
         } => {
             let dtype =
                 parse_float_dtype(&dtype).with_context(|| format!("unknown dtype `{dtype}`"))?;
+            peft::io::leftovers::clean_siblings(&out);
             // Library errors already name the file, tensor or key.
             let report = convert_gguf(&file, &out, ConvertOptions { dtype, force })?;
             let types: Vec<String> = report

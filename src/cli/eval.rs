@@ -21,6 +21,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    super::validate::data_options(&args.data)?;
     let tokenizer = TextTokenizer::load(&args.model.model)?;
     let config = args.data.to_config(0)?;
     let mut stats = DataStats::default();

@@ -47,6 +47,18 @@ pub struct GenerateArgs {
 
 impl GenerateArgs {
     fn sampling(&self, eos_ids: Vec<u32>) -> anyhow::Result<SamplingConfig> {
+        use super::validate::{float, Range};
+        // Infinite values pass the range checks below but make the sampling weights NaN.
+        float(
+            "--temperature",
+            Some(self.temperature.into()),
+            Range::Positive,
+        )?;
+        float(
+            "--repetition-penalty",
+            Some(self.repetition_penalty.into()),
+            Range::Positive,
+        )?;
         if !(self.temperature > 0.0) {
             bail!("--temperature must be > 0 (use --greedy for arg-max decoding)");
         }

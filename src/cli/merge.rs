@@ -138,6 +138,10 @@ fn options(args: MergeArgs) -> anyhow::Result<MergeOptions> {
 }
 
 pub fn run(args: MergeArgs) -> anyhow::Result<()> {
+    // Contradictions are refused before any work, not after the output is written.
+    if args.verify && args.scale != 1.0 {
+        anyhow::bail!("--verify compares against the adapters at full strength; it cannot check --scale {}: drop one of them", args.scale);
+    }
     let check = args.verify.then(|| {
         (
             args.base.clone(),
@@ -147,6 +151,7 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         )
     });
     let plan = MergePlan::build(options(args)?).context("merge refused; nothing was written")?;
+    peft::io::leftovers::clean_siblings(&plan.options.out);
     if let Some(tie) = &plan.untied {
         eprintln!(
             "note: an adapter changes the tied embedding; untying: writing `{}` as its own tensor and setting tie_word_embeddings = false in config.json",

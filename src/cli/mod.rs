@@ -16,6 +16,7 @@ mod generate;
 mod inspect;
 mod merge;
 mod train;
+mod validate;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -165,27 +165,65 @@ fn run_config(o: &TrainOptions) -> anyhow::Result<RunConfig> {
 }
 
 /// An output folder that already holds a run is refused unless `--overwrite` or `--resume`.
+/// `--overwrite` deletes nothing here: the new run replaces the files it writes as it writes
+/// them, and the previous run's checkpoints only once it has finished (see
+/// [`remove_stale_checkpoints`]); anything else in the folder is never touched (as HF's
+/// `overwrite_output_dir`).
 fn prepare_out(out: &Path, o: &TrainOptions) -> anyhow::Result<()> {
     let holds_run = ["trainer_state.json", "adapter_config.json", "metrics.jsonl"]
         .iter()
         .any(|f| out.join(f).exists())
-        || std::fs::read_dir(out)
-            .map(|mut d| {
-                d.any(|e| {
-                    e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
-                })
-            })
-            .unwrap_or(false);
-    if holds_run && o.resume.is_none() {
-        if !o.overwrite {
-            return Err(peft::error::TrainError::OutputExists {
-                path: out.to_path_buf(),
-            }
-            .into());
+        || !run_checkpoints(out).is_empty();
+    if holds_run && o.resume.is_none() && !o.overwrite {
+        return Err(peft::error::TrainError::OutputExists {
+            path: out.to_path_buf(),
         }
-        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
+        .into());
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))
+}
+
+/// The `checkpoint-N` folders in `out` that hold a checkpoint of ours (a `trainer_state.json`).
+fn run_checkpoints(out: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let n = e
+                .file_name()
+                .to_string_lossy()
+                .strip_prefix("checkpoint-")?
+                .parse::<usize>()
+                .ok()?;
+            let path = e.path();
+            path.join(checkpoint::STATE_FILE)
+                .is_file()
+                .then_some((n, path))
+        })
+        .collect()
+}
+
+/// After an `--overwrite` run has finished: the previous run's checkpoints that this run did
+/// not replace (they would make `--resume OUT` continue the old run).
+fn remove_stale_checkpoints(
+    before: &[(usize, PathBuf)],
+    config: &RunConfig,
+    steps: usize,
+) -> anyhow::Result<()> {
+    let saved_now = |n: usize| {
+        config
+            .save_steps
+            .is_some_and(|s| s > 0 && n % s == 0 && n < steps)
+    };
+    for (n, path) in before {
+        if !saved_now(*n) {
+            std::fs::remove_dir_all(path)
+                .with_context(|| format!("removing the previous run's {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// A checkpoint folder, or the latest `checkpoint-N` inside a run folder.
@@ -214,13 +252,35 @@ fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
 
 pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
     let o = merge(&args.options, args.config.as_deref())?;
+    // Every option is checked before the first file is read (ripgrep's args -> plan).
+    super::validate::train_options(&o)?;
     let model_path = o.model.clone().context("--model is required")?;
     let out = o.out.clone().context("--out is required")?;
     let config = run_config(&o)?;
+    super::validate::train_out(&o, &out)?;
     let device = peft::device::parse_device(o.device.as_deref().unwrap_or("cpu"))?.autodiff();
     let dir = ModelDir::open(&model_path)?;
     let tokenizer = TextTokenizer::load(&model_path)?;
     let data_config: DataConfig = o.data.to_config(config.seed)?;
+    let resume_dir = o.resume.as_deref().map(resolve_checkpoint).transpose()?;
+    let mut adapter = match &resume_dir {
+        Some(ckpt) => {
+            let saved = AdapterConfig::load_dir(ckpt)?;
+            super::validate::resume_matches(&o.adapter, dir.model_type(), &saved, ckpt)?;
+            saved
+        }
+        None => adapter_config(&o.adapter, dir.model_type())?,
+    };
+    tokenize_init_text(&mut adapter, &tokenizer, &model_path)?;
+    prepare_out(&out, &o)?;
+    // One run per --out at a time; held until this function returns.
+    let _lock = peft::io::lock::lock_dir(&out)?;
+    peft::io::leftovers::clean_locked_dir(&out);
+    let previous_checkpoints = if o.overwrite && resume_dir.is_none() {
+        run_checkpoints(&out)
+    } else {
+        Vec::new()
+    };
     let prepared = data::prepare(&data_config, &tokenizer)?;
     eprintln!(
         "data: {} ({} train, {} eval records)",
@@ -228,13 +288,6 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         prepared.train.len(),
         prepared.eval.len()
     );
-    let resume_dir = o.resume.as_deref().map(resolve_checkpoint).transpose()?;
-    let mut adapter = match &resume_dir {
-        Some(ckpt) => AdapterConfig::load_dir(ckpt)?,
-        None => adapter_config(&o.adapter, dir.model_type())?,
-    };
-    tokenize_init_text(&mut adapter, &tokenizer, &model_path)?;
-    prepare_out(&out, &o)?;
     let mut model = dir
         .load(&device)
         .with_context(|| format!("loading {}", model_path.display()))?;
@@ -253,6 +306,10 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         pad_id: prepared.pad_id,
     };
     let train = |epoch: usize| data::batches(&prepared.train, &batch_config, epoch as u64);
+    let per_epoch = train(0).len();
+    if config.grad_accum > per_epoch.max(1) {
+        bail!("--grad-accum {} exceeds the {per_epoch} micro-batches of one epoch: one optimizer step would span the whole data set more than once; lower --grad-accum or --batch-size", config.grad_accum);
+    }
     let mut adapter = adapter;
     let mut hook = StepHook::None;
     if let Method::AdaLora(_, ada) = &adapter.method {
@@ -283,6 +340,8 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
             .max()
             .unwrap_or(0),
     };
+    let rows = o.batch_size.unwrap_or(4).min(prepared.train.len().max(1));
+    super::validate::batch_budget(&dir, rows, longest + virtual_positions)?;
     if virtual_positions > 0 && longest + virtual_positions > context {
         bail!("the longest sequence ({longest} tokens) plus {virtual_positions} virtual tokens exceeds the model's context of {context} positions; lower --max-len or --num-virtual-tokens");
     }
@@ -306,7 +365,7 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         model,
         adapter_config: adapter,
         out: out.clone(),
-        config,
+        config: config.clone(),
         train: &train,
         eval,
         device,
@@ -317,9 +376,10 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         bail!(
             "interrupted after step {}; continue with --resume {}",
             summary.steps,
-            out.display()
+            checkpoint::checkpoint_dir(&out, summary.steps).display()
         );
     }
+    remove_stale_checkpoints(&previous_checkpoints, &config, summary.steps)?;
     let first = summary.losses.first().copied().unwrap_or(f64::NAN);
     let last = summary.losses.last().copied().unwrap_or(f64::NAN);
     eprintln!(

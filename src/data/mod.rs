@@ -122,6 +122,12 @@ pub fn prepare(config: &DataConfig, tokenizer: &TextTokenizer) -> Result<Prepare
         Some(path) => (train, encode_file(path, config, tokenizer, &mut stats)?),
         None => split(train, config.eval_split, config.seed)?,
     };
+    if train.iter().map(Encoded::targets).sum::<usize>() == 0 {
+        return Err(DataError::Option(format!(
+            "{}: no training record has a token to learn (empty texts or responses, or a template that renders nothing?)",
+            config.data.display()
+        )));
+    }
     let pad_id = tokenizer
         .pad_id()
         .or(tokenizer.eos_id())

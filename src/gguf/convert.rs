@@ -57,6 +57,8 @@ pub fn convert_gguf(
     out: &Path,
     opts: ConvertOptions,
 ) -> Result<ConvertReport, GgufError> {
+    // `--force` replaces the output folder: never one that holds (or is inside) the input.
+    crate::io::paths::check_out_against_inputs(out, &[("GGUF file", file)])?;
     check_output(out, opts.force)?;
     let map = map_file(file)?;
     let gguf = Gguf::parse(file, &map)?;

@@ -79,6 +79,18 @@ pub fn write_safetensors_atomic(
     tensors: &[(String, OwnedTensor)],
     extra_metadata: Option<HashMap<String, String>>,
 ) -> Result<(), WriteError> {
+    // Every written tensor is finite in the dtype it is written in (a NaN adapter written with
+    // exit 0 is a silent failure).
+    if let Some((name, t)) = tensors
+        .iter()
+        .find(|(_, t)| !crate::io::dtype::all_finite(t.dtype, &t.bytes))
+    {
+        return Err(WriteError::NonFinite {
+            path: path.to_path_buf(),
+            tensor: name.clone(),
+            dtype: format!("{:?}", t.dtype),
+        });
+    }
     let mut metadata = extra_metadata.unwrap_or_default();
     metadata.insert("format".into(), "pt".into());
     let tmp = temp_path(path);

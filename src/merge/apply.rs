@@ -66,9 +66,11 @@ pub fn write_tensor(
         if values.iter().any(|v| !v.is_finite()) {
             return Err(MergeError::NonFinite {
                 tensor: t.name.clone(),
+                dtype: None,
             });
         }
         let bytes = dtype::from_f32(t.dtype, &values).ok_or_else(|| not_float(plan, t, t.dtype))?;
+        finite_as_written(t, &bytes)?;
         return out.write_all(&bytes).map_err(io);
     }
     let elem = entry.dtype.bitsize() / 8;
@@ -85,11 +87,24 @@ pub fn write_tensor(
                 .ok_or_else(|| not_float(plan, t, entry.dtype))?;
             let bytes =
                 dtype::from_f32(t.dtype, &values).ok_or_else(|| not_float(plan, t, t.dtype))?;
+            finite_as_written(t, &bytes)?;
             out.write_all(&bytes).map_err(io)?;
         }
         pos += n;
     }
     Ok(())
+}
+
+/// The finiteness check runs on the bytes as written: f32 values finite before a cast to f16 can
+/// overflow to infinity in it (65504 is f16's largest).
+fn finite_as_written(t: &OutTensor, bytes: &[u8]) -> Result<(), MergeError> {
+    if dtype::all_finite(t.dtype, bytes) {
+        return Ok(());
+    }
+    Err(MergeError::NonFinite {
+        tensor: t.name.clone(),
+        dtype: Some(format!("{:?}", t.dtype)),
+    })
 }
 
 /// Applies one fold to `w` (shape [out, in], or [out] for a bias), weighted by `strength`.

@@ -55,25 +55,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MergeError + '_ {
 
 /// `path` made absolute with symlinks resolved, even if its last components do not exist yet.
 fn resolve(path: &Path) -> Result<PathBuf, MergeError> {
-    let abs = std::path::absolute(path).map_err(io_err(path))?;
-    let mut existing = abs.as_path();
-    let mut rest = Vec::new();
-    while !existing.exists() {
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_owned());
-                existing = parent;
-            }
-            _ => break,
-        }
-    }
-    let mut resolved = existing.canonicalize().map_err(io_err(existing))?;
-    resolved.extend(rest.iter().rev());
-    Ok(resolved)
+    Ok(crate::io::paths::resolve(path)?)
 }
 
-/// `--out` must not be the base, overlap it, or (without `--force`) exist.
-fn check_out(base: &Path, out: &Path, force: bool) -> Result<(), MergeError> {
+/// `--out` must not be the base or an adapter, overlap one, or (without `--force`) exist.
+fn check_out(base: &Path, adapters: &[PathBuf], out: &Path, force: bool) -> Result<(), MergeError> {
     let base_abs = base.canonicalize().map_err(io_err(base))?;
     let out_abs = resolve(out)?;
     if out_abs == base_abs {
@@ -87,12 +73,37 @@ fn check_out(base: &Path, out: &Path, force: bool) -> Result<(), MergeError> {
             base: base.to_path_buf(),
         });
     }
+    // The adapters are inputs too: `--force` must never replace a folder that holds one.
+    let adapters: Vec<(&str, &Path)> = adapters
+        .iter()
+        .map(|a| ("--adapter folder", a.as_path()))
+        .collect();
+    crate::io::paths::check_out_against_inputs(out, &adapters)?;
     if out.symlink_metadata().is_ok() && !force {
         return Err(MergeError::OutExists {
             path: out.to_path_buf(),
         });
     }
     Ok(())
+}
+
+/// A base that lacks tensors its config.json needs (a missing shard, or an index that omits one)
+/// would be written as a model that cannot be loaded: refused with the list. A config of a
+/// family we do not model is not checked (the merge itself only needs the adapted tensors).
+fn check_complete(dir: &Path, base: &Checkpoint) -> Result<(), MergeError> {
+    let Ok(model) = crate::models::ModelDir::open(dir) else {
+        return Ok(());
+    };
+    let missing: Vec<String> = model
+        .expected_tensors()
+        .into_iter()
+        .filter(|n| !base.contains(n))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(MergeError::IncompleteBase { tensors: missing })
+    }
 }
 
 fn read_config(base: &Path) -> Result<Option<Value>, MergeError> {
@@ -146,7 +157,12 @@ impl MergePlan {
             }
             .into());
         }
-        check_out(&options.base, &options.out, options.force)?;
+        check_out(
+            &options.base,
+            &options.adapters,
+            &options.out,
+            options.force,
+        )?;
         let base = Checkpoint::open_dir(&options.base)?;
         let config = read_config(&options.base)?;
         let adapters = options
@@ -162,6 +178,8 @@ impl MergePlan {
                 tie: tie.as_ref(),
             },
         )?;
+        // After the adapters' own checks, which name the adapter file for a tensor it adapts.
+        check_complete(&options.base, &base)?;
         let untied =
             tie.filter(|t| patches.contains_key(&t.input) || patches.contains_key(&t.output));
         let shards = plan_layout(

@@ -18,7 +18,7 @@ use crate::models::llama::{self, LlamaConfig, LlamaForCausalLm};
 use crate::models::mask::Inputs;
 use crate::models::prompt::PromptState;
 use crate::peft::adapter::LinearAdapter;
-use crate::train::loss::{shifted_targets, token_loss_sum};
+use crate::train::loss::{shifted_targets, token_loss_sum_lead};
 
 /// A model folder with its parsed `config.json`.
 #[derive(Debug, Clone)]
@@ -137,9 +137,86 @@ impl ModelDir {
         }
     }
 
+    /// Every tensor name the checkpoint must hold, in checkpoint order.
+    pub fn expected_tensors(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let (embedding, layers, norms, final_norm, head): (
+            &str,
+            usize,
+            [&str; 2],
+            Option<&str>,
+            Option<&str>,
+        ) = match &self.family {
+            Family::Llama(c) => (
+                "model.embed_tokens.weight",
+                c.num_hidden_layers,
+                ["input_layernorm", "post_attention_layernorm"],
+                Some("model.norm.weight"),
+                (!c.tie_word_embeddings).then_some("lm_head.weight"),
+            ),
+            Family::ChatGlm(c) => (
+                "transformer.embedding.word_embeddings.weight",
+                c.num_layers,
+                ["input_layernorm", "post_attention_layernorm"],
+                c.post_layer_norm
+                    .then_some("transformer.encoder.final_layernorm.weight"),
+                Some("transformer.output_layer.weight"),
+            ),
+        };
+        let layer_prefix = match &self.family {
+            Family::Llama(_) => "model.layers",
+            Family::ChatGlm(_) => "transformer.encoder.layers",
+        };
+        out.push(embedding.to_string());
+        let linears = match &self.family {
+            Family::Llama(c) => c.linear_shapes(),
+            Family::ChatGlm(c) => c.linear_shapes(),
+        };
+        for (path, _, _, bias) in linears {
+            out.push(format!("{path}.weight"));
+            if bias {
+                out.push(format!("{path}.bias"));
+            }
+        }
+        for l in 0..layers {
+            for norm in norms {
+                out.push(format!("{layer_prefix}.{l}.{norm}.weight"));
+            }
+        }
+        out.extend(final_norm.map(String::from));
+        out.extend(head.map(String::from));
+        out
+    }
+
+    /// Refuses, before allocating anything, a checkpoint that lacks tensors the config needs
+    /// (a config declaring more layers than the checkpoint has would otherwise be zero-filled up
+    /// to the end) and a model larger than the machine's available memory.
+    pub fn check_loadable(&self, checkpoint: &Checkpoint) -> Result<(), LoadError> {
+        let bytes = (self.num_parameters() as u64).checked_mul(4);
+        let setting = match &self.family {
+            Family::Llama(_) => "the sizes in config.json (num_hidden_layers, hidden_size, intermediate_size, vocab_size)",
+            Family::ChatGlm(_) => "the sizes in config.json (num_layers, hidden_size, ffn_hidden_size, padded_vocab_size)",
+        };
+        crate::io::budget::check(
+            &format!("the model in {} (f32 weights)", self.dir.display()),
+            setting,
+            bytes,
+        )?;
+        let missing: Vec<String> = self
+            .expected_tensors()
+            .into_iter()
+            .filter(|n| !checkpoint.contains(n))
+            .collect();
+        if !missing.is_empty() {
+            return Err(LoadError::MissingTensors { tensors: missing });
+        }
+        Ok(())
+    }
+
     /// Loads the weights onto `device`.
     pub fn load(&self, device: &Device) -> Result<CausalLm, LoadError> {
         let checkpoint = Checkpoint::open_dir(&self.dir)?;
+        self.check_loadable(&checkpoint)?;
         match &self.family {
             Family::Llama(c) => Ok(CausalLm::Llama(llama::weights::load(
                 c.clone(),
@@ -265,6 +342,32 @@ impl CausalLm {
         }
     }
 
+    /// Logit positions in front of the first real token that the loss uses. PEFT prepends
+    /// −100 labels for prompt tuning's and P-tuning's virtual tokens before the shift
+    /// (peft_model.py, `PeftModelForCausalLM.forward`), so the last virtual token predicts the
+    /// first real one and that label counts: 1 for those methods, 0 otherwise.
+    pub fn loss_lead(&self) -> usize {
+        match self {
+            Self::Llama(m) => m
+                .prompt_encoder
+                .as_ref()
+                .is_some_and(|e| e.prepends_tokens())
+                .into(),
+            Self::ChatGlm(_) => 0,
+        }
+    }
+
+    /// Logits for the loss: [batch, lead + seq, vocab] with `lead` = [`Self::loss_lead`]; the
+    /// first `lead` rows are the last virtual positions.
+    pub fn forward_for_loss(&self, inputs: &Inputs) -> Tensor<3> {
+        match self {
+            Self::Llama(m) if self.loss_lead() > 0 => {
+                m.logits(m.hidden_states_keeping(inputs, None, None, self.loss_lead()))
+            }
+            _ => self.forward(inputs, None),
+        }
+    }
+
     /// Extra positions the attached prompt encoder takes from the context (virtual tokens or
     /// key/value prefixes); 0 without one.
     pub fn prompt_positions(&self) -> usize {
@@ -284,20 +387,25 @@ impl CausalLm {
         }
     }
 
-    /// The summed loss of `labels` [batch, seq] (shifted, −100 ignored) of one forward: the output
-    /// head fused with the cross-entropy (`kernels::cross_entropy`) when it is a frozen plain
-    /// linear or a tied embedding, so the [batch, seq, vocab] logits are never held; the plain
-    /// logits + log-softmax otherwise (an adapted or trainable head). -> [1]
+    /// The summed loss of `labels` [batch, seq] (shifted, −100 ignored, the first label
+    /// counted after virtual tokens as [`Self::loss_lead`] says) of one forward: the output head
+    /// fused with the cross-entropy (`kernels::cross_entropy`) when it is a frozen plain linear
+    /// or a tied embedding, so the [batch, seq, vocab] logits are never held; the plain logits +
+    /// log-softmax otherwise (an adapted or trainable head). -> [1]
     pub fn token_loss_sum(&self, inputs: &Inputs, labels: &[i64]) -> Tensor<1> {
         let (batch, seq) = (inputs.batch, inputs.seq);
+        let lead = self.loss_lead();
         let (hidden, head) = match self {
-            Self::Llama(m) => (m.hidden_states(inputs, None, None), m.output_head()),
+            Self::Llama(m) => (
+                m.hidden_states_keeping(inputs, None, None, lead),
+                m.output_head(),
+            ),
             Self::ChatGlm(m) => (m.hidden_states(inputs, None, None), m.output_head()),
         };
         match head {
             Some((weight, layout)) => {
                 let [b, s, h] = hidden.dims();
-                let targets = shifted_targets(labels, batch, seq);
+                let targets = shifted_targets(labels, batch, seq, lead);
                 linear_cross_entropy(hidden.reshape([b * s, h]), weight, layout, &targets)
             }
             None => {
@@ -305,7 +413,7 @@ impl CausalLm {
                     Self::Llama(m) => m.logits(hidden),
                     Self::ChatGlm(m) => m.logits(hidden),
                 };
-                token_loss_sum(logits, labels, batch, seq)
+                token_loss_sum_lead(logits, labels, batch, seq, lead)
             }
         }
     }

@@ -12,6 +12,7 @@ pub mod loaded;
 pub mod mask;
 pub mod prompt;
 pub mod rope;
+pub mod sizes;
 pub mod synthetic;
 pub mod tensor_util;
 

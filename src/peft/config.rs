@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 
 use crate::error::AdapterError;
+use crate::peft::config_check::{check_adalora, check_lora};
 use crate::peft::target::{MatchOptions, Matcher, Targets};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
@@ -280,12 +281,20 @@ fn get_targets(
 ) -> Result<Option<Targets>, AdapterError> {
     match raw.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => Targets::from_json(v).map(Some).ok_or_else(|| {
-            err(
-                path,
-                format!("`{key}` must be a list of names or a regex string, found {v}"),
-            )
-        }),
+        Some(v) => {
+            let targets = Targets::from_json(v).ok_or_else(|| {
+                err(
+                    path,
+                    format!("`{key}` must be a list of names or a regex string, found {v}"),
+                )
+            })?;
+            // A bad regex is an error when the config is read, before any work.
+            if let Targets::Regex(re) = &targets {
+                regex::Regex::new(&format!("^(?:{re})$"))
+                    .map_err(|e| err(path, format!("`{key}`: invalid regex `{re}`: {e}")))?;
+            }
+            Ok(Some(targets))
+        }
     }
 }
 
@@ -415,7 +424,11 @@ impl AdapterConfig {
             _ => Vec::new(),
         };
         let method = match peft_type {
-            PeftType::Lora => Method::Lora(parse_lora(&raw, path)?),
+            PeftType::Lora => {
+                let lora = parse_lora(&raw, path)?;
+                check_lora(&lora, path)?;
+                Method::Lora(lora)
+            }
             PeftType::AdaLora => {
                 let mut lora_raw = raw.clone();
                 lora_raw.remove("rank_pattern");
@@ -426,7 +439,17 @@ impl AdapterConfig {
                         path.display()
                     )));
                 }
-                Method::AdaLora(lora, parse_adalora(&raw, path)?)
+                let ada = parse_adalora(&raw, path)?;
+                check_adalora(&ada, path)?;
+                // AdaLoRA's `r` is unused (init_r is the rank); only alpha and dropout apply.
+                check_lora(
+                    &LoraOptions {
+                        r: 1,
+                        ..lora.clone()
+                    },
+                    path,
+                )?;
+                Method::AdaLora(lora, ada)
             }
             PeftType::Ia3 => {
                 for key in ["modules_to_save", "fan_in_fan_out"] {

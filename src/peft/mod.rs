@@ -9,6 +9,7 @@ pub mod adapter;
 pub mod build;
 pub mod chatglm_prefix;
 pub mod config;
+mod config_check;
 pub mod fold;
 pub mod format;
 pub mod ia3;

@@ -160,11 +160,15 @@ pub fn plan(
             model.embedding_path()
         )));
     }
+    let mut matched = Vec::new();
     for (path, linear) in model.linears_mut() {
         all_paths.push(path.clone());
-        if !matcher.matches(&path, true) {
-            continue;
+        if matcher.matches(&path, true) {
+            matched.push((path, linear.in_features(), linear.out_features()));
         }
+    }
+    check_rank_budget(config, &matched)?;
+    for (path, d_in, d_out) in matched {
         let spec = match &config.method {
             Method::Lora(opts) => lora_spec(opts, &path)?,
             Method::Ia3(opts) => Spec::Ia3 {
@@ -180,8 +184,8 @@ pub fn plan(
         };
         targets.push(Target {
             path,
-            d_in: linear.in_features(),
-            d_out: linear.out_features(),
+            d_in,
+            d_out,
             spec,
         });
     }
@@ -200,12 +204,80 @@ pub fn plan(
     Ok(targets)
 }
 
+/// The largest rank `config` gives any module, times every matched module's `in + out + 1`,
+/// checked against the machine before any per-rank structure (AdaLoRA's rank mask, the factors)
+/// is allocated.
+fn check_rank_budget(
+    config: &AdapterConfig,
+    matched: &[(String, usize, usize)],
+) -> Result<(), AdapterError> {
+    let (rank, setting) = match &config.method {
+        Method::Lora(o) => (
+            o.rank_pattern.iter().map(|(_, r)| *r).fold(o.r, usize::max),
+            "`r` (--r, or r / rank_pattern in adapter_config.json)",
+        ),
+        Method::AdaLora(_, a) => (
+            a.init_r,
+            "`init_r` (--init-r, or init_r in adapter_config.json)",
+        ),
+        _ => return Ok(()),
+    };
+    let params = matched.iter().try_fold(0u64, |total, (_, i, o)| {
+        let width = (*i as u64).checked_add(*o as u64)?.checked_add(1)?;
+        total.checked_add((rank as u64).checked_mul(width)?)
+    });
+    crate::io::budget::check(
+        &format!(
+            "the adapter on {} module(s) (weights, gradients, optimizer moments)",
+            matched.len()
+        ),
+        setting,
+        params.and_then(|n| n.checked_mul(16)),
+    )
+    .map_err(crate::error::LoadError::from)?;
+    Ok(())
+}
+
+/// Parameters of the adapters `targets` asks for, with checked arithmetic (`None`: overflow).
+fn adapter_parameters(targets: &[Target]) -> Option<u64> {
+    targets.iter().try_fold(0u64, |total, t| {
+        let (i, o) = (t.d_in as u64, t.d_out as u64);
+        let n = match &t.spec {
+            Spec::Lora { r, dora, .. } => (*r as u64)
+                .checked_mul(i.checked_add(o)?)?
+                .checked_add(if *dora { o } else { 0 })?,
+            Spec::AdaLora { init_r, .. } => {
+                (*init_r as u64).checked_mul(i.checked_add(o)?.checked_add(1)?)?
+            }
+            Spec::Ia3 { feedforward } => {
+                if *feedforward {
+                    i
+                } else {
+                    o
+                }
+            }
+        };
+        total.checked_add(n)
+    })
+}
+
 /// Attaches one adapter per target, built by `build`, and reports parameter counts.
 pub fn attach(
     model: &mut CausalLm,
     targets: &[Target],
     build: &mut dyn FnMut(&Target, &crate::models::Linear) -> Result<LinearAdapter, AdapterError>,
 ) -> Result<InjectionReport, AdapterError> {
+    // Checked before the first tensor is allocated: `--r 1000000000` is an error naming `r`,
+    // not an abort. f32 weights, their gradients and AdamW's two moments: 16 bytes each.
+    crate::io::budget::check(
+        &format!(
+            "the adapter on {} module(s) (weights, gradients, optimizer moments)",
+            targets.len()
+        ),
+        "`r` (--r, or r / init_r in adapter_config.json)",
+        adapter_parameters(targets).and_then(|n| n.checked_mul(16)),
+    )
+    .map_err(crate::error::LoadError::from)?;
     let base_params = model.num_params();
     let mut trainable = 0;
     let mut by_path: std::collections::HashMap<&str, &Target> =

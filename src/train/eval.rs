@@ -15,11 +15,18 @@ pub struct EvalResult {
 pub fn evaluate(model: &CausalLm, batches: &[Batch]) -> EvalResult {
     let mut sum = 0.0;
     let mut tokens = 0;
+    // The loss as in training (and PEFT): with virtual tokens, the first label counts too.
+    let lead = model.loss_lead();
     for batch in batches {
+        // Nothing to score (e.g. a template that rendered nothing): no forward pass, no loss.
+        let targets = batch.targets_for(lead);
+        if targets == 0 {
+            continue;
+        }
         sum += model
             .token_loss_sum(&batch.inputs(), &batch.labels)
             .into_scalar::<f32>() as f64;
-        tokens += batch.targets();
+        tokens += targets;
     }
     let loss = if tokens == 0 {
         f64::NAN

@@ -9,9 +9,19 @@ pub const IGNORE_INDEX: i64 = -100;
 
 /// Non-ignored target tokens in `labels` [batch, seq] after the shift.
 pub fn count_targets(labels: &[i64], batch: usize, seq: usize) -> usize {
+    count_targets_lead(labels, batch, seq, 0)
+}
+
+/// `count_targets` when `lead` (0 or 1) logit positions precede the first real token: with 1,
+/// the first label is predicted too (see `CausalLm::loss_lead`).
+pub fn count_targets_lead(labels: &[i64], batch: usize, seq: usize, lead: usize) -> usize {
+    let first = 1 - lead.min(1);
+    if seq <= first {
+        return 0;
+    }
     (0..batch)
         .map(|b| {
-            labels[b * seq + 1..(b + 1) * seq]
+            labels[b * seq + first..(b + 1) * seq]
                 .iter()
                 .filter(|&&l| l != IGNORE_INDEX)
                 .count()
@@ -19,37 +29,54 @@ pub fn count_targets(labels: &[i64], batch: usize, seq: usize) -> usize {
         .sum()
 }
 
-/// The target of every position after the shift, [batch · seq] row-major: position t predicts
-/// `labels[t + 1]`; the last position of each row predicts nothing (−100). Labels outside
-/// `0..vocab` stay as they are: every loss here ignores them, as −100.
-pub fn shifted_targets(labels: &[i64], batch: usize, seq: usize) -> Vec<i64> {
-    let mut out = Vec::with_capacity(batch * seq);
+/// The target of every logit position, [batch · (lead + seq)] row-major, for logits whose first
+/// `lead` (0 or 1) rows come before the first real token: row j predicts `labels[j + 1 − lead]`,
+/// and the last row of each sequence predicts nothing (−100). Labels outside `0..vocab` stay as
+/// they are: every loss here ignores them, as −100.
+pub fn shifted_targets(labels: &[i64], batch: usize, seq: usize, lead: usize) -> Vec<i64> {
+    let first = 1 - lead.min(1);
+    let mut out = Vec::with_capacity(batch * (seq + lead));
     for b in 0..batch {
-        out.extend_from_slice(&labels[b * seq + 1..(b + 1) * seq]);
-        out.push(IGNORE_INDEX);
+        out.extend_from_slice(&labels[b * seq + first.min(seq)..(b + 1) * seq]);
+        out.resize((b + 1) * (seq + lead), IGNORE_INDEX);
     }
     out
 }
 
 /// logits: [batch, seq, vocab], labels: [batch, seq] -> sum over targets of −log p(label), [1].
 pub fn token_loss_sum(logits: Tensor<3>, labels: &[i64], batch: usize, seq: usize) -> Tensor<1> {
+    token_loss_sum_lead(logits, labels, batch, seq, 0)
+}
+
+/// `token_loss_sum` over logits [batch, lead + seq, vocab] whose first `lead` (0 or 1) rows
+/// come before the first real token: logit row j predicts label j + 1 − lead, so with a lead of
+/// 1 the first label is predicted from the last virtual token, as PEFT's −100-padded labels do.
+pub fn token_loss_sum_lead(
+    logits: Tensor<3>,
+    labels: &[i64],
+    batch: usize,
+    seq: usize,
+    lead: usize,
+) -> Tensor<1> {
     let device = logits.device();
     let vocab = logits.dims()[2];
-    let mut targets = Vec::with_capacity(batch * (seq - 1));
-    let mut weights = Vec::with_capacity(batch * (seq - 1));
+    let first = 1 - lead.min(1);
+    // Predicted positions per row; a row of one token without a lead predicts nothing.
+    let n = seq.saturating_sub(first);
+    let mut targets = Vec::with_capacity(batch * n);
+    let mut weights = Vec::with_capacity(batch * n);
     for b in 0..batch {
-        for &l in &labels[b * seq + 1..(b + 1) * seq] {
+        for &l in &labels[b * seq + first.min(seq)..(b + 1) * seq] {
             let ignored = l == IGNORE_INDEX || l < 0 || l as usize >= vocab;
             targets.push(if ignored { 0 } else { l });
             weights.push(if ignored { 0.0f32 } else { 1.0 });
         }
     }
-    let shifted = logits.slice([0..batch, 0..seq - 1, 0..vocab]);
+    let shifted = logits.slice([0..batch, 0..n, 0..vocab]);
     let logp = log_softmax(shifted, 2);
     let targets: Tensor<3, Int> =
-        Tensor::from_data(TensorData::new(targets, [batch, seq - 1, 1]), &device);
-    let weights: Tensor<3> =
-        Tensor::from_data(TensorData::new(weights, [batch, seq - 1, 1]), &device);
+        Tensor::from_data(TensorData::new(targets, [batch, n, 1]), &device);
+    let weights: Tensor<3> = Tensor::from_data(TensorData::new(weights, [batch, n, 1]), &device);
     (logp.gather(2, targets) * weights).sum().neg()
 }
 
@@ -60,7 +87,12 @@ mod tests {
     #[test]
     fn shifted_targets_move_labels_left_and_end_each_row_with_an_ignored_target() {
         let labels = [5, 6, 7, 1, 2, 3];
-        assert_eq!(shifted_targets(&labels, 2, 3), [6, 7, -100, 2, 3, -100]);
+        assert_eq!(shifted_targets(&labels, 2, 3, 0), [6, 7, -100, 2, 3, -100]);
+        // One virtual position first: it predicts the first label.
+        assert_eq!(
+            shifted_targets(&labels, 2, 3, 1),
+            [5, 6, 7, -100, 1, 2, 3, -100]
+        );
     }
 
     #[test]

@@ -18,6 +18,30 @@ pub struct Metrics {
     status: String,
 }
 
+/// A resumed run continues after step `step`: the lines the interrupted run wrote after it are
+/// dropped (the resumed run writes them again), so every step appears once.
+fn truncate_to_step(path: &Path, step: usize) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let after = |line: &str| {
+        serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|v| v.get("step").and_then(Value::as_u64))
+            .is_some_and(|s| s as usize > step)
+    };
+    if !text.lines().any(after) {
+        return Ok(());
+    }
+    let kept: String = text
+        .lines()
+        .filter(|l| !after(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::io::write_atomic(path, kept.as_bytes())?;
+    Ok(())
+}
+
 impl Metrics {
     /// Opens `metrics.jsonl` in `out` (appending when resuming) and a progress bar at `start`.
     pub fn open(
@@ -27,6 +51,9 @@ impl Metrics {
         append: bool,
     ) -> Result<Self, TrainError> {
         let path = out.join(METRICS_FILE);
+        if append {
+            truncate_to_step(&path, start)?;
+        }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(append)

@@ -78,7 +78,8 @@ fn next_micro_batches(
     epoch_batches: &mut Vec<Batch>,
     n: usize,
 ) -> Vec<Batch> {
-    let mut out = Vec::with_capacity(n);
+    // Capacity from what exists, not from the request (`n` is a user's --grad-accum).
+    let mut out = Vec::with_capacity(n.min(epoch_batches.len()));
     while out.len() < n {
         if state.position >= epoch_batches.len() {
             state.epoch += 1;
@@ -92,6 +93,16 @@ fn next_micro_batches(
         state.position += 1;
     }
     out
+}
+
+/// Whether a save failed because the weights are NaN or infinite (the writer refuses them).
+fn non_finite_weights(e: &TrainError) -> bool {
+    use crate::error::{AdapterError, WriteError};
+    matches!(
+        e,
+        TrainError::Write(WriteError::NonFinite { .. })
+            | TrainError::Adapter(AdapterError::Write(WriteError::NonFinite { .. }))
+    )
 }
 
 /// Runs training to the end (or to Ctrl-C, which saves a checkpoint first).
@@ -226,15 +237,22 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
         }
         if c.save_steps.is_some_and(|n| n > 0 && step % n == 0) && step < total {
             let dir = checkpoint::checkpoint_dir(&run.out, step);
-            checkpoint::save(
+            match checkpoint::save(
                 &dir,
                 &mut model,
                 &run.adapter_config,
                 &optim,
                 &state,
                 &run.hook,
-            )?;
-            saved.push((step, dir));
+            ) {
+                Ok(()) => saved.push((step, dir)),
+                // Weights that became NaN/inf are not a checkpoint worth keeping; the next
+                // step's loss is non-finite too and stops the run, naming the last good one.
+                Err(e) if non_finite_weights(&e) => {
+                    tracing::warn!("step {step}: checkpoint not saved: {e}");
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     let eval_loss = if run.eval.is_empty() {

@@ -6,7 +6,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 
 use crate::models::{CausalLm, Inputs};
 use crate::train::hook::StepHook;
-use crate::train::loss::count_targets;
+use crate::train::loss::{count_targets, count_targets_lead};
 use crate::train::optim::{clip_factor, global_grad_norm, AdamW};
 
 /// One micro-batch on the host: right-padded ids, attention mask and labels, all [batch, seq].
@@ -26,6 +26,11 @@ impl Batch {
 
     pub fn targets(&self) -> usize {
         count_targets(&self.labels, self.batch, self.seq)
+    }
+
+    /// Targets when `lead` logit positions precede the first token (`CausalLm::loss_lead`).
+    pub fn targets_for(&self, lead: usize) -> usize {
+        count_targets_lead(&self.labels, self.batch, self.seq, lead)
     }
 
     /// Real (non-padding) tokens.
@@ -73,19 +78,33 @@ pub fn train_step_with(
     max_grad_norm: Option<f64>,
     hook: &mut StepHook,
 ) -> (CausalLm, StepStats) {
-    let targets: usize = micro_batches.iter().map(Batch::targets).sum();
+    let lead = model.loss_lead();
+    let targets: usize = micro_batches.iter().map(|b| b.targets_for(lead)).sum();
     let denom = targets.max(1) as f64;
     let mut accumulator = GradientsAccumulator::<CausalLm>::new();
     let mut loss_sum = 0.0;
     for (k, batch) in micro_batches.iter().enumerate() {
-        let mut loss = model
-            .token_loss_sum(&batch.inputs(), &batch.labels)
-            .div_scalar(denom);
-        if k == 0 {
-            if let Some(extra) = hook.extra_loss(&model) {
-                loss = loss + extra;
-            }
-        }
+        let extra = if k == 0 {
+            hook.extra_loss(&model)
+        } else {
+            None
+        };
+        // A micro-batch with no learned token adds no loss and no gradient (its loss would be a
+        // constant: backward on it has nothing to differentiate).
+        let loss = if batch.targets_for(lead) > 0 {
+            let loss = model
+                .token_loss_sum(&batch.inputs(), &batch.labels)
+                .div_scalar(denom);
+            Some(match extra {
+                Some(extra) => loss + extra,
+                None => loss,
+            })
+        } else {
+            extra
+        };
+        let Some(loss) = loss else {
+            continue;
+        };
         loss_sum += loss.clone().into_scalar::<f32>() as f64;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         accumulator.accumulate(&model, grads);

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use crate::error::LoadError;
 use crate::models::config_fields::Fields;
 use crate::models::llama::config::token_ids;
+use crate::models::sizes;
 
 pub const MODEL_TYPE: &str = "chatglm";
 
@@ -75,11 +76,48 @@ impl ChatGlmConfig {
             None | Some(Value::Null) => None,
             Some(_) => Some(f.usize_req("pre_seq_len")?),
         };
+        for (key, default) in [("layernorm_epsilon", 1e-5), ("rope_ratio", 1.0)] {
+            let v = f.f64_or(key, default)?;
+            if !(v.is_finite() && v >= 0.0) || (key == "rope_ratio" && v == 0.0) {
+                return Err(f.err(format!(
+                    "`{key}` must be a finite positive number, found {v}"
+                )));
+            }
+        }
+        let num_layers = f.usize_or("num_layers", 28)?;
+        let ffn_hidden_size = f.usize_or("ffn_hidden_size", 13696)?;
+        let seq_length = f.usize_or("seq_length", 2048)?;
+        // Every product the model is built from is bounded by this total (checked arithmetic).
+        sizes::layers("num_layers", num_layers).map_err(|m| f.err(m))?;
+        let (l, h, kv) = (
+            ("num_layers", num_layers),
+            ("hidden_size", hidden_size),
+            ("kv_channels", kv_channels),
+        );
+        let qkv_heads = num_attention_heads.saturating_add(kv_groups.saturating_mul(2));
+        let ffn = ("ffn_hidden_size", ffn_hidden_size);
+        sizes::parameters(&[
+            &[("padded_vocab_size", padded_vocab_size), h],
+            &[("padded_vocab_size", padded_vocab_size), h],
+            &[
+                l,
+                h,
+                ("num_attention_heads + 2 × multi_query_group_num", qkv_heads),
+                kv,
+            ],
+            &[l, ("num_attention_heads", num_attention_heads), kv, h],
+            &[l, h, ffn],
+            &[l, h, ffn],
+            &[l, h, ffn],
+            &[("seq_length", seq_length), kv],
+            &[("pre_seq_len", pre_seq_len.unwrap_or(0)), l, h],
+        ])
+        .map_err(|m| f.err(m))?;
         Ok(Self {
-            num_layers: f.usize_or("num_layers", 28)?,
+            num_layers,
             padded_vocab_size,
             hidden_size,
-            ffn_hidden_size: f.usize_or("ffn_hidden_size", 13696)?,
+            ffn_hidden_size,
             kv_channels,
             num_attention_heads,
             kv_groups,
@@ -89,7 +127,7 @@ impl ChatGlmConfig {
             apply_residual_connection_post_layernorm: f
                 .bool_or("apply_residual_connection_post_layernorm", false)?,
             post_layer_norm: f.bool_or("post_layer_norm", true)?,
-            seq_length: f.usize_or("seq_length", 2048)?,
+            seq_length,
             rope_ratio: f.f64_or("rope_ratio", 1.0)?,
             original_rope: f.bool_or("original_rope", true)?,
             pre_seq_len,

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use crate::error::LoadError;
 use crate::models::config_fields::Fields;
 use crate::models::rope::RopeScaling;
+use crate::models::sizes;
 
 pub const MODEL_TYPES: &str = "llama, mistral, qwen2";
 
@@ -75,6 +76,16 @@ fn rope(f: &Fields) -> Result<(f64, RopeScaling), LoadError> {
             .and_then(Value::as_f64)
             .map(|x| x as f32)
             .ok_or_else(|| f.err(format!("rope scaling `{kind}` needs `{key}`")))
+            // Factors divide frequencies and wavelengths: 0, negative or overflowing gives inf/NaN.
+            .and_then(|x| {
+                if x.is_finite() && x > 0.0 {
+                    Ok(x)
+                } else {
+                    Err(f.err(format!(
+                        "rope scaling `{key}` must be a finite number > 0, found {x}"
+                    )))
+                }
+            })
     };
     let scaling = match kind {
         "default" => RopeScaling::None,
@@ -132,18 +143,55 @@ impl LlamaConfig {
         let (rope_theta, rope_scaling) = rope(&f)?;
         let qwen2 = model_type == "qwen2";
         let attention_bias = f.bool_or("attention_bias", false)?;
+        let vocab_size = f.usize_req("vocab_size")?;
+        let intermediate_size = f.usize_req("intermediate_size")?;
+        let num_hidden_layers = f.usize_req("num_hidden_layers")?;
+        let max_position_embeddings = f.usize_or("max_position_embeddings", 2048)?;
+        let rms_norm_eps = f.f64_or("rms_norm_eps", 1e-6)?;
+        if !(rms_norm_eps.is_finite()
+            && rms_norm_eps >= 0.0
+            && rope_theta.is_finite()
+            && rope_theta > 0.0)
+        {
+            return Err(f.err(format!("rms_norm_eps ({rms_norm_eps}) must be finite and >= 0, rope_theta ({rope_theta}) finite and > 0")));
+        }
+        // Every product the model is built from is bounded by this total (checked arithmetic).
+        sizes::layers("num_hidden_layers", num_hidden_layers).map_err(|m| f.err(m))?;
+        let (l, h, i) = (
+            ("num_hidden_layers", num_hidden_layers),
+            ("hidden_size", hidden_size),
+            ("intermediate_size", intermediate_size),
+        );
+        let (nh, nkv, d) = (
+            ("num_attention_heads", num_attention_heads),
+            ("num_key_value_heads", num_key_value_heads),
+            ("head_dim", head_dim),
+        );
+        sizes::parameters(&[
+            &[("vocab_size", vocab_size), h],
+            &[("vocab_size", vocab_size), h],
+            &[l, h, nh, d],
+            &[l, h, nh, d],
+            &[l, h, nkv, d],
+            &[l, h, nkv, d],
+            &[l, h, i],
+            &[l, h, i],
+            &[l, h, i],
+            &[("max_position_embeddings", max_position_embeddings), d],
+        ])
+        .map_err(|m| f.err(m))?;
         Ok(Self {
-            vocab_size: f.usize_req("vocab_size")?,
+            vocab_size,
             hidden_size,
-            intermediate_size: f.usize_req("intermediate_size")?,
-            num_hidden_layers: f.usize_req("num_hidden_layers")?,
+            intermediate_size,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: f.f64_or("rms_norm_eps", 1e-6)?,
+            rms_norm_eps,
             rope_theta,
             rope_scaling,
-            max_position_embeddings: f.usize_or("max_position_embeddings", 2048)?,
+            max_position_embeddings,
             tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
             qkv_bias: qwen2 || attention_bias,
             o_bias: !qwen2 && attention_bias,

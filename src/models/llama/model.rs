@@ -184,8 +184,21 @@ impl LlamaForCausalLm {
     pub fn hidden_states(
         &self,
         inputs: &Inputs,
+        cache: Option<&mut KvCache>,
+        prompt: Option<&PromptState>,
+    ) -> Tensor<3> {
+        self.hidden_states_keeping(inputs, cache, prompt, 0)
+    }
+
+    /// `hidden_states` that also keeps the last `keep` virtual-token positions in front of the
+    /// real ones: [batch, keep + seq, hidden] (the loss needs the last one, see
+    /// [`CausalLm::forward_for_loss`](crate::models::CausalLm::forward_for_loss)).
+    pub fn hidden_states_keeping(
+        &self,
+        inputs: &Inputs,
         mut cache: Option<&mut KvCache>,
         prompt: Option<&PromptState>,
+        keep: usize,
     ) -> Tensor<3> {
         let device = self.model.embed_tokens.weight.device();
         let own = match (prompt, &self.prompt_encoder) {
@@ -235,7 +248,7 @@ impl LlamaForCausalLm {
         }
         let x = if prepended > 0 {
             let [b, t, hidden] = x.dims();
-            x.slice([0..b, prepended..t, 0..hidden])
+            x.slice([0..b, prepended - keep.min(prepended)..t, 0..hidden])
         } else {
             x
         };

@@ -271,6 +271,7 @@ pub fn inject(
     seed: u64,
     device: &Device,
 ) -> Result<InjectionReport, AdapterError> {
+    check_size(model, opts)?;
     let mut rng = StdRng::seed_from_u64(seed);
     let encoder = if let CausalLm::ChatGlm(m) = model {
         let PromptKind::Prefix {
@@ -307,6 +308,49 @@ pub fn inject(
         )?
     };
     Ok(attach(model, encoder))
+}
+
+/// Refuses, before allocating, virtual tokens that cannot fit in the context and prompt tensors
+/// larger than the machine's memory. Upper bound per virtual token: a key and a value for every
+/// layer plus the token itself (`(2·layers + 1)·hidden`), and the encoder's hidden layer.
+fn check_size(model: &CausalLm, opts: &PromptOptions) -> Result<(), AdapterError> {
+    let n = opts.num_virtual_tokens;
+    let context = model.max_positions();
+    let key = match opts.kind {
+        PromptKind::Adaption { .. } => "adapter_len",
+        _ => "num_virtual_tokens",
+    };
+    if !matches!(opts.kind, PromptKind::Adaption { .. }) && n >= context {
+        return Err(AdapterError::Unsupported(format!(
+            "{key} = {n} virtual tokens leave no room in the model's context of {context} positions"
+        )));
+    }
+    let (hidden, layers) = match model {
+        CausalLm::Llama(m) => (m.config.hidden_size, m.config.num_hidden_layers),
+        CausalLm::ChatGlm(m) => (m.config.hidden_size, m.config.num_layers),
+    };
+    let encoder = match opts.kind {
+        PromptKind::PTuning {
+            encoder_hidden_size,
+            ..
+        }
+        | PromptKind::Prefix {
+            encoder_hidden_size,
+            ..
+        } => encoder_hidden_size.unwrap_or(hidden),
+        _ => 0,
+    } as u64;
+    let width = (2 * layers as u64 + 1) * hidden as u64;
+    let params = (n as u64)
+        .checked_mul(width)
+        .and_then(|p| p.checked_add(encoder.checked_mul(width.checked_add(hidden as u64)?)?));
+    crate::io::budget::check(
+        "the prompt-learning adapter (weights, gradients, optimizer moments)",
+        &format!("`{key}` (--num-virtual-tokens / --adapter-len) or `encoder_hidden_size`"),
+        params.and_then(|p| p.checked_mul(16)),
+    )
+    .map_err(crate::error::LoadError::from)?;
+    Ok(())
 }
 
 /// Loads a prompt-learning adapter folder: our full encoder file when present, else PEFT's

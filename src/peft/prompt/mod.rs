@@ -40,6 +40,12 @@ pub enum PromptEncoder {
 }
 
 impl PromptEncoder {
+    /// Whether the prompt enters as virtual tokens in front of the input (prompt tuning,
+    /// P-tuning), rather than as key/value prefixes or adaption prompts.
+    pub fn prepends_tokens(&self) -> bool {
+        matches!(self, Self::Embedding(_) | Self::PTuning(_))
+    }
+
     /// What this encoder adds to a forward over `batch` rows.
     pub fn prompt_state(&self, batch: usize) -> PromptState {
         let virtual_tokens = |x: burn::tensor::Tensor<2>| {
