@@ -52,7 +52,7 @@ fn os(items: &[&str]) -> Vec<OsString> {
 
 pub fn scheduler(plan: &Plan) -> ScheduleKind {
     match plan.args.budget {
-        Budget::Minutes(_) => ScheduleKind::Constant,
+        Budget::Minutes(_) => ScheduleKind::ConstantWithWarmup,
         _ => plan.args.lr_scheduler,
     }
 }

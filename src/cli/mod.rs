@@ -13,9 +13,12 @@ mod convert;
 mod data_options;
 mod eval;
 mod generate;
+#[cfg(test)]
+mod help_tests;
 mod inspect;
 mod merge;
 mod train;
+mod train_config;
 
 #[derive(Parser, Debug)]
 #[command(
