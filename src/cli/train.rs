@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use peft::data::{self, BatchConfig, DataConfig};
 use peft::models::ModelDir;
 use peft::peft::format::{inject_new, load_adapter};
+use peft::peft::model_card::{record_base_model, write_model_card};
 use peft::peft::rank_allocator::RankAllocator;
 use peft::peft::{AdapterConfig, Method};
 use peft::tokenizer::TextTokenizer;
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::adapter_options::{adapter_config, tokenize_init_text, AdapterOptions};
 use super::data_options::DataOptions;
-use super::train_config::{adam_betas, merge, resolved, write_run_file};
+use super::train_config::{adam_betas, card_settings, merge, resolved, write_run_file};
 
 #[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
@@ -229,12 +230,12 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         None => adapter_config(&o.adapter, dir.model_type())?,
     };
     tokenize_init_text(&mut adapter, &tokenizer, &model_path)?;
+    // As PEFT: the model path as given, so AutoPeftModelForCausalLM finds the base.
+    record_base_model(&mut adapter, &model_path.to_string_lossy());
     prepare_out(&out, &o)?;
     let batch_size = o.batch_size.unwrap_or(4);
-    write_run_file(
-        &resolved(&o, &config, batch_size, data_config.max_len),
-        &out,
-    )?;
+    let run_options = resolved(&o, &config, batch_size, data_config.max_len);
+    write_run_file(&run_options, &out)?;
     let mut model = dir
         .load(&device)
         .with_context(|| format!("loading {}", model_path.display()))?;
@@ -332,6 +333,21 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
             .map(|l| format!(", eval loss {l:.4}"))
             .unwrap_or_default()
     );
+    let results = [
+        ("global_step", summary.steps.to_string()),
+        ("train_loss (last step)", format!("{last:.4}")),
+        (
+            "eval_loss",
+            summary
+                .eval_loss
+                .map_or("none".into(), |l| format!("{l:.4}")),
+        ),
+    ];
+    let mut settings = card_settings(&run_options)?;
+    settings.extend(results.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let base = model_path.to_string_lossy();
+    let final_config = peft::peft::AdapterConfig::load_dir(&out)?;
+    write_model_card(&out, &final_config, &base, &settings)?;
     eprintln!("adapter written to {}", out.display());
     Ok(())
 }

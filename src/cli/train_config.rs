@@ -192,6 +192,29 @@ pub fn resolved(
     r
 }
 
+/// The resolved options as `(key, value)` for the model card, without the machine's paths.
+pub fn card_settings(options: &TrainOptions) -> anyhow::Result<Vec<(String, String)>> {
+    let Value::Object(m) = serde_json::to_value(options)? else {
+        return Ok(Vec::new());
+    };
+    let skip = ["model", "out", "overwrite", "resume", "device"];
+    Ok(m.into_iter()
+        .filter(|(k, v)| !v.is_null() && !skip.contains(&k.as_str()))
+        .map(|(k, v)| {
+            let shown = match (&v, k.as_str()) {
+                (Value::String(p), "data" | "eval-data" | "adapter-config" | "init-adapter") => {
+                    Path::new(p)
+                        .file_name()
+                        .map_or(p.clone(), |n| n.to_string_lossy().into_owned())
+                }
+                (Value::String(s), _) => s.clone(),
+                _ => v.to_string(),
+            };
+            (k, shown)
+        })
+        .collect())
+}
+
 /// Writes `OUT/run.toml`: the resolved options, with a header saying how to replay them.
 pub fn write_run_file(options: &TrainOptions, out: &Path) -> anyhow::Result<()> {
     let body = toml::to_string(options).context("writing run.toml")?;

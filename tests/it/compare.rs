@@ -257,7 +257,7 @@ fn a_minutes_budget_stops_each_method_at_the_deadline_and_scores_its_checkpoint(
     let run = compare_free_text(&out, "minutes=0.02");
     assert!(run.status.success(), "{}", stderr(&run));
     let results = read_results(&out);
-    assert_eq!(results["common"]["lr_scheduler"], "constant");
+    assert_eq!(results["common"]["lr_scheduler"], "constant_with_warmup");
     for row in &results["methods"].as_array().unwrap()[1..] {
         assert_eq!(row["status"], "ok", "{row}");
         let steps = row["metrics"]["steps"].as_u64().unwrap();

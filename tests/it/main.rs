@@ -20,5 +20,6 @@ mod prompt_train;
 mod tokenizer;
 mod train;
 mod train_cli;
+mod ux_cli;
 #[cfg(feature = "wgpu")]
 mod wgpu;
