@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use peft::generate::{generate, SamplingConfig};
 use peft::tokenizer::{Message, TextTokenizer};
 
+use super::chat::{prompt_ids, PromptArgs};
 use super::common::ModelArgs;
 
 #[derive(clap::Args, Debug)]
@@ -20,6 +21,8 @@ pub struct GenerateArgs {
     /// (default: none).
     #[arg(long)]
     pub chat: Option<String>,
+    #[command(flatten)]
+    pub chat_prompt: PromptArgs,
     /// Tokens to generate at most.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
@@ -82,11 +85,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let prompt_ids = match (&args.prompt, &args.chat) {
         (Some(text), None) => tokenizer.encode(text, true)?,
         (None, Some(text)) => {
-            let rendered = tokenizer.apply_chat_template(&[Message::new("user", text)], true)?;
-            tokenizer.encode(&rendered, false)?
+            let messages = args.chat_prompt.messages(&[Message::new("user", text)]);
+            prompt_ids(&tokenizer, args.chat_prompt.template()?, &messages)?
         }
         _ => bail!("give exactly one of --prompt TEXT or --chat TEXT"),
     };
+    let p = &args.chat_prompt;
+    if args.prompt.is_some() && (p.system.is_some() || p.template.is_some()) {
+        bail!("--system and --template shape a --chat message; --prompt is raw text");
+    }
     let loaded = args.model.load()?;
     let mut eos_ids = loaded.dir.eos_token_ids();
     eos_ids.extend(tokenizer.eos_id());

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod adapter_options;
+mod chat;
 mod common;
 mod compare;
 mod compare_child;
@@ -38,6 +39,8 @@ pub struct Cli {
 pub enum Command {
     /// Generate text from a prompt or a chat message.
     Generate(generate::GenerateArgs),
+    /// Chat with a model (and adapters): a multi-turn conversation on stdin, replies streamed.
+    Chat(chat::ChatArgs),
     /// Show a model's config, parameter count and module paths (the names `target_modules` uses).
     Inspect(inspect::InspectArgs),
     /// Fine-tune an adapter on instruction data.
@@ -77,6 +80,7 @@ pub fn init_logging(verbose: u8) {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Chat(args) => chat::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Train(args) => train::run_cmd(args),
         Command::Eval(args) => eval::run(args),

@@ -403,3 +403,89 @@ fn merge_takes_model_like_every_other_command() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(merged.join("config.json").is_file());
 }
+
+/// `peft chat` with `input` piped to stdin; its stdout.
+fn chat(input: &str, extra: &[&str]) -> String {
+    use std::io::Write;
+    let model = fixture("llama-tiny");
+    let mut child = peft_bin()
+        .args([
+            "chat",
+            "--model",
+            path_str(&model),
+            "--greedy",
+            "--max-new-tokens",
+            "5",
+        ])
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}
+
+#[test]
+fn chat_answers_each_line_remembers_the_conversation_and_reset_forgets_it() {
+    let one = chat("hello\n", &["--system", "Be brief."]);
+    assert!(!one.trim().is_empty(), "no reply");
+    let three = chat(
+        "hello\nand then?\n/reset\nhello\n",
+        &["--system", "Be brief."],
+    );
+    assert!(
+        three.starts_with(&one),
+        "first reply differs: {three:?} vs {one:?}"
+    );
+    assert!(
+        three.ends_with(&one),
+        "after /reset the same question gets the first answer"
+    );
+    assert!(
+        three.len() > 2 * one.len(),
+        "the second turn got no reply: {three:?}"
+    );
+    let model = fixture("llama-tiny");
+    let generate = run_peft(&[
+        "generate",
+        "--model",
+        path_str(&model),
+        "--chat",
+        "hello",
+        "--system",
+        "Be brief.",
+        "--greedy",
+        "--max-new-tokens",
+        "5",
+    ]);
+    assert_eq!(
+        stdout(&generate),
+        one,
+        "generate --chat --system renders as chat does"
+    );
+    let alpaca = chat("hello\n", &["--template", "alpaca"]);
+    assert!(!alpaca.trim().is_empty());
+}
+
+#[test]
+fn cutting_more_than_5_percent_of_records_is_warned_with_the_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = train(tmp.path(), &["--max-steps", "1", "--max-len", "40"]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("records are longer than --max-len 40 and were cut"),
+        "{err}"
+    );
+    let quiet = tempfile::tempdir().unwrap();
+    let o = train(quiet.path(), &["--max-steps", "1"]);
+    assert!(!stderr(&o).contains("were cut"), "{}", stderr(&o));
+}
