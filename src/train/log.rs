@@ -116,7 +116,7 @@ impl Console {
     pub fn eval_progress(&self, done: usize, of: usize) {
         match self {
             Self::Bar(bar) => bar.set_message(format!("eval {done}/{of} batches")),
-            Self::Lines { .. } if done == 1 => eprintln!("evaluating {of} batches"),
+            Self::Lines { .. } if done == 1 => eprintln!("eval: {of} batch(es)"),
             Self::Lines { .. } => {}
         }
     }
