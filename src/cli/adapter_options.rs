@@ -13,46 +13,56 @@ use serde_json::{json, Map, Value};
 #[serde(default, rename_all = "kebab-case")]
 pub struct AdapterOptions {
     /// lora, rslora, dora, ia3, adalora, prompt, ptuning, prefix, ptuning-v2 or llama-adapter
-    /// (default lora, or the method of --adapter-config / --init-adapter).
+    /// (default: lora, or the method of --adapter-config / --init-adapter).
     #[arg(long)]
     pub method: Option<String>,
-    /// A PEFT adapter_config.json to train (e.g. one of the presets in adapters/).
+    /// A PEFT adapter_config.json to train, e.g. one of the presets in adapters/ (default: none).
     #[arg(long)]
     pub adapter_config: Option<PathBuf>,
-    /// Start from an existing PEFT adapter: its config gives the method, its tensors the weights.
+    /// Start from an existing PEFT adapter: its config gives the method, its tensors the weights
+    /// (default: none).
     #[arg(long)]
     pub init_adapter: Option<PathBuf>,
-    #[arg(long)]
+    /// LoRA rank (default: 8).
+    #[arg(long, visible_alias = "lora-r")]
     pub r: Option<usize>,
-    #[arg(long)]
+    /// LoRA alpha: the update is scaled by alpha / r (default: 16).
+    #[arg(long, visible_alias = "lora-alpha")]
     pub alpha: Option<f64>,
-    #[arg(long)]
+    /// Dropout on the LoRA input (default: 0).
+    #[arg(long, visible_alias = "lora-dropout")]
     pub dropout: Option<f64>,
-    /// Comma-separated module names (suffix match), `all-linear`, or a regex (`re:...`).
-    #[arg(long)]
+    /// Comma-separated module names (suffix match), `all-linear` (or `all`, as LLaMA-Factory),
+    /// or a regex (`re:...`) (default: every linear layer of the blocks).
+    #[arg(long, visible_alias = "lora-target")]
     pub target_modules: Option<String>,
-    /// Prompt, P-tuning, prefix, P-tuning v2: virtual tokens (they take context positions).
+    /// Prompt, P-tuning, prefix, P-tuning v2: virtual tokens, which take context positions
+    /// (default: 20).
     #[arg(long)]
     pub num_virtual_tokens: Option<usize>,
-    /// Prompt tuning init: RANDOM, TEXT (with --prompt-tuning-init-text) or SAMPLE_VOCAB.
+    /// Prompt tuning init: RANDOM, TEXT (with --prompt-tuning-init-text) or SAMPLE_VOCAB
+    /// (default: RANDOM).
     #[arg(long)]
     pub prompt_tuning_init: Option<String>,
-    /// Prompt tuning TEXT init: its tokens' embeddings (repeated / cut to the length) start the prompt.
+    /// Prompt tuning TEXT init: its tokens' embeddings (repeated / cut to the length) start the
+    /// prompt (default: none).
     #[arg(long)]
     pub prompt_tuning_init_text: Option<String>,
-    /// P-tuning prompt encoder: MLP or LSTM.
+    /// P-tuning prompt encoder: MLP or LSTM (default: MLP).
     #[arg(long)]
     pub encoder_reparameterization_type: Option<String>,
     /// P-tuning / prefix projection hidden size (default: the token dimension).
     #[arg(long)]
     pub encoder_hidden_size: Option<usize>,
-    /// Prefix tuning: produce the prefix through embedding → Linear → tanh → Linear.
+    /// Prefix tuning: produce the prefix through embedding → Linear → tanh → Linear (default:
+    /// true for `prefix`, false for `ptuning-v2`).
     #[arg(long)]
     pub prefix_projection: Option<bool>,
-    /// LLaMA-Adapter: learned prompt tokens per adapted layer.
+    /// LLaMA-Adapter: learned prompt tokens per adapted layer (default: 10).
     #[arg(long)]
     pub adapter_len: Option<usize>,
-    /// LLaMA-Adapter: how many of the top layers to adapt.
+    /// LLaMA-Adapter: how many of the top layers to adapt (required for llama-adapter; default:
+    /// none).
     #[arg(long)]
     pub adapter_layers: Option<usize>,
     // AdaLoRA's options (PEFT `AdaLoraConfig` field names in parentheses); kept in this struct
@@ -117,7 +127,8 @@ impl AdapterOptions {
 }
 
 fn targets_json(s: &str) -> Value {
-    if s == "all-linear" {
+    // LLaMA-Factory spells all-linear `all` (`lora_target: all`).
+    if s == "all-linear" || s == "all" {
         json!("all-linear")
     } else if let Some(re) = s.strip_prefix("re:") {
         json!(re)

@@ -11,14 +11,17 @@ use peft::peft::AdapterConfig;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Hugging Face model folder (config.json, model.safetensors or shards, tokenizer.json).
+    /// Hugging Face model folder: config.json, model.safetensors or shards, tokenizer.json
+    /// (required).
     #[arg(long)]
     pub model: PathBuf,
     /// PEFT adapter folder (adapter_config.json + adapter_model.safetensors). Repeat to stack
-    /// adapters: each earlier one is folded into the weights before the next is attached.
+    /// adapters: each earlier one is folded into the weights before the next is attached
+    /// (default: none, the base model).
     #[arg(long)]
     pub adapter: Vec<PathBuf>,
-    /// Compute device: cpu (default CPU backend), flex, ndarray, or wgpu (needs `--features wgpu`).
+    /// Compute device: cpu (the default CPU backend), flex, ndarray, or wgpu (needs
+    /// `--features wgpu`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }

@@ -25,7 +25,7 @@ const DEFAULT_METHODS: &str =
 
 #[derive(clap::Args, Debug)]
 pub struct CompareArgs {
-    /// Hugging Face model folder.
+    /// Hugging Face model folder (required).
     #[arg(long)]
     pub model: PathBuf,
     #[command(flatten)]
@@ -33,30 +33,38 @@ pub struct CompareArgs {
     /// Methods to compare, by their names in the presets file (`adapters/compare.toml`).
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_METHODS)]
     pub methods: Vec<String>,
-    /// The same budget for every method: steps=N, tokens=N (real training tokens) or minutes=N.
+    /// The same budget for every method: steps=N, tokens=N (real training tokens) or minutes=N
+    /// (required).
     #[arg(long)]
     pub budget: Budget,
-    /// Output folder (refused if it holds results, unless --overwrite).
+    /// Output folder, refused if it holds results unless --overwrite (required).
     #[arg(long)]
     pub out: PathBuf,
-    /// Override a preset: METHOD.KEY=VALUE (an adapter_config.json key, or `lr`). Repeatable.
+    /// Override a preset: METHOD.KEY=VALUE (an adapter_config.json key, or `lr`). Repeatable
+    /// (default: none).
     #[arg(long = "set", value_name = "METHOD.KEY=VALUE")]
     pub sets: Vec<Override>,
     /// The presets file (default: adapters/compare.toml).
     #[arg(long)]
     pub presets: Option<PathBuf>,
+    /// Records per micro-batch.
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
+    /// Micro-batches per optimizer step.
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
+    /// Seed of initialisation, data order and dropout, the same for every method.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Learning-rate schedule (a minutes budget always uses constant: its end is not known).
+    /// Learning-rate schedule (a minutes budget always uses constant_with_warmup: its end is not
+    /// known).
     #[arg(long, value_enum, default_value = "linear")]
     pub lr_scheduler: ScheduleKind,
+    /// Linear warm-up steps.
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: usize,
-    /// Score only the first N held-out records (generation is the slow part on a CPU).
+    /// Score only the first N held-out records; generation is the slow part on a CPU
+    /// (default: all).
     #[arg(long)]
     pub eval_limit: Option<usize>,
     /// auto (exact-match when the responses are labels, ROUGE-L otherwise), exact-match,
@@ -69,7 +77,7 @@ pub struct CompareArgs {
     /// Compute device: cpu, flex, ndarray or wgpu.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Replace an output folder that already holds results.
+    /// Replace an output folder that already holds results (default: refuse).
     #[arg(long)]
     pub overwrite: bool,
 }

@@ -3,7 +3,8 @@
 //! `peft compare-eval` runs for the base model and after each method's training: eval loss and
 //! perplexity over the held-out records, then the task metric of greedy answers. For labels the
 //! answers are read off the same teacher-forced pass (`compare::task::forced_greedy`: one forward
-//! per batch instead of one per generated token, so the whole eval set is affordable on a CPU);
+//! per batch instead of one per generated token, so the whole eval set is affordable on a CPU;
+//! only the wrong ones are generated, so predictions.jsonl shows the model's real answer);
 //! free text is generated and scored by ROUGE-L. It prints one JSON object.
 
 use std::fmt::Write as _;
@@ -164,24 +165,55 @@ fn forward_pass(
     (result, argmax)
 }
 
-/// Labels: greedy answers read off the teacher-forced pass (`forced_greedy`), no generation.
+/// Labels: greedy answers read off the teacher-forced pass (`forced_greedy`). Where greedy
+/// decoding leaves the reference, the forced pass knows only the first wrong token, so the model's
+/// real answer is generated for `predictions.jsonl` (and scored: it may spell the label with
+/// other tokens); only wrong answers cost a generation.
 fn score_labels(
+    forced: Forced,
+    model: &CausalLm,
     examples: &[Example],
-    records: &[Encoded],
-    argmax: &[Vec<u32>],
-    eos: &[u32],
     tokenizer: &TextTokenizer,
 ) -> anyhow::Result<Vec<(String, f64)>> {
+    let Forced {
+        records,
+        argmax,
+        eos,
+    } = forced;
+    let sampling = SamplingConfig {
+        greedy: true,
+        eos_ids: eos.to_vec(),
+        ..SamplingConfig::default()
+    };
     examples
         .iter()
         .map(|e| {
             let best = argmax.get(e.record).map_or(&[][..], Vec::as_slice);
-            let (tokens, _) = forced_greedy(&records[e.record], best, eos).unwrap_or_default();
+            let (tokens, whole) = forced_greedy(&records[e.record], best, eos).unwrap_or_default();
             let prediction = tokenizer.decode(&tokens, true)?.trim().to_string();
+            let score = TaskMetric::ExactMatch.score(&prediction, &e.reference);
+            if whole && score > 0.0 {
+                return Ok((prediction, score));
+            }
+            let reference_len = tokenizer.encode(&e.reference, false)?.len();
+            let sampling = SamplingConfig {
+                max_new_tokens: reference_len + 1 + EXTRA_TEXT_TOKENS,
+                ..sampling.clone()
+            };
+            let new =
+                generate(model, &e.prompt, &sampling, &mut |_| {}).context("generation failed")?;
+            let prediction = tokenizer.decode(&new, true)?.trim().to_string();
             let score = TaskMetric::ExactMatch.score(&prediction, &e.reference);
             Ok((prediction, score))
         })
         .collect()
+}
+
+/// The teacher-forced pass a label task is read from.
+struct Forced<'a> {
+    records: &'a [Encoded],
+    argmax: &'a [Vec<u32>],
+    eos: &'a [u32],
 }
 
 /// Greedy generation from each prompt (free text, or labels with `--generate`).
@@ -243,7 +275,12 @@ pub fn run(args: CompareEvalArgs) -> anyhow::Result<()> {
         eos.extend(tokenizer.eos_id());
         let scored = match metric {
             TaskMetric::ExactMatch if !args.generate => {
-                score_labels(&examples, &records, &argmax, &eos, &tokenizer)?
+                let forced = Forced {
+                    records: &records,
+                    argmax: &argmax,
+                    eos: &eos,
+                };
+                score_labels(forced, &loaded.model, &examples, &tokenizer)?
             }
             _ => score_generated(&args, metric, &loaded.model, &examples, &eos, &tokenizer)?,
         };

@@ -52,7 +52,7 @@ fn os(items: &[&str]) -> Vec<OsString> {
 
 pub fn scheduler(plan: &Plan) -> ScheduleKind {
     match plan.args.budget {
-        Budget::Minutes(_) => ScheduleKind::Constant,
+        Budget::Minutes(_) => ScheduleKind::ConstantWithWarmup,
         _ => plan.args.lr_scheduler,
     }
 }
@@ -220,10 +220,21 @@ fn train_metrics(
     (m, curve)
 }
 
+/// Decoder layers of the model (`num_hidden_layers`, ChatGLM's `num_layers`); `usize::MAX` when
+/// config.json does not say (nothing is clamped; training reports the problem).
+fn model_layers(model: &std::path::Path) -> usize {
+    let config = std::fs::read_to_string(model.join("config.json")).unwrap_or_default();
+    let v: Value = serde_json::from_str(&config).unwrap_or(Value::Null);
+    ["num_hidden_layers", "num_layers"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(Value::as_u64))
+        .map_or(usize::MAX, |n| n as usize)
+}
+
 /// Trains and evaluates one method; every failure becomes the row's error.
 pub fn run_method(plan: &Plan, name: &str, bar: &ProgressBar) -> anyhow::Result<MethodResult> {
     let a = &plan.args;
-    let spec = match plan.presets.spec(name, &plan.model_type, &a.sets) {
+    let mut spec = match plan.presets.spec(name, &plan.model_type, &a.sets) {
         Ok(spec) => spec,
         Err(e) => {
             return Ok(row(
@@ -235,7 +246,8 @@ pub fn run_method(plan: &Plan, name: &str, bar: &ProgressBar) -> anyhow::Result<
             ))
         }
     };
-    let config = json!({"lr": spec.lr, "adapter_config": spec.adapter_config});
+    let notes = spec.fit_to_model(model_layers(&a.model));
+    let config = json!({"lr": spec.lr, "adapter_config": spec.adapter_config, "notes": notes});
     let adapter_flags = match &spec.adapter_config {
         Some(map) => {
             let path = a.out.join("configs").join(format!("{name}.json"));

@@ -12,15 +12,16 @@ pub enum ConvertCommand {
     /// Convert a llama.cpp GGUF file (Llama architecture) into a Hugging Face model folder:
     /// config.json, model.safetensors, tokenizer.json, tokenizer_config.json.
     Gguf {
-        /// The .gguf file.
+        /// The .gguf file (required).
         file: PathBuf,
-        /// Output folder (written under a temporary name, renamed into place when complete).
+        /// Output folder, written under a temporary name, renamed into place when complete
+        /// (required).
         #[arg(long)]
         out: PathBuf,
         /// dtype of model.safetensors: f32 keeps the dequantized values exactly.
         #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
         dtype: String,
-        /// Replace the output folder if it exists and is not empty.
+        /// Replace the output folder if it exists and is not empty (default: refuse).
         #[arg(long)]
         force: bool,
     },

@@ -9,37 +9,38 @@ use serde::{Deserialize, Serialize};
 #[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case")]
 pub struct DataOptions {
-    /// Instruction data: JSONL (one record a line) or a JSON array file.
+    /// Instruction data: JSONL (one record a line) or a JSON array file (required).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// alpaca, sharegpt, messages or text (detected from the fields when absent).
+    /// alpaca, sharegpt, messages or text (default: detected from the fields).
     #[arg(long)]
     pub format: Option<String>,
     /// A built-in chat template (alpaca, chatml, llama2, llama3, chatglm3, qwen) instead of the
-    /// tokenizer's own.
+    /// tokenizer's own (default: the tokenizer's chat_template).
     #[arg(long)]
     pub template: Option<String>,
-    /// A separate evaluation file.
+    /// A separate evaluation file (default: none).
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
-    /// Fraction of --data held out for evaluation.
+    /// Fraction of --data held out for evaluation (default: 0).
     #[arg(long)]
     pub eval_split: Option<f64>,
-    #[arg(long)]
+    /// Longest record in tokens; longer ones are cut (default: 1024).
+    #[arg(long, visible_alias = "cutoff-len")]
     pub max_len: Option<usize>,
-    /// Learn the prompt tokens too (default: only assistant turns).
+    /// Learn the prompt tokens too (default: off: only assistant turns).
     #[arg(long)]
     pub train_on_prompt: bool,
-    /// Append EOS to `text` records.
+    /// Append EOS to `text` records (default: off).
     #[arg(long)]
     pub append_eos: bool,
-    /// Skip malformed records (counted) instead of stopping at the first one.
+    /// Skip malformed records (counted) instead of stopping at the first one (default: off).
     #[arg(long)]
     pub skip_bad_records: bool,
-    /// Pack short records into rows of this many tokens.
+    /// Pack short records into rows of this many tokens (default: no packing).
     #[arg(long)]
     pub pack: Option<usize>,
-    /// Batch records of similar length together.
+    /// Batch records of similar length together (default: off).
     #[arg(long)]
     pub group_by_length: bool,
 }

@@ -6,37 +6,49 @@ use anyhow::{bail, Context};
 use peft::generate::{generate, SamplingConfig};
 use peft::tokenizer::{Message, TextTokenizer};
 
+use super::chat::{prompt_ids, PromptArgs};
 use super::common::ModelArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Raw text, encoded with the tokenizer's special tokens (e.g. BOS).
+    /// Raw text, encoded with the tokenizer's special tokens, e.g. BOS (default: none; give
+    /// --prompt or --chat).
     #[arg(long, conflicts_with = "chat")]
     pub prompt: Option<String>,
-    /// One user message, rendered through the chat template with the generation prompt.
+    /// One user message, rendered through the chat template with the generation prompt
+    /// (default: none).
     #[arg(long)]
     pub chat: Option<String>,
+    #[command(flatten)]
+    pub chat_prompt: PromptArgs,
+    /// Tokens to generate at most.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
-    /// Arg-max decoding (otherwise sample).
+    /// Arg-max decoding (default: off: sample).
     #[arg(long)]
     pub greedy: bool,
+    /// Sampling temperature (> 0).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
+    /// Sample only from the k most likely tokens (default: all).
     #[arg(long)]
     pub top_k: Option<usize>,
+    /// Nucleus sampling: the smallest set of tokens with this much probability (default: 1).
     #[arg(long)]
     pub top_p: Option<f32>,
+    /// Divide the logits of tokens already seen by this (CTRL / HF `repetition_penalty`).
     #[arg(long, default_value_t = 1.0)]
     pub repetition_penalty: f32,
+    /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Stop at the end-of-sequence token.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub stop_at_eos: bool,
-    /// Print one JSON object {"prompt_ids", "new_ids", "text"} instead of streaming text.
+    /// Print one JSON object {"prompt_ids", "new_ids", "text"} instead of streaming text
+    /// (default: off).
     #[arg(long)]
     pub json: bool,
     /// Storage dtype of the frozen weights while decoding: f32 (exact), or bf16 (half the
@@ -89,11 +101,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let prompt_ids = match (&args.prompt, &args.chat) {
         (Some(text), None) => tokenizer.encode(text, true)?,
         (None, Some(text)) => {
-            let rendered = tokenizer.apply_chat_template(&[Message::new("user", text)], true)?;
-            tokenizer.encode(&rendered, false)?
+            let messages = args.chat_prompt.messages(&[Message::new("user", text)]);
+            prompt_ids(&tokenizer, args.chat_prompt.template()?, &messages)?
         }
         _ => bail!("give exactly one of --prompt TEXT or --chat TEXT"),
     };
+    let p = &args.chat_prompt;
+    if args.prompt.is_some() && (p.system.is_some() || p.template.is_some()) {
+        bail!("--system and --template shape a --chat message; --prompt is raw text");
+    }
     let mut loaded = args.model.load()?;
     if args.decode_dtype == "bf16" {
         loaded.model.cast_decode_weights(burn::tensor::DType::BF16);

@@ -8,7 +8,7 @@ use super::common::ModelArgs;
 pub struct InspectArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Print one JSON object instead of a table.
+    /// Print one JSON object instead of a table (default: off).
     #[arg(long)]
     pub json: bool,
 }

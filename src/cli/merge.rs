@@ -1,4 +1,4 @@
-//! `peft merge --base DIR --adapter DIR [--adapter DIR ...] --out DIR`: arguments -> validated
+//! `peft merge --model DIR --adapter DIR [--adapter DIR ...] --out DIR`: arguments -> validated
 //! plan (nothing written if any check fails) -> streaming merge with a progress bar on stderr.
 
 use std::path::PathBuf;
@@ -19,29 +19,31 @@ pub enum DtypeArg {
 
 #[derive(clap::Args, Debug)]
 pub struct MergeArgs {
-    /// Base model folder (model.safetensors or sharded with model.safetensors.index.json).
-    #[arg(long)]
+    /// Base model folder (model.safetensors or sharded with model.safetensors.index.json;
+    /// required). `--base` is accepted too.
+    #[arg(long = "model", visible_alias = "base")]
     pub base: PathBuf,
     /// PEFT adapter folder (LoRA, rsLoRA, DoRA, AdaLoRA or IA3); repeat to fold several, in order.
     #[arg(long = "adapter", required = true)]
     pub adapters: Vec<PathBuf>,
-    /// Output folder (written to a temporary folder beside it, then renamed into place).
+    /// Output folder, written to a temporary folder beside it, then renamed into place (required).
     #[arg(long)]
     pub out: PathBuf,
     /// Output dtype of float tensors; `keep` keeps each tensor's own.
     #[arg(long, value_enum, default_value_t = DtypeArg::Keep)]
     pub dtype: DtypeArg,
-    /// Repack into shards of at most this size (e.g. 5GB, 500MB, 2GiB); default: keep the input's shards.
+    /// Repack into shards of at most this size, e.g. 5GB, 500MB, 2GiB (default: keep the input's
+    /// shards).
     #[arg(long)]
     pub max_shard_size: Option<String>,
-    /// Replace --out if it exists.
+    /// Replace --out if it exists (default: refuse).
     #[arg(long)]
     pub force: bool,
     /// Weight of each adapter's change (1 = full merge, 0.5 = half the update).
     #[arg(long, default_value_t = 1.0)]
     pub scale: f32,
     /// Reload the merged model and check that its logits on a few inputs equal base + adapters
-    /// (within 1e-3 for f32 output; 5% of the logit range for bf16/f16).
+    /// (within 1e-3 for f32 output; 5% of the logit range for bf16/f16) (default: off).
     #[arg(long)]
     pub verify: bool,
 }

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod adapter_options;
+mod chat;
 mod common;
 mod compare;
 mod compare_child;
@@ -13,9 +14,12 @@ mod convert;
 mod data_options;
 mod eval;
 mod generate;
+#[cfg(test)]
+mod help_tests;
 mod inspect;
 mod merge;
 mod train;
+mod train_config;
 mod validate;
 
 #[derive(Parser, Debug)]
@@ -39,6 +43,8 @@ pub struct Cli {
 pub enum Command {
     /// Generate text from a prompt or a chat message.
     Generate(generate::GenerateArgs),
+    /// Chat with a model (and adapters): a multi-turn conversation on stdin, replies streamed.
+    Chat(chat::ChatArgs),
     /// Show a model's config, parameter count and module paths (the names `target_modules` uses).
     Inspect(inspect::InspectArgs),
     /// Fine-tune an adapter on instruction data.
@@ -71,6 +77,8 @@ pub fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // No colour codes in a log file (nohup, tee, Slurm).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .try_init();
 }
@@ -80,6 +88,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::debug!("{threads} compute threads");
     match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Chat(args) => chat::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Train(args) => train::run_cmd(args),
         Command::Eval(args) => eval::run(args),

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use peft::data::{self, BatchConfig, DataConfig};
 use peft::models::ModelDir;
 use peft::peft::format::{inject_new, load_adapter};
+use peft::peft::model_card::{record_base_model, write_model_card};
 use peft::peft::rank_allocator::RankAllocator;
 use peft::peft::{AdapterConfig, Method};
 use peft::tokenizer::TextTokenizer;
@@ -20,17 +21,19 @@ use serde::{Deserialize, Serialize};
 
 use super::adapter_options::{adapter_config, tokenize_init_text, AdapterOptions};
 use super::data_options::DataOptions;
+use super::train_config::{adam_betas, card_settings, merge, resolved, write_run_file};
 
 #[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct TrainOptions {
-    /// Hugging Face model folder.
+    /// Hugging Face model folder (required, here or in --config).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Output folder: the adapter (PEFT format), trainer_state.json, metrics.jsonl, checkpoints.
+    /// Output folder: the adapter (PEFT format), README.md, trainer_state.json, run.toml,
+    /// metrics.jsonl, checkpoints (required, here or in --config).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Compute device: cpu, flex, ndarray or wgpu.
+    /// Compute device: cpu, flex, ndarray or wgpu (default: cpu).
     #[arg(long)]
     pub device: Option<String>,
     #[command(flatten)]
@@ -39,47 +42,71 @@ pub struct TrainOptions {
     #[command(flatten)]
     #[serde(flatten)]
     pub adapter: AdapterOptions,
-    #[arg(long)]
+    /// Records per micro-batch (default: 4).
+    #[arg(long, visible_alias = "per-device-train-batch-size")]
     pub batch_size: Option<usize>,
-    #[arg(long)]
+    /// Micro-batches per optimizer step (default: 1).
+    #[arg(long, visible_alias = "gradient-accumulation-steps")]
     pub grad_accum: Option<usize>,
-    #[arg(long)]
+    /// Peak learning rate (default: 2e-4).
+    #[arg(long, visible_alias = "learning-rate")]
     pub lr: Option<f64>,
-    /// AdamW betas, e.g. `0.9,0.999`.
+    /// AdamW betas as one value, e.g. `0.9,0.999` (default: 0.9,0.999; or --adam-beta1/2).
     #[arg(long)]
     pub betas: Option<String>,
+    /// AdamW beta1, as HF's `adam_beta1` (default: 0.9). Not AdaLoRA's --beta1.
     #[arg(long)]
+    pub adam_beta1: Option<f64>,
+    /// AdamW beta2, as HF's `adam_beta2` (default: 0.999). Not AdaLoRA's --beta2.
+    #[arg(long)]
+    pub adam_beta2: Option<f64>,
+    /// AdamW epsilon (default: 1e-8).
+    #[arg(long, visible_alias = "adam-epsilon")]
     pub eps: Option<f64>,
+    /// AdamW decoupled weight decay (default: 0).
     #[arg(long)]
     pub weight_decay: Option<f64>,
-    #[arg(long, value_enum)]
+    /// Learning-rate schedule after warm-up (default: linear).
+    #[arg(long, value_enum, visible_alias = "lr-scheduler-type")]
     pub lr_scheduler: Option<ScheduleKind>,
+    /// Linear warm-up steps; wins over --warmup-ratio (default: 0).
     #[arg(long)]
     pub warmup_steps: Option<usize>,
+    /// Warm-up as a fraction of all steps, rounded up (default: 0).
     #[arg(long)]
     pub warmup_ratio: Option<f64>,
-    /// Clip the global gradient norm (torch's clip_grad_norm_); 0 disables.
+    /// Clip the global gradient norm (torch's clip_grad_norm_); 0 disables (default: 1.0).
     #[arg(long)]
     pub max_grad_norm: Option<f64>,
-    #[arg(long)]
+    /// Passes over the training data (default: 1; --max-steps wins).
+    #[arg(long, visible_alias = "num-train-epochs")]
     pub epochs: Option<usize>,
+    /// Stop after this many optimizer steps (default: none: whole epochs).
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// Log every N steps: the mean loss of those steps, as HF (default: 1).
     #[arg(long)]
     pub logging_steps: Option<usize>,
+    /// Save a checkpoint (OUT/checkpoint-N) every N steps (default: none).
     #[arg(long)]
     pub save_steps: Option<usize>,
+    /// Keep only the newest N checkpoints, deleting older ones (default: keep all).
+    #[arg(long)]
+    pub save_total_limit: Option<usize>,
+    /// Evaluate every N steps; the eval set is also scored at the end (default: only at the end).
     #[arg(long)]
     pub eval_steps: Option<usize>,
+    /// Seed of initialisation, shuffling and dropout (default: 42).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Keep the file order (no shuffling).
+    /// Keep the file order (default: shuffle every epoch).
     #[arg(long)]
     pub no_shuffle: bool,
-    /// Replace an output folder that already holds a run.
+    /// Replace an output folder that already holds a run (default: refuse).
     #[arg(long)]
     pub overwrite: bool,
-    /// Continue from a checkpoint folder (`OUT/checkpoint-N`), or the latest checkpoint of a run.
+    /// Continue from a checkpoint folder (`OUT/checkpoint-N`), or the latest checkpoint of a run
+    /// (default: none).
     #[arg(long)]
     pub resume: Option<PathBuf>,
 }
@@ -88,47 +115,14 @@ pub struct TrainOptions {
 pub struct TrainArgs {
     #[command(flatten)]
     pub options: TrainOptions,
-    /// Read options from a TOML file; flags override it.
+    /// Read options from a TOML file (keys as the flags or snake_case, e.g. a run's run.toml);
+    /// flags override it (default: none).
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
 
-/// Flags over file: every flag given on the command line replaces the file's value.
-fn merge(cli: &TrainOptions, file: Option<&Path>) -> anyhow::Result<TrainOptions> {
-    let Some(path) = file else {
-        return Ok(cli.clone());
-    };
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let from_file: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
-    let mut merged = serde_json::to_value(&from_file)?;
-    let cli_json = serde_json::to_value(cli)?;
-    if let (Some(m), Some(c)) = (merged.as_object_mut(), cli_json.as_object()) {
-        for (k, v) in c {
-            if !(v.is_null() || *v == serde_json::Value::Bool(false)) {
-                m.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    serde_json::from_value(merged)
-        .with_context(|| format!("{}: unknown or invalid option", path.display()))
-}
-
-fn parse_betas(s: &str) -> anyhow::Result<(f64, f64)> {
-    let parts: Vec<f64> = s
-        .split(',')
-        .map(|p| p.trim().parse::<f64>())
-        .collect::<Result<_, _>>()
-        .context("--betas must be two numbers, e.g. 0.9,0.999")?;
-    match parts[..] {
-        [b1, b2] if (0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2) => Ok((b1, b2)),
-        _ => bail!("--betas must be two numbers in [0, 1), e.g. 0.9,0.999"),
-    }
-}
-
 fn run_config(o: &TrainOptions) -> anyhow::Result<RunConfig> {
-    let (beta1, beta2) = parse_betas(o.betas.as_deref().unwrap_or("0.9,0.999"))?;
+    let (beta1, beta2) = adam_betas(o)?;
     let config = RunConfig {
         lr: o.lr.unwrap_or(2e-4),
         adamw: AdamWConfig {
@@ -148,6 +142,8 @@ fn run_config(o: &TrainOptions) -> anyhow::Result<RunConfig> {
         save_steps: o.save_steps,
         eval_steps: o.eval_steps,
         seed: o.seed.unwrap_or(42),
+        save_total_limit: o.save_total_limit,
+        train_batch_size: Some(o.batch_size.unwrap_or(4)),
     };
     if !(config.lr > 0.0 && config.lr.is_finite()) {
         bail!("--lr must be a positive number");
@@ -272,6 +268,8 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         None => adapter_config(&o.adapter, dir.model_type())?,
     };
     tokenize_init_text(&mut adapter, &tokenizer, &model_path)?;
+    // As PEFT: the model path as given, so AutoPeftModelForCausalLM finds the base.
+    record_base_model(&mut adapter, &model_path.to_string_lossy());
     prepare_out(&out, &o)?;
     // One run per --out at a time; held until this function returns.
     let _lock = peft::io::lock::lock_dir(&out)?;
@@ -288,6 +286,9 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         prepared.train.len(),
         prepared.eval.len()
     );
+    let batch_size = o.batch_size.unwrap_or(4);
+    let run_options = resolved(&o, &config, batch_size, data_config.max_len);
+    write_run_file(&run_options, &out)?;
     let mut model = dir
         .load(&device)
         .with_context(|| format!("loading {}", model_path.display()))?;
@@ -298,7 +299,7 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
     };
     eprintln!("{report}");
     let batch_config = BatchConfig {
-        batch_size: o.batch_size.unwrap_or(4),
+        batch_size,
         seed: config.seed,
         shuffle: !o.no_shuffle,
         group_by_length: o.data.group_by_length,
@@ -384,7 +385,7 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
     let last = summary.losses.last().copied().unwrap_or(f64::NAN);
     eprintln!(
         "trained {} steps in {:.1} s ({:.0} tokens/s): loss {first:.4} -> {last:.4}{}",
-        summary.steps,
+        summary.steps_run,
         summary.seconds,
         summary.tokens as f64 / summary.seconds.max(1e-9),
         summary
@@ -392,6 +393,21 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
             .map(|l| format!(", eval loss {l:.4}"))
             .unwrap_or_default()
     );
+    let results = [
+        ("global_step", summary.steps.to_string()),
+        ("train_loss (last step)", format!("{last:.4}")),
+        (
+            "eval_loss",
+            summary
+                .eval_loss
+                .map_or("none".into(), |l| format!("{l:.4}")),
+        ),
+    ];
+    let mut settings = card_settings(&run_options)?;
+    settings.extend(results.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let base = model_path.to_string_lossy();
+    let final_config = peft::peft::AdapterConfig::load_dir(&out)?;
+    write_model_card(&out, &final_config, &base, &settings)?;
     eprintln!("adapter written to {}", out.display());
     Ok(())
 }

@@ -219,6 +219,27 @@ impl Presets {
     }
 }
 
+impl MethodSpec {
+    /// Clamps preset values the model cannot take to what it has (LLaMA-Adapter's
+    /// `adapter_layers` 30, the paper's value for LLaMA-7B, on a model with fewer layers); one
+    /// note per change, for the results.
+    pub fn fit_to_model(&mut self, num_layers: usize) -> Vec<String> {
+        let mut notes = Vec::new();
+        let Some(config) = self.adapter_config.as_mut() else {
+            return notes;
+        };
+        if let Some(n) = config.get("adapter_layers").and_then(Value::as_u64) {
+            if n as usize > num_layers {
+                config.insert("adapter_layers".into(), num_layers.into());
+                notes.push(format!(
+                    "adapter_layers {n} clamped to the model's {num_layers} layers"
+                ));
+            }
+        }
+        notes
+    }
+}
+
 fn read_object(path: &Path) -> Result<Map<String, Value>, CompareError> {
     let err = |message: String| CompareError::Presets {
         path: path.to_path_buf(),
@@ -234,6 +255,22 @@ fn read_object(path: &Path) -> Result<Map<String, Value>, CompareError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adapter_layers_beyond_the_model_are_clamped_with_a_note() {
+        let config = serde_json::json!({"peft_type": "ADAPTION_PROMPT", "adapter_layers": 30});
+        let mut spec = MethodSpec {
+            name: "llama-adapter".into(),
+            adapter_config: config.as_object().cloned(),
+            lr: 1e-3,
+        };
+        assert_eq!(
+            spec.fit_to_model(2),
+            ["adapter_layers 30 clamped to the model's 2 layers"]
+        );
+        assert_eq!(spec.adapter_config.as_ref().unwrap()["adapter_layers"], 2);
+        assert!(spec.fit_to_model(2).is_empty(), "a value that fits is kept");
+    }
 
     #[test]
     fn budgets_parse_and_reject_zero_or_unknown_kinds() {

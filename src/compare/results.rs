@@ -134,9 +134,16 @@ fn row(rank: usize, m: &MethodResult, metric: Option<&str>) -> String {
         None => "–".into(),
     };
     let lr = m.config.get("lr").and_then(Value::as_f64);
-    let status = match &m.error {
-        Some(e) => format!("error: {}", e.replace('|', "\\|").replace('\n', " ")),
-        None => "ok".into(),
+    let notes: Vec<&str> = m
+        .config
+        .get("notes")
+        .and_then(Value::as_array)
+        .map(|n| n.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let status = match (&m.error, notes.is_empty()) {
+        (Some(e), _) => format!("error: {}", e.replace('|', "\\|").replace('\n', " ")),
+        (None, true) => "ok".into(),
+        (None, false) => format!("ok ({})", notes.join("; ").replace('|', "\\|")),
     };
     format!(
         "| {rank} | {} | {} | {score} | {} | {} | {params} | {} | {} | {} | {} | {} | {status} |",
@@ -259,6 +266,14 @@ mod tests {
         assert!(md.contains("| 1 | lora | 2e-4 | 0.500 | 1.0000 |"));
         assert!(md.contains("error: boom \\| bang"));
         assert!(md.contains("would score 0.625"));
+    }
+
+    #[test]
+    fn a_clamped_preset_is_an_ok_row_with_its_note() {
+        let mut m = result("llama-adapter", Some(0.5), Some(1.0), false);
+        m.config = serde_json::json!({"lr": 9e-3, "notes": ["adapter_layers 30 clamped to the model's 2 layers"]});
+        assert!(row(1, &m, Some("exact_match"))
+            .ends_with("| ok (adapter_layers 30 clamped to the model's 2 layers) |"));
     }
 
     #[test]

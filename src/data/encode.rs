@@ -1,4 +1,5 @@
-//! Segments → token ids and labels (−100 where nothing is learned), and truncation to `max_len`.
+//! Segments → token ids and labels (−100 where nothing is learned); plain text truncation to
+//! `max_len` (conversations: [`super::truncate`]).
 //!
 //! Each segment is tokenized on its own without added specials, as LLaMA-Factory encodes each
 //! template slot (`template.py: _convert_elements_to_ids`); the chat template supplies BOS/EOS.
@@ -36,7 +37,7 @@ impl Encoded {
     }
 }
 
-/// Ids with their learn flags, and where the final response starts (truncation keeps it whole).
+/// Ids with their learn flags, and where the final response starts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tokens {
     pub ids: Vec<i64>,
@@ -115,39 +116,8 @@ pub fn encode_text(
 pub enum Fit {
     Whole(Tokens),
     Truncated(Tokens),
-    /// The final response (with at least one token of context) does not fit.
+    /// Not even one response token fits after the prompt.
     Dropped,
-}
-
-/// Fits a conversation into `max_len` tokens: the final response is kept whole and the context
-/// before it is cut from the left, keeping a leading BOS. (LLaMA-Factory instead shares the budget
-/// between prompt and response, `processor_utils.infer_seqlen`; we never cut what is learned last.)
-pub fn fit_chat(tokens: Tokens, max_len: usize, bos: Option<i64>) -> Fit {
-    let len = tokens.ids.len();
-    if len <= max_len {
-        return Fit::Whole(tokens);
-    }
-    let start = tokens.response_start;
-    let head = usize::from(start > 0 && bos.is_some() && tokens.ids.first().copied() == bos);
-    let response = len - start;
-    // At least one context token must stay: the first response token is predicted from it.
-    let Some(budget) = max_len.checked_sub(response + head).filter(|&b| b >= 1) else {
-        return Fit::Dropped;
-    };
-    let (ids, learn) = (
-        cut(&tokens.ids, head, start - budget),
-        cut(&tokens.learn, head, start - budget),
-    );
-    Fit::Truncated(Tokens {
-        ids,
-        learn,
-        response_start: head + budget,
-    })
-}
-
-/// `v[..head]` followed by `v[from..]`.
-fn cut<T: Clone>(v: &[T], head: usize, from: usize) -> Vec<T> {
-    v[..head].iter().chain(&v[from..]).cloned().collect()
 }
 
 /// Plain text is cut on the right, as transformers' `truncation=True` does by default.
@@ -178,37 +148,6 @@ mod tests {
         let t = tokens(&[1, 5, 6, 7], 2);
         assert_eq!(t.clone().into_encoded(false).labels, [-100, -100, 6, 7]);
         assert_eq!(t.into_encoded(true).labels, [1, 5, 6, 7]);
-    }
-
-    #[test]
-    fn truncation_cuts_the_left_of_the_context_and_keeps_bos_and_the_response() {
-        let Fit::Truncated(t) = fit_chat(tokens(&[1, 10, 11, 12, 13, 20, 21], 5), 5, Some(1))
-        else {
-            panic!("not truncated")
-        };
-        assert_eq!(t.ids, [1, 12, 13, 20, 21]);
-        assert_eq!(t.learn, [false, false, false, true, true]);
-        assert_eq!(t.response_start, 3);
-    }
-
-    #[test]
-    fn a_record_whose_response_leaves_no_room_for_context_is_dropped() {
-        assert_eq!(
-            fit_chat(tokens(&[1, 10, 20, 21, 22], 2), 4, Some(1)),
-            Fit::Dropped
-        );
-        assert!(matches!(
-            fit_chat(tokens(&[10, 11, 20, 21, 22], 2), 4, Some(1)),
-            Fit::Truncated(_)
-        ));
-    }
-
-    #[test]
-    fn a_record_that_fits_is_kept_whole() {
-        assert!(matches!(
-            fit_chat(tokens(&[1, 2, 3], 1), 3, None),
-            Fit::Whole(_)
-        ));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod encode;
 pub mod formats;
 pub mod jsonl;
 pub mod template;
+pub mod truncate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -26,7 +27,7 @@ pub use formats::{Example, Format};
 pub use template::{Builtin, Segment, Template};
 
 use batcher::{shuffle, SplitMix64};
-use encode::{encode_segments, encode_text, fit_chat, fit_text, Fit, Tokens};
+use encode::{encode_segments, encode_text, fit_text, Fit};
 
 /// The random stream of the train/eval split (epochs use their own number as the stream).
 const SPLIT_STREAM: u64 = u64::MAX;
@@ -207,6 +208,7 @@ pub fn encode_file(
     };
     check_template(&ctx)?;
     let (mut kept, mut dropped) = (Vec::new(), 0);
+    let truncated_before = stats.truncated;
     for record in &read.records {
         match encode_record(&ctx, &record.value)? {
             Ok(Fit::Dropped) => dropped += 1,
@@ -227,6 +229,15 @@ pub fn encode_file(
                 })
             }
         }
+    }
+    let truncated = stats.truncated - truncated_before;
+    let encoded = kept.len() + dropped;
+    if (truncated + dropped) * 20 > encoded {
+        tracing::warn!(
+            "{}: {truncated} of {encoded} records are longer than --max-len {} and were cut (the input after the instruction first, then the response tail), {dropped} dropped; raise --max-len to keep them whole",
+            path.display(),
+            config.max_len
+        );
     }
     stats.records += read.records.len() - (skipped - read.skipped.len());
     stats.skipped += skipped;
@@ -295,30 +306,35 @@ fn encode_record(
         Err(problem) => return Ok(Err(problem)),
     };
     let max_len = ctx.config.max_len;
-    let tokens: Tokens = match example {
+    match example {
         Example::Text(text) => {
             let eos = if ctx.config.append_eos {
                 ctx.tokenizer.eos_id()
             } else {
                 None
             };
-            return Ok(Ok(fit_text(
+            Ok(Ok(fit_text(
                 encode_text(ctx.tokenizer, &text, eos)?,
                 max_len,
-            )));
+            )))
         }
         Example::Chat(messages) => {
-            match template::segments(ctx.config.template, ctx.tokenizer, &messages) {
-                Ok(segments) => encode_segments(ctx.tokenizer, &segments)?,
+            let segments = match template::segments(ctx.config.template, ctx.tokenizer, &messages) {
+                Ok(segments) => segments,
                 Err(problem) => return Ok(Err(problem)),
+            };
+            let tokens = encode_segments(ctx.tokenizer, &segments)?;
+            if tokens.ids.len() <= max_len {
+                return Ok(Ok(Fit::Whole(tokens)));
             }
+            let input = messages.iter().rev().find(|m| m.role == "user");
+            let input = input.map(|m| m.content.as_str());
+            Ok(Ok(truncate::fit_chat_task(
+                ctx.tokenizer,
+                &segments,
+                input,
+                max_len,
+            )?))
         }
-    };
-    let bos = ctx
-        .tokenizer
-        .bos_token
-        .as_deref()
-        .and_then(|t| ctx.tokenizer.token_id(t))
-        .map(i64::from);
-    Ok(Ok(fit_chat(tokens, max_len, bos)))
+    }
 }

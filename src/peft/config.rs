@@ -550,6 +550,15 @@ impl AdapterConfig {
         out.insert("inference_mode".into(), json!(true));
         out.insert("peft_version".into(), json!(PEFT_VERSION));
         out.entry("task_type").or_insert(json!("CAUSAL_LM"));
+        // PEFT before 0.14 builds the config class from every key and fails on ones it does not
+        // know (`LoraConfig.__init__() got an unexpected keyword argument`): keys added since
+        // 0.13 are written only when they differ from the default.
+        let defaults = defaults_for(self.peft_type);
+        for key in newer_than_0_13(self.peft_type) {
+            if out.get(*key) == defaults.get(*key) {
+                out.remove(*key);
+            }
+        }
         let sorted: std::collections::BTreeMap<_, _> = out.into_iter().collect();
         let mut text = serde_json::to_string_pretty(&sorted).unwrap_or_default();
         text.push('\n');
@@ -572,6 +581,37 @@ impl AdapterConfig {
         let path = dir.join(CONFIG_FILE);
         crate::io::write_atomic(&path, self.to_json_string().as_bytes())?;
         Ok(path)
+    }
+}
+
+/// Keys of PEFT 0.21.2's config classes that PEFT 0.13.2's lack
+/// (`tests/fixtures/adapters/peft-0.13/fields.json`, made by the script beside it).
+fn newer_than_0_13(peft_type: PeftType) -> &'static [&'static str] {
+    const LORA: &[&str] = &[
+        "alora_invocation_tokens",
+        "arrow_config",
+        "corda_config",
+        "ensure_weight_tying",
+        "eva_config",
+        "exclude_modules",
+        "kasa_config",
+        "lora_bias",
+        "lora_ga_config",
+        "monteclora_config",
+        "peft_version",
+        "qalora_group_size",
+        "target_parameters",
+        "trainable_token_indices",
+        "use_bdlora",
+        "use_qalora",
+        "velora_config",
+    ];
+    match peft_type {
+        PeftType::Lora | PeftType::AdaLora => LORA,
+        PeftType::Ia3 => &["exclude_modules", "peft_version"],
+        PeftType::PrefixTuning => &["init_weights", "modules_to_save", "peft_version"],
+        PeftType::PromptTuning | PeftType::PTuning => &["modules_to_save", "peft_version"],
+        _ => &["peft_version"],
     }
 }
 

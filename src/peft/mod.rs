@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: `adapter_config.json` in and out, with PEFT's defaults.
 //! - [`target`]: the `target_modules` matcher (PEFT's rules) and rank/alpha patterns.
+//! - [`model_card`]: the README.md model card `save_pretrained` writes beside an adapter.
 //! - [`prompt`]: prompt tuning, P-tuning, prefix tuning / P-tuning v2, LLaMA-Adapter encoders.
 
 pub mod adalora;
@@ -14,6 +15,7 @@ pub mod fold;
 pub mod format;
 pub mod ia3;
 pub mod lora;
+pub mod model_card;
 pub mod prompt;
 pub mod rank_allocator;
 pub mod target;

@@ -1,6 +1,7 @@
 //! Checkpoints: the adapter in PEFT format, the optimizer moments (safetensors, keyed by the
-//! adapter tensor names so they survive a reload), and `trainer_state.json` (step, epoch, data
-//! position, seed, loss history). Every file is written atomically; a checkpoint directory is
+//! adapter tensor names so they survive a reload), `resume_state.json` (ours: step, epoch, data
+//! position, seed, log history) and `trainer_state.json` in HF Trainer's format (what
+//! `TrainerState.load_from_json` reads: its dataclass fields and nothing else). Every file is written atomically; a checkpoint directory is
 //! written under a temporary name and renamed into place, so an interrupted save (or a full
 //! disk) leaves the previous checkpoint intact.
 
@@ -20,7 +21,10 @@ use crate::peft::AdapterConfig;
 use crate::train::hook::StepHook;
 use crate::train::optim::{AdamW, Moments};
 
+/// HF Trainer's `TrainerState` JSON (for tools that read HF runs); not read back by us.
 pub const STATE_FILE: &str = "trainer_state.json";
+/// Our resume state ([`TrainerState`]); runs written before it existed kept it in `STATE_FILE`.
+pub const RESUME_FILE: &str = "resume_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 /// Where a run is, enough to continue it exactly.
@@ -32,7 +36,54 @@ pub struct TrainerState {
     /// Micro-batches of `epoch` already consumed.
     pub position: usize,
     pub seed: u64,
+    /// HF `log_history` entries (`loss`, `learning_rate`, `grad_norm`, `epoch`, `step`; eval
+    /// entries with `eval_loss`).
     pub log_history: Vec<serde_json::Value>,
+    /// Fractional epoch, as HF's `TrainerState.epoch`.
+    #[serde(default)]
+    pub epoch_progress: f64,
+    /// Target tokens trained on, over all processes of the run.
+    #[serde(default)]
+    pub tokens_seen: usize,
+    #[serde(default)]
+    pub settings: StateSettings,
+}
+
+/// The run settings HF's `TrainerState` records.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StateSettings {
+    pub logging_steps: usize,
+    pub eval_steps: Option<usize>,
+    pub save_steps: Option<usize>,
+    pub train_batch_size: Option<usize>,
+    pub num_train_epochs: usize,
+}
+
+impl TrainerState {
+    /// `trainer_state.json` as transformers 5.24's `TrainerState.save_to_json` writes it.
+    pub fn hf_json(&self) -> serde_json::Value {
+        let s = &self.settings;
+        serde_json::json!({
+            "best_global_step": null, "best_metric": null, "best_model_checkpoint": null,
+            "epoch": self.epoch_progress, "eval_steps": s.eval_steps.unwrap_or(s.logging_steps),
+            "global_step": self.global_step, "is_hyper_param_search": false,
+            "is_local_process_zero": true, "is_world_process_zero": true,
+            "log_history": self.log_history, "logging_steps": s.logging_steps,
+            "max_steps": self.max_steps, "num_input_tokens_seen": self.tokens_seen,
+            "num_train_epochs": s.num_train_epochs, "save_steps": s.save_steps.unwrap_or(0),
+            "stateful_callbacks": null, "total_flos": 0.0, "train_batch_size": s.train_batch_size,
+            "trial_name": null, "trial_params": null,
+        })
+    }
+}
+
+/// Writes `resume_state.json` and the HF `trainer_state.json` into `dir`, atomically each.
+pub fn write_states(dir: &Path, state: &TrainerState) -> Result<(), TrainError> {
+    let ours = serde_json::to_string_pretty(state).map_err(|e| err(dir, e))?;
+    write_atomic(&dir.join(RESUME_FILE), ours.as_bytes())?;
+    let hf = serde_json::to_string_pretty(&state.hf_json()).map_err(|e| err(dir, e))?;
+    write_atomic(&dir.join(STATE_FILE), hf.as_bytes())?;
+    Ok(())
 }
 
 fn err(path: &Path, e: impl ToString) -> TrainError {
@@ -63,8 +114,7 @@ pub fn save(
         save_adapter(model, config, &tmp)?;
         save_optimizer(&tmp.join(OPTIMIZER_FILE), model, optim)?;
         hook.save(model, &tmp)?;
-        let json = serde_json::to_string_pretty(state).map_err(|e| err(&tmp, e))?;
-        write_atomic(&tmp.join(STATE_FILE), json.as_bytes())?;
+        write_states(&tmp, state)?;
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(|e| err(dir, e))?;
         }
@@ -145,8 +195,12 @@ pub fn load_optimizer(
     Ok(())
 }
 
+/// Our resume state of a checkpoint (`resume_state.json`, or `trainer_state.json` of older runs).
 pub fn load_state(dir: &Path) -> Result<TrainerState, TrainError> {
-    let path = dir.join(STATE_FILE);
+    let path = match dir.join(RESUME_FILE) {
+        p if p.is_file() => p,
+        _ => dir.join(STATE_FILE),
+    };
     let text = std::fs::read_to_string(&path).map_err(|e| err(&path, e))?;
     serde_json::from_str(&text).map_err(|e| err(&path, e))
 }

@@ -1,20 +1,21 @@
 //! Step metrics: `metrics.jsonl` (one object per logged step; eval entries carry
-//! `"split": "eval"`) and the progress bar (loss, lr, tokens/s, ETA).
+//! `"split": "eval"`), the console (a progress bar on a terminal, plain lines elsewhere: see
+//! [`crate::train::log`]) and the HF Trainer `log_history` entries of `trainer_state.json`.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use crate::error::TrainError;
+use crate::train::log::{Console, StepLine};
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
 pub struct Metrics {
     file: File,
-    pub bar: ProgressBar,
+    pub console: Console,
     status: String,
 }
 
@@ -43,7 +44,7 @@ fn truncate_to_step(path: &Path, step: usize) -> Result<(), TrainError> {
 }
 
 impl Metrics {
-    /// Opens `metrics.jsonl` in `out` (appending when resuming) and a progress bar at `start`.
+    /// Opens `metrics.jsonl` in `out` (appending when resuming) and the console at `start`.
     pub fn open(
         out: &Path,
         total_steps: usize,
@@ -64,17 +65,9 @@ impl Metrics {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-        let bar = ProgressBar::new(total_steps as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} steps [{elapsed_precise} < {eta_precise}] {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_position(start as u64);
         Ok(Self {
             file,
-            bar,
+            console: Console::new(total_steps, start, "steps"),
             status: String::new(),
         })
     }
@@ -86,22 +79,13 @@ impl Metrics {
         }
     }
 
-    pub fn train_step(
-        &mut self,
-        step: usize,
-        loss: f64,
-        lr: f64,
-        grad_norm: f64,
-        tokens: usize,
-        tokens_per_s: f64,
-    ) -> Value {
-        let entry = json!({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "tokens_per_s": tokens_per_s});
+    /// Logs a training step; returns its HF `log_history` entry (`loss`, `learning_rate`,
+    /// `grad_norm`, `epoch`, `step`, as transformers' `Trainer._maybe_log_save_evaluate`).
+    pub fn train_step(&mut self, l: &StepLine) -> Value {
+        let entry = json!({"step": l.step, "epoch": l.epoch, "loss": l.loss, "lr": l.lr, "grad_norm": l.grad_norm, "tokens": l.tokens, "tokens_per_s": l.tokens_per_s});
         self.log(&entry);
-        self.bar.set_message(format!(
-            "loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s{}",
-            self.status
-        ));
-        entry
+        self.console.step_line(l, &self.status);
+        json!({"epoch": l.epoch, "grad_norm": l.grad_norm, "learning_rate": l.lr, "loss": l.loss, "step": l.step})
     }
 
     /// A method's own status shown after the loss (e.g. AdaLoRA's rank budget).
@@ -109,13 +93,25 @@ impl Metrics {
         self.status = format!(" | {status}");
     }
 
-    pub fn eval(&mut self, step: usize, loss: f64, tokens: usize) -> Value {
-        let entry = json!({"step": step, "split": "eval", "loss": loss, "perplexity": loss.exp(), "tokens": tokens});
+    /// Logs an eval result; returns its HF `log_history` entry (`eval_loss`, `eval_runtime`).
+    pub fn eval(&mut self, step: usize, epoch: f64, e: &EvalLine) -> Value {
+        let entry = json!({"step": step, "epoch": epoch, "split": "eval", "loss": e.loss, "perplexity": e.loss.exp(), "tokens": e.tokens});
         self.log(&entry);
-        self.bar.println(format!(
-            "step {step}: eval loss {loss:.4} (perplexity {:.2})",
-            loss.exp()
+        self.console.println(&format!(
+            "step {step} | eval_loss {:.4} | perplexity {:.3} | {} tokens | {:.1}s",
+            e.loss,
+            e.loss.exp(),
+            e.tokens,
+            e.seconds
         ));
-        entry
+        json!({"epoch": epoch, "eval_loss": e.loss, "eval_perplexity": e.loss.exp(), "eval_runtime": e.seconds, "step": step})
     }
+}
+
+/// One eval pass: mean token loss, target tokens, seconds taken.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalLine {
+    pub loss: f64,
+    pub tokens: usize,
+    pub seconds: f64,
 }

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod eval;
 pub mod hook;
+pub mod log;
 pub mod loss;
 pub mod metrics;
 pub mod optim;

@@ -15,9 +15,10 @@ use crate::error::TrainError;
 use crate::models::CausalLm;
 use crate::peft::format::save_adapter;
 use crate::peft::AdapterConfig;
-use crate::train::checkpoint::{self, TrainerState};
-use crate::train::eval::evaluate;
-use crate::train::metrics::Metrics;
+use crate::train::checkpoint::{self, StateSettings, TrainerState};
+use crate::train::eval::evaluate_with;
+use crate::train::log::StepLine;
+use crate::train::metrics::{EvalLine, Metrics};
 use crate::train::{train_step_with, AdamW, AdamWConfig, Batch, Schedule, ScheduleKind, StepHook};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -35,6 +36,12 @@ pub struct RunConfig {
     pub save_steps: Option<usize>,
     pub eval_steps: Option<usize>,
     pub seed: u64,
+    /// Keep at most this many `checkpoint-N` folders (HF's `save_total_limit`); None keeps all.
+    #[serde(default)]
+    pub save_total_limit: Option<usize>,
+    /// Micro-batch size, recorded in `trainer_state.json` (`train_batch_size`).
+    #[serde(default)]
+    pub train_batch_size: Option<usize>,
 }
 
 /// Everything one run needs.
@@ -56,11 +63,15 @@ pub struct Run<'a> {
 
 #[derive(Debug, Clone)]
 pub struct RunSummary {
+    /// The step the run is at (counting the steps of a run resumed from).
     pub steps: usize,
+    /// Steps run by this process.
+    pub steps_run: usize,
     pub interrupted: bool,
     pub losses: Vec<f64>,
     pub eval_loss: Option<f64>,
     pub tokens: usize,
+    /// Seconds of training in this process (the final eval not counted).
     pub seconds: f64,
 }
 
@@ -105,6 +116,63 @@ fn non_finite_weights(e: &TrainError) -> bool {
     )
 }
 
+/// Losses, tokens and time since the last log line: HF Trainer logs the window's mean loss.
+#[derive(Debug, Default)]
+struct Window {
+    loss_sum: f64,
+    steps: usize,
+    tokens: usize,
+    seconds: f64,
+}
+
+impl Window {
+    fn add(&mut self, loss: f64, tokens: usize, seconds: f64) {
+        self.loss_sum += loss;
+        self.steps += 1;
+        self.tokens += tokens;
+        self.seconds += seconds;
+    }
+
+    /// `(mean loss, tokens, tokens/s)` of the window, which starts again empty.
+    fn take(&mut self) -> (f64, usize, f64) {
+        let w = std::mem::take(self);
+        (
+            w.loss_sum / w.steps.max(1) as f64,
+            w.tokens,
+            w.tokens as f64 / w.seconds.max(1e-9),
+        )
+    }
+}
+
+/// HF's fractional epoch: whole epochs done plus the share of this one consumed.
+fn epoch_progress(state: &TrainerState, epoch_len: usize) -> f64 {
+    state.epoch as f64 + state.position as f64 / epoch_len.max(1) as f64
+}
+
+/// Keeps the newest `limit` `checkpoint-N` folders of `out`, deleting older ones, as HF's
+/// `save_total_limit` (`Trainer._rotate_checkpoints`, oldest first by step).
+fn rotate_checkpoints(out: &std::path::Path, limit: usize, saved: &mut Vec<(usize, PathBuf)>) {
+    let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(out)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
+                    Some((step, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    let excess = found.len().saturating_sub(limit);
+    for (_, dir) in found.into_iter().take(excess) {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!("could not remove {}: {e}", dir.display());
+        }
+        saved.retain(|(_, d)| *d != dir);
+    }
+}
+
 /// Runs training to the end (or to Ctrl-C, which saves a checkpoint first).
 pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
     let first = (run.train)(0);
@@ -136,9 +204,19 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
                 position: 0,
                 seed: c.seed,
                 log_history: Vec::new(),
+                epoch_progress: 0.0,
+                tokens_seen: 0,
+                settings: Default::default(),
             },
             AdamW::new(c.adamw),
         ),
+    };
+    state.settings = StateSettings {
+        logging_steps: c.logging_steps.max(1),
+        eval_steps: c.eval_steps,
+        save_steps: c.save_steps,
+        train_batch_size: c.train_batch_size,
+        num_train_epochs: c.epochs,
     };
     let mut epoch_batches = if state.epoch == 0 {
         first
@@ -149,10 +227,13 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&interrupted));
     let mut metrics = Metrics::open(&run.out, total, state.global_step, state.global_step > 0)?;
     let started = Instant::now();
+    let first_step = state.global_step;
     let mut losses = Vec::new();
     let mut tokens_total = 0;
     let mut model = run.model;
     let mut saved: Vec<(usize, PathBuf)> = Vec::new();
+    let mut window = Window::default();
+    let mut last_eval: Option<(usize, f64)> = None;
     while state.global_step < total {
         if interrupted.load(Ordering::SeqCst) {
             let dir = checkpoint::checkpoint_dir(&run.out, state.global_step);
@@ -164,12 +245,13 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
                 &state,
                 &run.hook,
             )?;
-            metrics.bar.abandon_with_message(format!(
+            metrics.console.finish(&format!(
                 "interrupted: checkpoint saved to {}",
                 dir.display()
             ));
             return Ok(RunSummary {
                 steps: state.global_step,
+                steps_run: state.global_step - first_step,
                 interrupted: true,
                 losses,
                 eval_loss: None,
@@ -213,27 +295,32 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
         }
         model = next;
         state.global_step += 1;
+        state.epoch_progress = epoch_progress(&state, epoch_batches.len());
+        state.tokens_seen += stats.tokens;
         tokens_total += stats.tokens;
         losses.push(stats.loss);
+        window.add(stats.loss, stats.tokens, t.elapsed().as_secs_f64());
         let step = state.global_step;
         if let Some(status) = run.hook.status() {
             metrics.set_status(status);
         }
         if step % c.logging_steps.max(1) == 0 || step == total {
-            let entry = metrics.train_step(
+            let (loss, tokens, tokens_per_s) = window.take();
+            let entry = metrics.train_step(&StepLine {
                 step,
-                stats.loss,
+                epoch: state.epoch_progress,
+                loss,
                 lr,
-                stats.grad_norm,
-                stats.tokens,
-                stats.tokens as f64 / t.elapsed().as_secs_f64(),
-            );
+                grad_norm: stats.grad_norm,
+                tokens,
+                tokens_per_s,
+            });
             state.log_history.push(entry);
         }
-        metrics.bar.set_position(step as u64);
+        metrics.console.set_position(step);
         if c.eval_steps.is_some_and(|n| n > 0 && step % n == 0) && !run.eval.is_empty() {
-            let e = evaluate(&model.valid(), &run.eval);
-            state.log_history.push(metrics.eval(step, e.loss, e.tokens));
+            let loss = eval_pass(&model, &run.eval, &mut metrics, &mut state);
+            last_eval = Some((step, loss));
         }
         if c.save_steps.is_some_and(|n| n > 0 && step % n == 0) && step < total {
             let dir = checkpoint::checkpoint_dir(&run.out, step);
@@ -245,7 +332,12 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
                 &state,
                 &run.hook,
             ) {
-                Ok(()) => saved.push((step, dir)),
+                Ok(()) => {
+                    saved.push((step, dir));
+                    if let Some(limit) = c.save_total_limit {
+                        rotate_checkpoints(&run.out, limit, &mut saved);
+                    }
+                }
                 // Weights that became NaN/inf are not a checkpoint worth keeping; the next
                 // step's loss is non-finite too and stops the run, naming the last good one.
                 Err(e) if non_finite_weights(&e) => {
@@ -255,26 +347,45 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
             }
         }
     }
-    let eval_loss = if run.eval.is_empty() {
-        None
-    } else {
-        let e = evaluate(&model.valid(), &run.eval);
-        state
-            .log_history
-            .push(metrics.eval(state.global_step, e.loss, e.tokens));
-        Some(e.loss)
+    // Training time ends here: the final eval is not counted in the tokens/s.
+    let seconds = started.elapsed().as_secs_f64();
+    let eval_loss = match last_eval {
+        // An eval at the last step (max_steps a multiple of eval_steps) is the final one.
+        Some((step, loss)) if step == state.global_step => Some(loss),
+        _ if run.eval.is_empty() => None,
+        _ => Some(eval_pass(&model, &run.eval, &mut metrics, &mut state)),
     };
-    metrics.bar.finish_with_message("done");
+    metrics.console.finish("done");
     save_adapter(&mut model, &run.adapter_config, &run.out)?;
-    let json =
-        serde_json::to_string_pretty(&state).map_err(|e| TrainError::Option(e.to_string()))?;
-    crate::io::write_atomic(&run.out.join(checkpoint::STATE_FILE), json.as_bytes())?;
+    checkpoint::write_states(&run.out, &state)?;
     Ok(RunSummary {
         steps: state.global_step,
+        steps_run: state.global_step - first_step,
         interrupted: false,
         losses,
         eval_loss,
         tokens: tokens_total,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
     })
+}
+
+/// One pass over the eval set with its progress on the console; logs it and returns the loss.
+fn eval_pass(
+    model: &CausalLm,
+    eval: &[Batch],
+    metrics: &mut Metrics,
+    state: &mut TrainerState,
+) -> f64 {
+    let t = Instant::now();
+    let n = eval.len();
+    let console = &metrics.console;
+    let e = evaluate_with(&model.valid(), eval, &mut |k| console.eval_progress(k, n));
+    let line = EvalLine {
+        loss: e.loss,
+        tokens: e.tokens,
+        seconds: t.elapsed().as_secs_f64(),
+    };
+    let entry = metrics.eval(state.global_step, state.epoch_progress, &line);
+    state.log_history.push(entry);
+    e.loss
 }

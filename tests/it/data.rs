@@ -166,7 +166,7 @@ fn a_json_array_file_is_read_like_jsonl() {
 }
 
 #[test]
-fn truncation_cuts_the_prompt_from_the_left_and_keeps_the_whole_response() {
+fn a_long_instruction_loses_its_tail_and_the_short_response_stays_whole() {
     let long_prompt = "word ".repeat(200);
     let line = serde_json::json!({"instruction": long_prompt, "output": "The answer."}).to_string();
     let prepared = prepare(line.as_bytes(), |c| c.max_len = 32).unwrap();
@@ -180,7 +180,7 @@ fn truncation_cuts_the_prompt_from_the_left_and_keeps_the_whole_response() {
 }
 
 #[test]
-fn a_record_whose_response_cannot_fit_is_dropped_and_counted() {
+fn a_long_response_loses_its_tail_as_llama_factory_cuts_the_target() {
     let fits = r#"{"instruction": "Hi", "output": "Yo"}"#;
     let too_long =
         serde_json::json!({"instruction": "Hi", "output": "word ".repeat(100)}).to_string();
@@ -188,14 +188,35 @@ fn a_record_whose_response_cannot_fit_is_dropped_and_counted() {
         c.max_len = 24
     })
     .unwrap();
+    let stats = &prepared.stats;
     assert_eq!(
-        (
-            prepared.train.len(),
-            prepared.stats.dropped,
-            prepared.stats.records
-        ),
-        (1, 1, 2)
+        (prepared.train.len(), stats.truncated, stats.dropped),
+        (2, 1, 0)
     );
+    let cut = &prepared.train[1];
+    assert_eq!(cut.len(), 24);
+    let learned = learned_runs(&tokenizer(), cut);
+    assert!(learned[0].starts_with("word word"), "{learned:?}");
+}
+
+#[test]
+fn truncation_keeps_the_system_prompt_and_instruction_and_cuts_the_input() {
+    let record = serde_json::json!({
+        "system": "Be brief.",
+        "instruction": "Summarise the text.",
+        "input": "filler ".repeat(200),
+        "output": "Short.",
+    });
+    let prepared = prepare(record.to_string().as_bytes(), |c| c.max_len = 64).unwrap();
+    let r = &prepared.train[0];
+    assert_eq!(r.len(), 64);
+    let ids: Vec<u32> = r.ids.iter().map(|&i| i as u32).collect();
+    let text = tokenizer().decode(&ids, false).unwrap();
+    assert!(
+        text.contains("Be brief.") && text.contains("Summarise the text.\nfiller"),
+        "{text}"
+    );
+    assert_eq!(learned_runs(&tokenizer(), r), ["Short.<|im_end|>\n"]);
 }
 
 #[test]
@@ -341,7 +362,10 @@ fn a_file_of_only_bad_records_is_empty_even_when_skipping() {
 
 #[test]
 fn a_dataset_where_every_record_is_dropped_is_an_error() {
-    let line = serde_json::json!({"instruction": "Hi", "output": "word ".repeat(100)}).to_string();
+    // The system prompt is the template's head: kept whole, so nothing of the response fits.
+    let line =
+        serde_json::json!({"system": "word ".repeat(100), "instruction": "Hi", "output": "Yo"})
+            .to_string();
     let err = prepare(line.as_bytes(), |c| c.max_len = 24)
         .unwrap_err()
         .to_string();

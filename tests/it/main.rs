@@ -29,5 +29,6 @@ mod safe_sizes;
 mod tokenizer;
 mod train;
 mod train_cli;
+mod ux_cli;
 #[cfg(feature = "wgpu")]
 mod wgpu;

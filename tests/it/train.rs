@@ -110,6 +110,8 @@ mod resume {
             save_steps,
             eval_steps: None,
             seed: 3,
+            save_total_limit: None,
+            train_batch_size: None,
         }
     }
 

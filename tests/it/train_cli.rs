@@ -209,7 +209,7 @@ fn a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint() {
             "--save-steps",
             "1",
             "--lr-scheduler",
-            "constant",
+            "constant_with_warmup",
         ],
     );
     assert!(!o.status.success(), "the run should diverge");
