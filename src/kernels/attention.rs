@@ -6,7 +6,9 @@
 //! ([`AttnMask`]: key padding by index, a causal rule with an offset for prefix and cached keys).
 //!
 //! On flex + f32 it is one custom op ([`FusedAttentionOps`]) following FlashAttention-2
-//! (Dao 2023, arXiv 2307.08691), in `attention/flash.rs`:
+//! (Dao 2023, arXiv 2307.08691; the online softmax of Milakov & Gimelshein 2018,
+//! arXiv 1805.02867), in `attention/flash.rs` (the element-wise row steps, AVX2 when present, in
+//! `attention/rows.rs`):
 //! - forward (Algorithm 1): per (batch, head, block of `BQ` queries), loop over blocks of `BK`
 //!   keys: `S = Q Kᵀ` (gemm), scale and mask, online softmax (running max `m` and sum `l`,
 //!   previous output rescaled by `exp(m_old − m_new)`), `O += P V` (gemm); finally `O /= l` and
@@ -17,6 +19,11 @@
 //!   recomputed, `dV += Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ∘ (dP − D)`, `dQ += scale · dS K`,
 //!   `dK += scale · dSᵀ Q`; dk/dv are summed over each group's query heads. Only the gradients
 //!   of tracked inputs are computed.
+//!
+//! Threads (rayon): forward tasks are (batch, head, query block), backward tasks (batch, head),
+//! each owning its output rows, dq rows and a per-head dk/dv partial `[b, h, t, d]` that is
+//! reduced over the group afterwards. The backward keeps q, k, v, the output and the LSE
+//! `[b, h, s]`: O(b·h·s) beyond the tensors the graph already holds.
 //!
 //! The output is returned as a `[b, h, s, d]` view of a `[b, s, h, d]` buffer, so the models'
 //! `swap_dims(1, 2).reshape([b, s, h·d])` before `o_proj` is free.
