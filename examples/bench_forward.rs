@@ -73,10 +73,8 @@ fn main() -> Result<()> {
     let model = ModelDir::open(&small)?.load(&device)?;
     let mut results = serde_json::Map::new();
     results.insert("device".into(), json!(device_name));
-    results.insert(
-        "threads".into(),
-        json!(std::thread::available_parallelism().map_or(1, |n| n.get())),
-    );
+    let threads = peft::device::set_threads(arg("--threads").and_then(|t| t.parse().ok()))?;
+    results.insert("threads".into(), json!(threads));
     for batch in [1, 8] {
         let tps = prefill_tokens_per_s(&model, batch, 256, 3);
         eprintln!("prefill batch {batch} seq 256: {tps:.1} tokens/s");
@@ -86,6 +84,13 @@ fn main() -> Result<()> {
         let tps = generation_tokens_per_s(&model, new)?;
         eprintln!("greedy generation {new} new tokens: {tps:.2} tokens/s");
         results.insert(format!("generate_{new}_tokens_per_s"), json!(tps));
+    }
+    let mut model = model;
+    model.cast_decode_weights(burn::tensor::DType::BF16);
+    for new in [16, 256] {
+        let tps = generation_tokens_per_s(&model, new)?;
+        eprintln!("greedy generation {new} new tokens, bf16 decoding weights: {tps:.2} tokens/s");
+        results.insert(format!("generate_bf16_{new}_tokens_per_s"), json!(tps));
     }
     drop(model);
     // ~522M parameters: hidden 1024, 30 layers, intermediate 4096, vocab 49152, tied.

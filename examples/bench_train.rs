@@ -2,7 +2,8 @@
 //! the values). Writes JSON; compare with `../shared/bench/torch_train.py lora` in the same
 //! session (see README).
 //!
-//!     cargo run --example bench_train -- [--device cpu] [--steps 3] [--out bench-out/train.json]
+//!     cargo run --example bench_train -- [--device cpu] [--steps 3] [--threads N] [--with-full]
+//!         [--out bench-out/train.json]
 //!
 //! - adapter overhead: forward tokens/s with LoRA r 8 on every linear layer vs. without adapters,
 //!   and LoRA forward+backward tokens/s (batch 1 × seq 256);
@@ -94,9 +95,15 @@ fn overhead(dir: &Path, device: &Device, repeats: usize) -> Result<serde_json::V
     }))
 }
 
-fn train(dir: &Path, device: &Device, steps: usize) -> Result<serde_json::Value> {
+/// AdamW steps at batch 4 × 256: LoRA r 8 on every linear layer, or full fine-tuning (every
+/// parameter trained; the yardstick: a LoRA step should cost ≤ 0.7× of it).
+fn train(dir: &Path, device: &Device, steps: usize, full: bool) -> Result<serde_json::Value> {
+    use burn::module::Module;
     let auto = device.clone().autodiff();
-    let mut model = load(dir, &auto, true)?;
+    let mut model = load(dir, &auto, !full)?;
+    if full {
+        model = model.set_require_grad(true);
+    }
     let mut optim = AdamW::new(AdamWConfig {
         weight_decay: 0.01,
         ..Default::default()
@@ -117,9 +124,12 @@ fn train(dir: &Path, device: &Device, steps: usize) -> Result<serde_json::Value>
         );
     }
     let step_s = median(times);
-    Ok(
-        json!({"train_step_s": step_s, "train_tokens_per_s": 1024.0 / step_s, "train_peak_rss_mib": peak_rss_mib()}),
-    )
+    let key = if full { "full" } else { "train" };
+    Ok(json!({
+        format!("{key}_step_s"): step_s,
+        format!("{key}_tokens_per_s"): 1024.0 / step_s,
+        format!("{key}_peak_rss_mib"): peak_rss_mib(),
+    }))
 }
 
 fn main() -> Result<()> {
@@ -132,32 +142,55 @@ fn main() -> Result<()> {
     };
     let device_name = arg("--device").unwrap_or_else(|| "cpu".into());
     let device = peft::device::parse_device(&device_name)?;
+    let threads = peft::device::set_threads(arg("--threads").and_then(|t| t.parse().ok()))?;
     let steps: usize = arg("--steps").and_then(|s| s.parse().ok()).unwrap_or(3);
     let dir = std::env::temp_dir().join("peft-bench-train/smollm2-shaped");
     if let Some(model_dir) = arg("--train-only") {
-        println!("{}", train(Path::new(&model_dir), &device, steps)?);
+        let full = args.iter().any(|a| a == "--full");
+        println!("{}", train(Path::new(&model_dir), &device, steps, full)?);
         return Ok(());
     }
     write_random_llama(&dir, SMOLLM2_135M, 0).context("writing the SmolLM2-shaped model")?;
     let mut results = overhead(&dir, &device, 3)?;
     eprintln!("{results}");
-    let child = std::process::Command::new(std::env::current_exe()?)
-        .args([
+    // Each training run in a child process, so its peak RSS is its own.
+    let mut reports = Vec::new();
+    let modes: &[&str] = if args.iter().any(|a| a == "--with-full") {
+        &["lora", "full"]
+    } else {
+        &["lora"]
+    };
+    for mode in modes {
+        let steps = steps.to_string();
+        let threads = threads.to_string();
+        let mut child_args = vec![
             "--train-only",
             dir.to_str().unwrap_or_default(),
             "--device",
             &device_name,
             "--steps",
-            &steps.to_string(),
-        ])
-        .stderr(std::process::Stdio::inherit())
-        .output()?;
-    let train: serde_json::Value =
-        serde_json::from_slice(&child.stdout).context("child training report")?;
-    if let (Some(r), Some(t)) = (results.as_object_mut(), train.as_object()) {
-        r.extend(t.clone());
+            &steps,
+            "--threads",
+            &threads,
+        ];
+        if *mode == "full" {
+            child_args.push("--full");
+        }
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(child_args)
+            .stderr(std::process::Stdio::inherit())
+            .output()?;
+        let report: serde_json::Value =
+            serde_json::from_slice(&child.stdout).context("child training report")?;
+        reports.push(report);
+    }
+    for t in reports.iter().filter_map(|r| r.as_object()) {
+        results.as_object_mut().map(|r| r.extend(t.clone()));
+    }
+    if let Some(r) = results.as_object_mut() {
         r.insert("device".into(), json!(device_name));
         r.insert("rank".into(), json!(RANK));
+        r.insert("threads".into(), json!(threads));
     }
     let out = arg("--out").unwrap_or_else(|| "bench-out/train.json".into());
     if let Some(parent) = Path::new(&out).parent() {

@@ -14,19 +14,32 @@ mkdir -p "$OUT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/peft-target}"
 cargo build --examples --quiet
 
-"$CARGO_TARGET_DIR/debug/examples/bench_forward" --out "$OUT/forward.json" > /dev/null
-"$CARGO_TARGET_DIR/debug/examples/bench_train" --steps "${STEPS:-3}" --out "$OUT/train.json" > /dev/null
+# The machine these numbers come from: CPU model, AVX-512 or not, threads, load before the run.
+python3 - "$OUT/machine.json" "$THREADS" <<'PY'
+import json, os, sys
+flags = open("/proc/cpuinfo").read()
+model = next((l.split(":", 1)[1].strip() for l in flags.splitlines() if l.startswith("model name")), "?")
+kind = "AVX-512" if " avx512f" in flags else ("AVX2" if " avx2" in flags else "baseline x86-64")
+json.dump({"cpu": model, "simd": kind, "cores": os.cpu_count(), "threads": int(sys.argv[2]),
+           "load_before": os.getloadavg()}, open(sys.argv[1], "w"))
+PY
+"$CARGO_TARGET_DIR/debug/examples/bench_forward" --threads "$THREADS" --out "$OUT/forward.json" > /dev/null
+"$CARGO_TARGET_DIR/debug/examples/bench_train" --threads "$THREADS" --steps "${STEPS:-3}" --with-full --out "$OUT/train.json" > /dev/null
 (
   cd "$BENCH"
   for b in 1 8; do THREADS=$THREADS B=$b NEW=16 "$PY" torch_forward.py; done
   THREADS=$THREADS B=1 NEW=256 "$PY" torch_forward.py | grep generate
   THREADS=$THREADS STEPS="${STEPS:-3}" "$PY" torch_train.py lora
+  THREADS=$THREADS STEPS="${STEPS:-3}" "$PY" torch_train.py full
 ) > "$OUT/torch.jsonl"
 
 python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
 ours = {**json.load(open(f"{out}/forward.json")), **json.load(open(f"{out}/train.json"))}
+machine = json.load(open(f"{out}/machine.json"))
+print(f"{machine['cpu']} ({machine['simd']}), {machine['threads']} threads, "
+      f"load before the run {machine['load_before'][0]:.2f}\n")
 torch = [json.loads(l) for l in open(f"{out}/torch.jsonl") if l.startswith("{")]
 def t(bench, **kw):
     for r in torch:
@@ -37,8 +50,11 @@ rows = [
     ("prefill, batch 8 × 256 (tokens/s)", ours["prefill_b8_s256_tokens_per_s"], t("prefill", batch=8)["tokens_per_s"]),
     ("greedy generation, 16 new (tokens/s)", ours["generate_16_tokens_per_s"], t("generate", batch=1, new_tokens=16)["tokens_per_s"]),
     ("greedy generation, 256 new (tokens/s)", ours["generate_256_tokens_per_s"], t("generate", batch=1, new_tokens=256)["tokens_per_s"]),
+    ("greedy generation, 16 new, bf16 decoding weights (tokens/s)", ours["generate_bf16_16_tokens_per_s"], t("generate", batch=1, new_tokens=16)["tokens_per_s"]),
+    ("greedy generation, 256 new, bf16 decoding weights (tokens/s)", ours["generate_bf16_256_tokens_per_s"], t("generate", batch=1, new_tokens=256)["tokens_per_s"]),
     ("LoRA r8 training, batch 4 × 256 (tokens/s)", ours["train_tokens_per_s"], t("train_step", method="lora")["tokens_per_s"]),
     ("LoRA r8 training peak RSS (MiB)", ours["train_peak_rss_mib"], t("train_step", method="lora")["peak_rss_mib"]),
+    ("full fine-tuning, batch 4 × 256 (tokens/s)", ours["full_tokens_per_s"], t("train_step", method="full")["tokens_per_s"]),
 ]
 print("| measurement | peft (burn) | PyTorch + PEFT | ratio |\n|---|---|---|---|")
 for name, a, b in rows:
@@ -48,5 +64,8 @@ print(f"\nLoRA forward overhead over the base forward: {100 * ours['forward_lora
       f"LoRA forward+backward {ours['forward_backward_lora_tokens_per_s']:.0f} tokens/s")
 print(f"Loading {ours['load_params']/1e6:.0f}M parameters: peak RSS {ours['load_peak_rss_mib']:.0f} MiB "
       f"= {ours['load_peak_rss_mib']/ours['load_f32_mib']:.2f}× the f32 size ({ours['load_f32_mib']:.0f} MiB)")
-json.dump({"ours": ours, "torch": torch}, open(f"{out}/summary.json", "w"), indent=1)
+# 619 GFLOP per step for this shape (issue 14's analytic count: forward + input and LoRA grads)
+print(f"LoRA step / our full fine-tuning step: {ours['train_step_s'] / ours['full_step_s']:.2f}")
+print(f"LoRA training step: {ours['train_step_s']:.2f} s = {619 / ours['train_step_s']:.0f} GFLOP/s of the 619 GFLOP step")
+json.dump({"ours": ours, "torch": torch, "machine": machine}, open(f"{out}/summary.json", "w"), indent=1)
 PY

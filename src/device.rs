@@ -35,3 +35,32 @@ fn wgpu_device() -> Result<Device, LoadError> {
         message: "this binary was built without the `wgpu` feature; rebuild with `cargo build --features wgpu`".into(),
     })
 }
+
+/// Sizes rayon's global pool, which flex's gemm and element-wise ops and our kernels all use:
+/// `Some(n)` threads, or every core the OS gives this process. Returns the count in use. Call
+/// before any tensor work (the pool is built once per process).
+pub fn set_threads(threads: Option<usize>) -> Result<usize, LoadError> {
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = match threads {
+        None => available,
+        Some(0) => {
+            return Err(LoadError::Device {
+                name: "--threads 0".into(),
+                message: "the thread count must be at least 1".into(),
+            })
+        }
+        // A typo such as 20000 would spawn that many OS threads.
+        Some(n) if n > 4 * available.max(64) => {
+            return Err(LoadError::Device {
+                name: format!("--threads {n}"),
+                message: format!("far more threads than the {available} cores here"),
+            })
+        }
+        Some(n) => n,
+    };
+    // Fails only when a pool already exists (tests that set it twice): keep that one.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+    Ok(rayon::current_num_threads())
+}

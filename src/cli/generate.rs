@@ -39,6 +39,10 @@ pub struct GenerateArgs {
     /// Print one JSON object {"prompt_ids", "new_ids", "text"} instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Storage dtype of the frozen weights while decoding: f32 (exact), or bf16 (half the
+    /// memory traffic per token, about twice as fast; logits move by ~1e-2, products stay f32).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub decode_dtype: String,
 }
 
 impl GenerateArgs {
@@ -78,7 +82,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
         _ => bail!("give exactly one of --prompt TEXT or --chat TEXT"),
     };
-    let loaded = args.model.load()?;
+    let mut loaded = args.model.load()?;
+    if args.decode_dtype == "bf16" {
+        loaded.model.cast_decode_weights(burn::tensor::DType::BF16);
+    }
     let mut eos_ids = loaded.dir.eos_token_ids();
     eos_ids.extend(tokenizer.eos_id());
     let cfg = args.sampling(eos_ids)?;

@@ -27,6 +27,9 @@ pub struct Cli {
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// CPU threads for the tensor work (gemm, kernels) [default: every core].
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -72,6 +75,8 @@ pub fn init_logging(verbose: u8) {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let threads = peft::device::set_threads(cli.threads)?;
+    tracing::debug!("{threads} compute threads");
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Inspect(args) => inspect::run(args),

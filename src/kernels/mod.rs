@@ -13,8 +13,10 @@ use burn::tensor::{DType, Device, Tensor};
 pub mod attention;
 pub mod cross_entropy;
 pub mod flex;
+pub mod gemv;
 pub mod rms_norm;
 pub mod rope;
+pub mod softmax;
 pub mod swiglu;
 
 /// Whether fused kernels are switched off for this process (`PEFT_KERNELS=off`): every op then

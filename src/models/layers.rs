@@ -2,7 +2,7 @@
 //! the checkpoint keys (`weight`).
 
 use burn::module::{Module, Param};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 
 /// Token embedding, `weight: [vocab, hidden]` (same orientation as PyTorch).
 #[derive(Module, Debug)]
@@ -13,7 +13,13 @@ pub struct Embedding {
 impl Embedding {
     /// ids: [batch, seq] -> [batch, seq, hidden]
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        burn::tensor::module::embedding(self.weight.val(), ids)
+        let out = burn::tensor::module::embedding(self.weight.val(), ids);
+        // A bf16 decoding copy (`CausalLm::cast_decode_weights`): the model computes in f32.
+        if out.dtype() == DType::F32 {
+            out
+        } else {
+            out.cast(DType::F32)
+        }
     }
 }
 

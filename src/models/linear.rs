@@ -3,7 +3,7 @@
 //! Adapters act on activations (`y = W·x + b + s·B(A(x))`), never by rebuilding a dense weight.
 
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::peft::adapter::LinearAdapter;
 
@@ -33,9 +33,32 @@ impl Linear {
         self.weight.lazy_shape().dims::<2>()[1]
     }
 
+    /// The weight [in, out] when this is a plain frozen linear (no bias, no adapter), the case the
+    /// fused output-head kernels take.
+    pub fn plain_frozen_weight(&self) -> Option<Tensor<2>> {
+        let weight = self.weight.val();
+        (self.bias.is_none() && self.adapter.is_none() && !weight.is_require_grad())
+            .then_some(weight)
+    }
+
     /// The frozen base: x: [..., in] -> [..., out].
     pub fn base_forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+        let weight = self.weight.val();
+        let bias = self.bias.as_ref().map(|b| b.val());
+        // Decoding: a few rows against every weight, split over all threads.
+        if let Some(y) = crate::kernels::gemv::few_rows_linear(&x, &weight) {
+            return match bias {
+                Some(b) => y + b.unsqueeze::<D>(),
+                None => y,
+            };
+        }
+        // A bf16 decoding weight (`CausalLm::cast_decode_weights`) is widened per call.
+        let weight = if weight.dtype() == DType::F32 {
+            weight
+        } else {
+            weight.cast(DType::F32)
+        };
+        burn::tensor::module::linear(x, weight, bias)
     }
 
     /// x: [..., in] -> [..., out], through the adapter when one is attached.

@@ -3,19 +3,22 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::module::{Module, Param};
+use burn::tensor::{DType, Device, Tensor};
 use serde_json::{Map, Value};
 
 use crate::error::AdapterError;
 use crate::error::LoadError;
 use crate::io::Checkpoint;
+use crate::kernels::cross_entropy::linear_cross_entropy;
 use crate::models::cache::KvCache;
 use crate::models::chatglm::{self, ChatGlmConfig, ChatGlmForConditionalGeneration};
 use crate::models::linear::Linear;
 use crate::models::llama::{self, LlamaConfig, LlamaForCausalLm};
 use crate::models::mask::Inputs;
 use crate::models::prompt::PromptState;
+use crate::peft::adapter::LinearAdapter;
+use crate::train::loss::{shifted_targets, token_loss_sum};
 
 /// A model folder with its parsed `config.json`.
 #[derive(Debug, Clone)]
@@ -278,6 +281,56 @@ impl CausalLm {
         match self {
             Self::Llama(m) => &mut m.prompt_encoder,
             Self::ChatGlm(m) => &mut m.transformer.prefix_encoder,
+        }
+    }
+
+    /// The summed loss of `labels` [batch, seq] (shifted, −100 ignored) of one forward: the output
+    /// head fused with the cross-entropy (`kernels::cross_entropy`) when it is a frozen plain
+    /// linear or a tied embedding, so the [batch, seq, vocab] logits are never held; the plain
+    /// logits + log-softmax otherwise (an adapted or trainable head). -> [1]
+    pub fn token_loss_sum(&self, inputs: &Inputs, labels: &[i64]) -> Tensor<1> {
+        let (batch, seq) = (inputs.batch, inputs.seq);
+        let (hidden, head) = match self {
+            Self::Llama(m) => (m.hidden_states(inputs, None, None), m.output_head()),
+            Self::ChatGlm(m) => (m.hidden_states(inputs, None, None), m.output_head()),
+        };
+        match head {
+            Some((weight, layout)) => {
+                let [b, s, h] = hidden.dims();
+                let targets = shifted_targets(labels, batch, seq);
+                linear_cross_entropy(hidden.reshape([b * s, h]), weight, layout, &targets)
+            }
+            None => {
+                let logits = match self {
+                    Self::Llama(m) => m.logits(hidden),
+                    Self::ChatGlm(m) => m.logits(hidden),
+                };
+                token_loss_sum(logits, labels, batch, seq)
+            }
+        }
+    }
+
+    /// Stores the frozen linear and embedding weights in `dtype` (bf16 for decoding: half the
+    /// bytes each generated token reads; every product still computes in f32). Norms and adapter
+    /// tensors keep f32, and so do DoRA-adapted layers (their weight norm is computed from the
+    /// weight). Inference only: call it after the adapters are loaded.
+    pub fn cast_decode_weights(&mut self, dtype: DType) {
+        fn cast<const D: usize>(param: &mut Param<Tensor<D>>, dtype: DType) {
+            let device = param.val().device();
+            let placeholder = Param::from_tensor(Tensor::zeros([1; D], &device));
+            let old = std::mem::replace(param, placeholder);
+            *param = old.map(|t| t.cast(dtype));
+        }
+        for (_, linear) in self.linears_mut() {
+            let dora =
+                matches!(&linear.adapter, Some(LinearAdapter::Lora(l)) if l.magnitude.is_some());
+            if !dora {
+                cast(&mut linear.weight, dtype);
+            }
+        }
+        match self {
+            Self::Llama(m) => cast(&mut m.model.embed_tokens.weight, dtype),
+            Self::ChatGlm(m) => cast(&mut m.transformer.embedding.word_embeddings.weight, dtype),
         }
     }
 

@@ -2,7 +2,6 @@
 //! (only non-ignored target tokens count), on a model without autodiff.
 
 use crate::models::CausalLm;
-use crate::train::loss::token_loss_sum;
 use crate::train::Batch;
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -17,9 +16,9 @@ pub fn evaluate(model: &CausalLm, batches: &[Batch]) -> EvalResult {
     let mut sum = 0.0;
     let mut tokens = 0;
     for batch in batches {
-        let logits = model.forward(&batch.inputs(), None);
-        sum += token_loss_sum(logits, &batch.labels, batch.batch, batch.seq).into_scalar::<f32>()
-            as f64;
+        sum += model
+            .token_loss_sum(&batch.inputs(), &batch.labels)
+            .into_scalar::<f32>() as f64;
         tokens += batch.targets();
     }
     let loss = if tokens == 0 {

@@ -19,6 +19,18 @@ pub fn count_targets(labels: &[i64], batch: usize, seq: usize) -> usize {
         .sum()
 }
 
+/// The target of every position after the shift, [batch · seq] row-major: position t predicts
+/// `labels[t + 1]`; the last position of each row predicts nothing (−100). Labels outside
+/// `0..vocab` stay as they are: every loss here ignores them, as −100.
+pub fn shifted_targets(labels: &[i64], batch: usize, seq: usize) -> Vec<i64> {
+    let mut out = Vec::with_capacity(batch * seq);
+    for b in 0..batch {
+        out.extend_from_slice(&labels[b * seq + 1..(b + 1) * seq]);
+        out.push(IGNORE_INDEX);
+    }
+    out
+}
+
 /// logits: [batch, seq, vocab], labels: [batch, seq] -> sum over targets of −log p(label), [1].
 pub fn token_loss_sum(logits: Tensor<3>, labels: &[i64], batch: usize, seq: usize) -> Tensor<1> {
     let device = logits.device();
@@ -44,6 +56,12 @@ pub fn token_loss_sum(logits: Tensor<3>, labels: &[i64], batch: usize, seq: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shifted_targets_move_labels_left_and_end_each_row_with_an_ignored_target() {
+        let labels = [5, 6, 7, 1, 2, 3];
+        assert_eq!(shifted_targets(&labels, 2, 3), [6, 7, -100, 2, 3, -100]);
+    }
 
     #[test]
     fn ignored_labels_and_the_first_position_are_not_counted() {

@@ -6,7 +6,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 
 use crate::models::{CausalLm, Inputs};
 use crate::train::hook::StepHook;
-use crate::train::loss::{count_targets, token_loss_sum};
+use crate::train::loss::count_targets;
 use crate::train::optim::{clip_factor, global_grad_norm, AdamW};
 
 /// One micro-batch on the host: right-padded ids, attention mask and labels, all [batch, seq].
@@ -78,9 +78,9 @@ pub fn train_step_with(
     let mut accumulator = GradientsAccumulator::<CausalLm>::new();
     let mut loss_sum = 0.0;
     for (k, batch) in micro_batches.iter().enumerate() {
-        let logits = model.forward(&batch.inputs(), None);
-        let mut loss =
-            token_loss_sum(logits, &batch.labels, batch.batch, batch.seq).div_scalar(denom);
+        let mut loss = model
+            .token_loss_sum(&batch.inputs(), &batch.labels)
+            .div_scalar(denom);
         if k == 0 {
             if let Some(extra) = hook.extra_loss(&model) {
                 loss = loss + extra;

@@ -63,3 +63,31 @@ fn left_padding_gives_the_same_logits_as_no_padding() {
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-4, "left padded vs alone: {worst}");
 }
+
+#[test]
+fn bf16_decoding_weights_keep_the_logits_close_and_the_greedy_ids() {
+    let model = load_model("llama-tiny");
+    let mut bf16 = load_model("llama-tiny");
+    bf16.cast_decode_weights(burn::tensor::DType::BF16);
+    let prompt: Vec<i64> = vec![1, 44, 73, 80, 388];
+    let inputs = Inputs::new(prompt.clone(), 1, prompt.len());
+    let exact = to_vec(model.forward_last(&inputs, None));
+    let cheap = to_vec(bf16.forward_last(&inputs, None));
+    let worst = exact
+        .iter()
+        .zip(&cheap)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    // bf16 keeps 8 bits of mantissa: ~4e-3 relative per weight, averaged over each dot product.
+    assert!(worst > 0.0, "the weights were not cast");
+    assert!(worst < 5e-2, "bf16 logits moved by {worst}");
+    let ids: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
+    let cfg = peft::generate::SamplingConfig {
+        max_new_tokens: 8,
+        stop_at_eos: false,
+        ..Default::default()
+    };
+    let a = peft::generate::generate(&model, &ids, &cfg, &mut |_| {}).expect("f32 generates");
+    let b = peft::generate::generate(&bf16, &ids, &cfg, &mut |_| {}).expect("bf16 generates");
+    assert_eq!(a, b);
+}

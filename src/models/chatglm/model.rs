@@ -10,6 +10,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::kernels::attention::{attention, AttnMask};
+use crate::kernels::cross_entropy::HeadLayout;
 use crate::models::cache::KvCache;
 use crate::models::layers::{Embedding, RmsNorm};
 use crate::models::linear::Linear;
@@ -283,6 +284,14 @@ impl ChatGlmForConditionalGeneration {
     /// hidden: [batch, seq, hidden] -> logits [batch, seq, vocab]
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         self.transformer.output_layer.forward(hidden)
+    }
+
+    /// The output layer's weight ([hidden, vocab]) when the fused loss can take it.
+    pub fn output_head(&self) -> Option<(Tensor<2>, HeadLayout)> {
+        self.transformer
+            .output_layer
+            .plain_frozen_weight()
+            .map(|w| (w, HeadLayout::HiddenMajor))
     }
 
     /// Logits for every position: [batch, seq, vocab].

@@ -3,9 +3,10 @@
 
 use burn::module::Module;
 use burn::tensor::activation::silu;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::kernels::attention::{attention, AttnMask};
+use crate::kernels::cross_entropy::HeadLayout;
 use crate::models::cache::KvCache;
 use crate::models::layers::{Embedding, RmsNorm};
 use crate::models::linear::Linear;
@@ -244,14 +245,39 @@ impl LlamaForCausalLm {
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(
-                self.model
-                    .embed_tokens
-                    .weight
-                    .val()
-                    .transpose()
-                    .unsqueeze::<3>(),
-            ),
+            None => {
+                // One 2-D matmul on the transposed view of the tied embedding: a 3-D matmul
+                // would reshape (on flex: copy) the whole [vocab, hidden] matrix every call.
+                let [b, s, h] = hidden.dims();
+                let weight = self.model.embed_tokens.weight.val();
+                if let Some(logits) = crate::kernels::gemv::few_rows_linear_t(&hidden, &weight) {
+                    return logits;
+                }
+                let vocab = weight.dims()[0];
+                let weight = if weight.dtype() == DType::F32 {
+                    weight
+                } else {
+                    weight.cast(DType::F32)
+                };
+                hidden
+                    .reshape([b * s, h])
+                    .matmul(weight.transpose())
+                    .reshape([b, s, vocab])
+            }
+        }
+    }
+
+    /// The output head's weight when the fused loss can take it: the tied embedding
+    /// ([vocab, hidden]) or a plain frozen `lm_head` ([hidden, vocab]).
+    pub fn output_head(&self) -> Option<(Tensor<2>, HeadLayout)> {
+        match &self.lm_head {
+            Some(head) => head
+                .plain_frozen_weight()
+                .map(|w| (w, HeadLayout::HiddenMajor)),
+            None => {
+                let weight = self.model.embed_tokens.weight.val();
+                (!weight.is_require_grad()).then_some((weight, HeadLayout::VocabMajor))
+            }
         }
     }
 
