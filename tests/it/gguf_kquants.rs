@@ -3,7 +3,7 @@
 //! converted by the CLI (make_tiny_kquant_llama.py), and truncated or lying k-quant tensors.
 
 use peft::gguf::dequant::{dequantize, GgmlType};
-use peft::gguf::Gguf;
+use peft::gguf::{convert_gguf, ConvertOptions, Gguf};
 use rstest::rstest;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value as Json;
@@ -178,4 +178,28 @@ fn a_k_quant_type_on_rows_shorter_than_a_super_block_is_refused() {
         ),
         "stderr was {stderr}"
     );
+}
+
+#[test]
+fn a_k_quant_file_cut_anywhere_is_an_error_never_a_panic() {
+    let good = std::fs::read(fixture("tiny_kquant_llama.gguf")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("cut.gguf"), dir.path().join("out"));
+    // Every 997 bytes (a prime, so cuts land at every position inside the blocks), plus one byte short.
+    let cuts = (0..good.len()).step_by(997).chain([good.len() - 1]);
+    let mut tried = 0;
+    for len in cuts {
+        std::fs::write(&input, &good[..len]).unwrap();
+        let opts = ConvertOptions {
+            dtype: Dtype::F32,
+            force: false,
+        };
+        assert!(
+            convert_gguf(&input, &out, opts).is_err(),
+            "a file cut at {len} bytes converted"
+        );
+        assert!(!out.exists(), "a file cut at {len} bytes wrote output");
+        tried += 1;
+    }
+    assert!(tried > 300);
 }
