@@ -4,7 +4,7 @@
 //! ggml-common.h). As there, the f16 super-block scales are widened to f32, multiplied by the
 //! sub-block scale first, then by the quant (and the minimum subtracted), each step one rounded
 //! f32 operation: Rust never fuses them into a multiply-add, so the results are bit-identical.
-//! Each function takes exactly one block (`Kind::block().1` bytes, checked by the caller).
+//! Each function takes exactly one block (`GgmlType::block().1` bytes, checked by the caller).
 
 use half::f16;
 
