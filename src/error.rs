@@ -271,7 +271,7 @@ pub enum GgufError {
         architecture: String,
         supported: &'static str,
     },
-    #[error("{}: tensor `{tensor}` has type {type_name}, which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)", path.display())]
+    #[error("{}: tensor `{tensor}` has type {type_name}, which is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K)", path.display())]
     UnsupportedTensorType {
         path: PathBuf,
         tensor: String,

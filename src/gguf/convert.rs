@@ -181,6 +181,19 @@ fn plan_tensors<'a>(
         let n = info
             .n_elements()
             .ok_or_else(|| bad(info, format!("dimensions {:?} overflow", info.dims)))?;
+        // Blocks never straddle rows: gguf.cpp refuses `ne[0] % block_size != 0`, and so do we
+        // (a 32-wide row cannot hold a 256-value k-quant super-block).
+        let (block, _) = ty.block();
+        let row = info.dims.first().copied().unwrap_or(0);
+        if row % block as u64 != 0 {
+            return Err(bad(
+                info,
+                format!(
+                    "rows of {row} elements are not whole {} blocks of {block}",
+                    type_name(info.ggml_type)
+                ),
+            ));
+        }
         let n_bytes = ty.n_bytes(n).ok_or_else(|| {
             bad(
                 info,

@@ -1,13 +1,17 @@
 //! Dequantization of the ggml tensor types we import, exactly as gguf-py's `quants.py` computes them
 //! (all arithmetic in f32, scales widened from f16 first), which is what llama.cpp's reference
-//! `dequantize_row_*` in ggml-quants.c does too. Other types are an error naming the tensor.
+//! `dequantize_row_*` in ggml-quants.c does too. The k-quants are in [`super::kquants`]. Other
+//! types are an error naming the tensor.
 
 use half::{bf16, f16};
+
+use super::kquants::{self, QK_K};
 
 /// ggml's block size for the legacy quantizations (`QK4_0`, `QK4_1`, `QK8_0`).
 const QK: usize = 32;
 
-/// The ggml tensor types we can read.
+/// The ggml tensor types we can read (ggml's `Q4_K` is spelled `Q4K`, and so on, for Rust's
+/// camel-case rule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgmlType {
     F32,
@@ -16,6 +20,12 @@ pub enum GgmlType {
     Q4_0,
     Q4_1,
     Q8_0,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
+    Q8K,
 }
 
 impl GgmlType {
@@ -27,6 +37,12 @@ impl GgmlType {
             2 => Some(Self::Q4_0),
             3 => Some(Self::Q4_1),
             8 => Some(Self::Q8_0),
+            10 => Some(Self::Q2K),
+            11 => Some(Self::Q3K),
+            12 => Some(Self::Q4K),
+            13 => Some(Self::Q5K),
+            14 => Some(Self::Q6K),
+            15 => Some(Self::Q8K),
             30 => Some(Self::BF16),
             _ => None,
         }
@@ -40,6 +56,12 @@ impl GgmlType {
             Self::Q4_0 => (QK, 2 + QK / 2),
             Self::Q4_1 => (QK, 2 + 2 + QK / 2),
             Self::Q8_0 => (QK, 2 + QK),
+            Self::Q2K => (QK_K, kquants::Q2_K_BYTES),
+            Self::Q3K => (QK_K, kquants::Q3_K_BYTES),
+            Self::Q4K => (QK_K, kquants::Q4_K_BYTES),
+            Self::Q5K => (QK_K, kquants::Q5_K_BYTES),
+            Self::Q6K => (QK_K, kquants::Q6_K_BYTES),
+            Self::Q8K => (QK_K, kquants::Q8_K_BYTES),
         }
     }
 
@@ -105,6 +127,12 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut Vec<f32>) {
             GgmlType::Q4_0 => q4_0(b, out),
             GgmlType::Q4_1 => q4_1(b, out),
             GgmlType::Q8_0 => q8_0(b, out),
+            GgmlType::Q2K => kquants::q2_k(b, out),
+            GgmlType::Q3K => kquants::q3_k(b, out),
+            GgmlType::Q4K => kquants::q4_k(b, out),
+            GgmlType::Q5K => kquants::q5_k(b, out),
+            GgmlType::Q6K => kquants::q6_k(b, out),
+            GgmlType::Q8K => kquants::q8_k(b, out),
         }
     }
 }
@@ -202,6 +230,14 @@ mod tests {
     #[case(GgmlType::Q8_0, 32, Some(34))]
     #[case(GgmlType::Q8_0, 33, None)]
     #[case(GgmlType::F16, 3, Some(6))]
+    #[case(GgmlType::Q2K, 512, Some(168))]
+    #[case(GgmlType::Q3K, 256, Some(110))]
+    #[case(GgmlType::Q4K, 256, Some(144))]
+    #[case(GgmlType::Q5K, 256, Some(176))]
+    #[case(GgmlType::Q6K, 768, Some(630))]
+    #[case(GgmlType::Q8K, 256, Some(292))]
+    #[case(GgmlType::Q4K, 32, None)]
+    #[case(GgmlType::Q8K, u64::MAX - 255, None)] // 2^56 - 1 blocks of 292 bytes overflow
     fn byte_sizes_follow_ggml_block_sizes(
         #[case] ty: GgmlType,
         #[case] n: u64,
@@ -212,8 +248,9 @@ mod tests {
 
     #[test]
     fn unsupported_types_are_named_like_gguf_py() {
-        assert_eq!(GgmlType::from_id(14), None);
-        assert_eq!(type_name(14), "Q6_K");
+        assert_eq!(GgmlType::from_id(16), None);
+        assert_eq!(type_name(16), "IQ2_XXS");
+        assert_eq!(GgmlType::from_id(14), Some(GgmlType::Q6K));
         assert_eq!(type_name(99), "unknown type 99");
     }
 }

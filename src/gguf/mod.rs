@@ -2,7 +2,8 @@
 //! `peft convert gguf FILE --out DIR`.
 //!
 //! - [`reader`]: the container (header, metadata, tensor infos, alignment), v2 and v3;
-//! - [`dequant`]: F32, F16, BF16, Q8_0, Q4_0, Q4_1 to f32, as gguf-py;
+//! - [`dequant`]: F32, F16, BF16, Q8_0, Q4_0, Q4_1 and, with [`kquants`], Q2_K, Q3_K, Q4_K, Q5_K,
+//!   Q6_K, Q8_K to f32, as gguf-py;
 //! - [`names`]: llama.cpp tensor names to transformers keys, and the q/k row un-permutation;
 //! - [`config`]: `config.json` from the `llama.*` keys;
 //! - [`tokenizer`]: `tokenizer.json` and `tokenizer_config.json` from the `tokenizer.*` keys, with
@@ -13,6 +14,7 @@ pub mod bpe;
 pub mod config;
 pub mod convert;
 pub mod dequant;
+pub mod kquants;
 pub mod names;
 pub mod reader;
 pub mod spm;

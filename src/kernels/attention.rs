@@ -6,7 +6,9 @@
 //! ([`AttnMask`]: key padding by index, a causal rule with an offset for prefix and cached keys).
 //!
 //! On flex + f32 it is one custom op ([`FusedAttentionOps`]) following FlashAttention-2
-//! (Dao 2023, arXiv 2307.08691), in `attention/flash.rs`:
+//! (Dao 2023, arXiv 2307.08691; the online softmax of Milakov & Gimelshein 2018,
+//! arXiv 1805.02867), in `attention/flash.rs` (forward) and `attention/backward.rs`, with the
+//! element-wise row steps (AVX2 when present) in `attention/rows.rs`:
 //! - forward (Algorithm 1): per (batch, head, block of `BQ` queries), loop over blocks of `BK`
 //!   keys: `S = Q Kᵀ` (gemm), scale and mask, online softmax (running max `m` and sum `l`,
 //!   previous output rescaled by `exp(m_old − m_new)`), `O += P V` (gemm); finally `O /= l` and
@@ -17,6 +19,11 @@
 //!   recomputed, `dV += Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ∘ (dP − D)`, `dQ += scale · dS K`,
 //!   `dK += scale · dSᵀ Q`; dk/dv are summed over each group's query heads. Only the gradients
 //!   of tracked inputs are computed.
+//!
+//! Threads (rayon): forward tasks are (batch, head, query block), backward tasks (batch, head),
+//! each owning its output rows, dq rows and a per-head dk/dv partial `[b, h, t, d]` that is
+//! reduced over the group afterwards. The backward keeps q, k, v, the output and the LSE
+//! `[b, h, s]`: O(b·h·s) beyond the tensors the graph already holds.
 //!
 //! The output is returned as a `[b, h, s, d]` view of a `[b, s, h, d]` buffer, so the models'
 //! `swap_dims(1, 2).reshape([b, s, h·d])` before `o_proj` is free.
@@ -29,6 +36,7 @@
 //! runs: the composition the models used before, `repeat_kv` + a dense bool mask + burn's
 //! `attention`.
 
+mod backward;
 mod flash;
 mod rows;
 
@@ -263,7 +271,7 @@ impl Backward<Flex, 3> for AttentionBackward {
         let [node_q, node_k, node_v] = ops.parents;
         let d_o = readable(grads.consume::<Flex>(&ops.node));
         let st = ops.state;
-        let saved = flash::Saved {
+        let saved = backward::Saved {
             q: view(&st.q),
             k: view(&st.k),
             v: view(&st.v),
@@ -271,12 +279,12 @@ impl Backward<Flex, 3> for AttentionBackward {
             lse: &st.lse,
             d_o: view(&d_o),
         };
-        let wanted = flash::Wanted {
+        let wanted = backward::Wanted {
             q: node_q.is_some(),
             k: node_k.is_some(),
             v: node_v.is_some(),
         };
-        let g = flash::backward(&saved, &st.mask, st.scale as f32, wanted);
+        let g = backward::backward(&saved, &st.mask, st.scale as f32, wanted);
         let (q_shape, k_shape) = (st.q.layout().shape().clone(), st.k.layout().shape().clone());
         let tensor = crate::kernels::flex::tensor;
         if let Some(node) = node_q {

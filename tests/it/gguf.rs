@@ -275,7 +275,7 @@ fn bad_bytes(kind: Bad) -> Vec<u8> {
             patch(&mut b, b"llama", b"mamba");
             b
         }
-        Bad::UnsupportedTensorType => with_tensor_type(good, "output_norm.weight", 14),
+        Bad::UnsupportedTensorType => with_tensor_type(good, "output_norm.weight", 16),
         // llama.feed_forward_length 64 -> 96: the FFN weights no longer fit the config.
         Bad::WrongShape => with_u32_key(good, "llama.feed_forward_length", 96),
         Bad::HugeBlockCount => with_u32_key(good, "llama.block_count", u32::MAX),
@@ -290,7 +290,7 @@ fn bad_bytes(kind: Bad) -> Vec<u8> {
 #[case(Bad::UnknownArchitecture, "unsupported architecture `mamba`")]
 #[case(
     Bad::UnsupportedTensorType,
-    "tensor `output_norm.weight` has type Q6_K"
+    "tensor `output_norm.weight` has type IQ2_XXS"
 )]
 #[case(
     Bad::WrongShape,
@@ -446,3 +446,6 @@ fn sentencepiece_vocabulary_encodes_like_transformers_gguf_conversion() {
 
 #[path = "gguf_smollm2.rs"]
 mod smollm2;
+
+#[path = "gguf_kquants.rs"]
+mod kquants;

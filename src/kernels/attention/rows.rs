@@ -213,3 +213,44 @@ mod x86 {
         lanes(x, 0.0, |_, v| _mm256_mul_ps(v, av));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_exp_matches_std_exp_and_gives_zero_for_hidden_keys() {
+        // 67 lanes: full AVX2 lanes and a tail; −∞ (hidden) and large negative scores.
+        let mut row: Vec<f32> = (0..67).map(|i| -0.37 * i as f32).collect();
+        row[3] = f32::NEG_INFINITY;
+        row[66] = -100.0;
+        let expected: Vec<f32> = row.iter().map(|x| (x - 0.5).exp()).collect();
+        let sum = exp_sum(&mut row, 0.5);
+        // Below −87.3 the result is flushed to 0 (std gives subnormals there).
+        for (c, (got, want)) in row.iter().zip(&expected).enumerate().take(66) {
+            assert!(
+                (got - want).abs() <= 4.0 * f32::EPSILON * want,
+                "lane {c}: {got} vs {want}"
+            );
+        }
+        assert_eq!((row[3], row[66]), (0.0, 0.0));
+        let want_sum: f32 = expected.iter().sum();
+        assert!((sum - want_sum).abs() <= 1e-6 * want_sum);
+    }
+
+    #[test]
+    fn scores_past_the_causal_limit_or_on_padding_are_hidden() {
+        let mut row = vec![1.0f32; 11];
+        let mut bias = vec![0.0f32; 11];
+        bias[2] = f32::NEG_INFINITY;
+        let max = scale_mask_max(&mut row, 0.5, &bias, 9);
+        assert_eq!(max, 0.5);
+        for (c, x) in row.iter().enumerate() {
+            let hidden = c == 2 || c >= 9;
+            assert_eq!(*x, if hidden { f32::NEG_INFINITY } else { 0.5 }, "key {c}");
+        }
+        let mut p = vec![2.0f32; 11];
+        softmax_grad(&mut p, &[1.5; 11], 0.5);
+        assert_eq!(p, vec![2.0; 11]);
+    }
+}
