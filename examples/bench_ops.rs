@@ -8,12 +8,12 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Distribution, Tensor};
 use peft::kernels::attention::{attention, attention_reference, AttnMask};
 use peft::kernels::cross_entropy::{
     linear_cross_entropy, linear_cross_entropy_reference, HeadLayout,
 };
+use peft::kernels::{lora_linear, rms_norm, rope, swiglu};
 use serde_json::json;
 
 const B: usize = 4;
@@ -89,25 +89,44 @@ fn main() -> Result<()> {
         None,
     ));
 
-    // LoRA side path of one layer: s·(x·A)·B on every projection, A and B trained.
-    let lora = timed(reps, || {
-        for (x, &(i, o)) in inputs.iter().zip(&shapes) {
-            let a = rand([i, RANK], &dev).require_grad();
-            let b = rand([RANK, o], &dev).require_grad();
-            let x = x.clone().require_grad();
-            let y = x
-                .clone()
-                .matmul(a.clone())
-                .matmul(b.clone())
-                .mul_scalar(2.0);
-            let g = y.sum().backward();
-            std::hint::black_box((x.grad(&g), a.grad(&g), b.grad(&g)));
-        }
-    });
+    // Base + LoRA linears of one layer: x·W + s·(x·A)·B on every projection, W frozen, A and B
+    // trained (forward, input gradient and factor gradients).
+    let factors: Vec<(Tensor<2>, Tensor<2>)> = shapes
+        .iter()
+        .map(|&(i, o)| {
+            (
+                rand([i, RANK], &dev).require_grad(),
+                rand([RANK, o], &dev).require_grad(),
+            )
+        })
+        .collect();
+    let lora_layer = |fused: bool| {
+        timed(reps, || {
+            for ((x, w), (a, b)) in inputs.iter().zip(&weights).zip(&factors) {
+                let x = x.clone().require_grad();
+                let y = if fused {
+                    lora_linear::lora_linear(x.clone(), w.clone(), None, a.clone(), b.clone(), 2.0)
+                } else {
+                    lora_linear::reference(
+                        x.clone(),
+                        x.clone(),
+                        w.clone(),
+                        None,
+                        a.clone(),
+                        b.clone(),
+                        2.0,
+                    )
+                };
+                let g = y.sum().backward();
+                std::hint::black_box((x.grad(&g), a.grad(&g), b.grad(&g)));
+            }
+        })
+    };
+    let (fused, plain) = (lora_layer(true), lora_layer(false));
     table.push((
-        "LoRA A/B side path, scale, grads",
-        lora * LAYERS as f64,
-        None,
+        "LoRA A/B side path, scale, grads (LoRA linears minus the base GEMMs)",
+        (fused - base).max(0.0) * LAYERS as f64,
+        Some((plain - base).max(0.0) * LAYERS as f64),
     ));
 
     // Attention of one layer, causal, no padding.
@@ -152,8 +171,47 @@ fn main() -> Result<()> {
     // SiLU(gate) · up of one layer.
     let gate = rand([B, S, INTER], &dev);
     let up = rand([B, S, INTER], &dev).require_grad();
-    let swiglu = timed(reps, || fwd_bwd(&gate, &|g| silu(g) * up.clone()));
-    table.push(("SiLU × up", swiglu * LAYERS as f64, None));
+    let fused = timed(reps, || fwd_bwd(&gate, &|g| swiglu::swiglu(g, up.clone())));
+    let plain = timed(reps, || {
+        fwd_bwd(&gate, &|g| swiglu::reference(g, up.clone()))
+    });
+    table.push((
+        "SiLU × up",
+        fused * LAYERS as f64,
+        Some(plain * LAYERS as f64),
+    ));
+
+    // The two RMSNorms of one layer (frozen weight).
+    let x = rand([B, S, HIDDEN], &dev);
+    let w = rand([HIDDEN], &dev);
+    let fused = timed(reps, || {
+        for _ in 0..2 {
+            fwd_bwd(&x, &|x| rms_norm::rms_norm(x, w.clone(), 1e-5));
+        }
+    });
+    let plain = timed(reps, || {
+        for _ in 0..2 {
+            fwd_bwd(&x, &|x| rms_norm::reference(x, w.clone(), 1e-5));
+        }
+    });
+    table.push((
+        "RMSNorm",
+        fused * LAYERS as f64,
+        Some(plain * LAYERS as f64),
+    ));
+
+    // Rotary embedding of q and k of one layer.
+    let cos = rand([B, 1, S, HEAD_DIM], &dev);
+    let sin = rand([B, 1, S, HEAD_DIM], &dev);
+    let kx = rand([B, KV_HEADS, S, HEAD_DIM], &dev);
+    let rotate = |f: fn(Tensor<4>, &Tensor<4>, &Tensor<4>) -> Tensor<4>| {
+        timed(reps, || {
+            fwd_bwd(&q, &|x| f(x, &cos, &sin));
+            fwd_bwd(&kx, &|x| f(x, &cos, &sin));
+        })
+    };
+    let (fused, plain) = (rotate(rope::rope), rotate(rope::reference));
+    table.push(("rope", fused * LAYERS as f64, Some(plain * LAYERS as f64)));
 
     println!("| family (ms per step) | ours | plain burn composition |\n|---|---|---|");
     let mut out = serde_json::Map::new();

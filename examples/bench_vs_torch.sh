@@ -25,6 +25,8 @@ json.dump({"cpu": model, "simd": kind, "cores": os.cpu_count(), "threads": int(s
 PY
 "$CARGO_TARGET_DIR/debug/examples/bench_forward" --threads "$THREADS" --out "$OUT/forward.json" > /dev/null
 "$CARGO_TARGET_DIR/debug/examples/bench_train" --threads "$THREADS" --steps "${STEPS:-3}" --with-full --out "$OUT/train.json" > /dev/null
+# The step by op family, ours (fused and composition) then torch.profiler's, same shapes.
+"$CARGO_TARGET_DIR/debug/examples/bench_ops" --threads "$THREADS" --out "$OUT/ops.json" > "$OUT/ops.md"
 (
   cd "$BENCH"
   for b in 1 8; do THREADS=$THREADS B=$b NEW=16 "$PY" torch_forward.py; done
@@ -32,6 +34,9 @@ PY
   THREADS=$THREADS STEPS="${STEPS:-3}" "$PY" torch_train.py lora
   THREADS=$THREADS STEPS="${STEPS:-3}" "$PY" torch_train.py full
 ) > "$OUT/torch.jsonl"
+(cd "$BENCH" && THREADS=$THREADS "$PY" torch_profile.py 2) > "$OUT/torch_profile.txt" 2>&1 || true
+cat "$OUT/ops.md"
+sed -n '/^region/,/^total/p' "$OUT/torch_profile.txt"
 
 python3 - "$OUT" <<'PY'
 import json, sys

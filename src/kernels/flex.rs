@@ -46,7 +46,10 @@ pub fn ids(tensor: &FlexTensor) -> Vec<i64> {
     let off = t.layout().start_offset();
     match t.dtype() {
         DType::I64 => t.storage::<i64>()[off..][..n].to_vec(),
-        DType::I32 => t.storage::<i32>()[off..][..n].iter().map(|&v| v as i64).collect(),
+        DType::I32 => t.storage::<i32>()[off..][..n]
+            .iter()
+            .map(|&v| v as i64)
+            .collect(),
         other => panic!("ids tensor of dtype {other:?}"),
     }
 }

@@ -31,7 +31,10 @@ pub fn disabled() -> bool {
 
 /// Whether `device` runs the flex backend (autodiff or not).
 pub fn is_flex(device: &Device) -> bool {
-    matches!(device.clone().inner().as_dispatch(), DispatchDevice::Flex(_))
+    matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::Flex(_)
+    )
 }
 
 /// Whether an op over `tensor` takes the fused path: flex, f32, kernels not disabled.
