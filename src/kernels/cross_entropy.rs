@@ -317,6 +317,9 @@ pub fn linear_cross_entropy(
     layout: HeadLayout,
     targets: &[i64],
 ) -> Tensor<1> {
+    // A bf16/f16 frozen head (`--base-dtype`) is widened for this one product: the fused
+    // kernel reads f32 only, and the logits compute in f32 either way.
+    let weight = crate::models::linear::widened(weight);
     if !super::fused(&hidden) || !super::fused(&weight) || weight.is_require_grad() {
         return linear_cross_entropy_reference(hidden, weight, layout, targets);
     }

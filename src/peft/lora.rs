@@ -41,7 +41,7 @@ impl Lora {
         if self.magnitude.is_none() {
             // Plain LoRA: one op (fused on flex, this same formula elsewhere); a dropout, when
             // there is one, applies to the low-rank input only, as PEFT's.
-            let (weight, bias) = (base.weight.val(), base.bias.as_ref().map(|b| b.val()));
+            let (weight, bias) = (base.weight_f32(), base.bias.as_ref().map(|b| b.val()));
             let (a, b) = (self.lora_a.val(), self.lora_b.val());
             if self.dropout.prob == 0.0 {
                 return crate::kernels::lora_linear::lora_linear(x, weight, bias, a, b, self.scale);
@@ -65,14 +65,14 @@ impl Lora {
             .val()
             .matmul(self.lora_b.val())
             .mul_scalar(self.scale);
-        let norm = (base.weight.val() + delta)
+        let norm = (base.weight_f32() + delta)
             .detach()
             .powi_scalar(2)
             .sum_dim(0)
             .sqrt()
             .squeeze_dim::<1>(0);
         let gain = (magnitude.val() / norm).unsqueeze::<D>();
-        let plain = linear(x, base.weight.val(), None);
+        let plain = linear(x, base.weight_f32(), None);
         let out = (plain + low.mul_scalar(self.scale)) * gain;
         match &base.bias {
             Some(b) => out + b.val().unsqueeze::<D>(),
