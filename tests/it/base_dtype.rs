@@ -252,3 +252,100 @@ fn a_bf16_base_loads_in_about_half_the_memory_of_f32() {
         "bf16 {bf16_mib:.0} MiB vs f32 {f32_mib:.0} MiB"
     );
 }
+
+fn train_adapter(out: &Path, base_dtype: &str, method: &[&str]) {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/tiny_instruct.jsonl");
+    let model = fixture("llama-tiny-bf16-sharded");
+    let mut args = vec![
+        "train",
+        "--model",
+        path_str(&model),
+        "--data",
+        path_str(&data),
+        "--out",
+        path_str(out),
+        "--batch-size",
+        "8",
+        "--seed",
+        "1",
+        "--max-len",
+        "64",
+        "--lr",
+        "1e-2",
+        "--max-steps",
+        "3",
+        "--base-dtype",
+        base_dtype,
+    ];
+    args.extend_from_slice(method);
+    let o = run_peft(&args);
+    assert!(o.status.success(), "{method:?}: {}", stderr(&o));
+}
+
+fn eval_loss(base_dtype: &str, adapter: &Path) -> f64 {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/tiny_instruct.jsonl");
+    let model = fixture("llama-tiny-bf16-sharded");
+    let o = run_peft(&[
+        "eval",
+        "--model",
+        path_str(&model),
+        "--data",
+        path_str(&data),
+        "--max-len",
+        "64",
+        "--json",
+        "--adapter",
+        path_str(adapter),
+        "--base-dtype",
+        base_dtype,
+    ]);
+    assert!(o.status.success(), "eval: {}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    json["loss"].as_f64().expect("loss")
+}
+
+/// On the bf16 checkpoint a bf16 base and an f32 base hold the same values and compute in f32,
+/// so training (DoRA's weight norm, IA3, AdaLoRA, prompt tuning initialised from the bf16 word
+/// embeddings) gives the same adapter, and `peft eval --base-dtype bf16` the same loss.
+#[rstest]
+#[case::dora(&["--method", "dora"])]
+#[case::ia3(&["--method", "ia3"])]
+#[case::adalora(&["--method", "adalora", "--total-step", "3"])]
+#[case::prompt_text(&["--method", "prompt", "--num-virtual-tokens", "4", "--prompt-tuning-init", "TEXT", "--prompt-tuning-init-text", "Answer the question:"])]
+fn training_on_a_bf16_base_gives_the_f32_base_adapter(#[case] method: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (narrow, wide) = (tmp.path().join("bf16"), tmp.path().join("f32"));
+    train_adapter(&narrow, "bf16", method);
+    train_adapter(&wide, "f32", method);
+    let read = |dir: &Path| {
+        let c = Checkpoint::open_files(&[dir.join("adapter_model.safetensors")]).unwrap();
+        let names: Vec<String> = c.entries().map(|e| e.name.clone()).collect();
+        names
+            .into_iter()
+            .map(|n| {
+                let e = c.get(&n).unwrap();
+                assert_eq!(e.dtype, safetensors::Dtype::F32, "{n}");
+                (n.clone(), c.read_f32(&n).unwrap().0)
+            })
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (read(&narrow), read(&wide));
+    assert_eq!(a.len(), b.len());
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        let diff = max_abs_diff(x, y);
+        assert!(diff <= 1e-6, "{method:?} {n}: {diff}");
+    }
+    let (l_narrow, l_wide) = (eval_loss("bf16", &narrow), eval_loss("f32", &narrow));
+    assert!((l_narrow - l_wide).abs() <= 1e-5, "{l_narrow} vs {l_wide}");
+}
+
+/// ChatGLM's weights load through the same reader: bf16 logits near the f32 ones (measured
+/// max abs diff 1.5e-2; bound 3e-2).
+#[test]
+fn chatglm_on_a_bf16_base_stays_near_the_f32_logits() {
+    let reference = reference("chatglm-tiny");
+    let f32_logits = to_vec(load_model("chatglm-tiny").forward(&reference.inputs(), None));
+    let narrow = to_vec(load_as("chatglm-tiny", DType::BF16).forward(&reference.inputs(), None));
+    let diff = max_abs_diff(&f32_logits, &narrow);
+    assert!(diff > 0.0 && diff <= 3e-2, "max abs diff {diff}");
+}
