@@ -1,7 +1,8 @@
 //! Loading a Llama checkpoint: every expected key is read (memory-mapped, one tensor at a time),
 //! its shape checked, widened to f32 and, for linear weights, transposed from PyTorch's
-//! `[out, in]` to burn's `[in, out]`. Missing tensors are reported together; unexpected ones are
-//! listed in a warning.
+//! `[out, in]` to burn's `[in, out]`. With a bf16/f16 `base_dtype` (`--base-dtype`), linear and
+//! embedding weights are narrowed to it in the same pass, tensor by tensor. Missing tensors are
+//! reported together; unexpected ones are listed in a warning.
 
 use std::collections::BTreeSet;
 
