@@ -52,7 +52,14 @@ impl Linear {
                 None => y,
             };
         }
-        // A bf16/f16 weight (`--base-dtype`, `CausalLm::cast_decode_weights`) is widened per call.
+        // A bf16/f16 weight (`--base-dtype`, `CausalLm::cast_decode_weights`): widened for this
+        // product only, the narrow weight kept for the backward (`kernels::narrow_linear`).
+        if let Some(y) = crate::kernels::narrow_linear::narrow_linear(&x, &weight) {
+            return match bias {
+                Some(b) => y + b.unsqueeze::<D>(),
+                None => y,
+            };
+        }
         burn::tensor::module::linear(x, widened(weight), bias)
     }
 
@@ -78,4 +85,14 @@ pub fn widened<const D: usize>(tensor: Tensor<D>) -> Tensor<D> {
     } else {
         tensor.cast(DType::F32)
     }
+}
+
+/// `x · W` for a frozen weight W [in, out] of any float dtype, computed in f32: a bf16/f16 weight
+/// (`--base-dtype`, `CausalLm::cast_decode_weights`) is widened for this product only, and under
+/// autodiff the backward keeps the narrow weight, not its f32 copy (`kernels::narrow_linear`).
+pub fn frozen_product<const D: usize>(x: Tensor<D>, weight: &Tensor<2>) -> Tensor<D> {
+    if let Some(y) = crate::kernels::narrow_linear::narrow_linear(&x, weight) {
+        return y;
+    }
+    burn::tensor::module::linear(x, widened(weight.clone()), None)
 }

@@ -41,7 +41,7 @@ impl Lora {
         if self.magnitude.is_none() {
             // Plain LoRA: one op (fused on flex, this same formula elsewhere); a dropout, when
             // there is one, applies to the low-rank input only, as PEFT's.
-            let (weight, bias) = (base.weight_f32(), base.bias.as_ref().map(|b| b.val()));
+            let (weight, bias) = (base.weight.val(), base.bias.as_ref().map(|b| b.val()));
             let (a, b) = (self.lora_a.val(), self.lora_b.val());
             if self.dropout.prob == 0.0 {
                 return crate::kernels::lora_linear::lora_linear(x, weight, bias, a, b, self.scale);
@@ -72,7 +72,7 @@ impl Lora {
             .sqrt()
             .squeeze_dim::<1>(0);
         let gain = (magnitude.val() / norm).unsqueeze::<D>();
-        let plain = linear(x, base.weight_f32(), None);
+        let plain = crate::models::linear::frozen_product(x, &base.weight.val());
         let out = (plain + low.mul_scalar(self.scale)) * gain;
         match &base.bias {
             Some(b) => out + b.val().unsqueeze::<D>(),
