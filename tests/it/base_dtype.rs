@@ -203,21 +203,61 @@ fn load_rss_child() {
     let Ok(spec) = std::env::var(RSS_CHILD_ENV) else {
         return;
     };
-    let (dtype, dir) = spec.split_once(':').unwrap();
+    let mut parts = spec.splitn(3, ':');
+    let (dtype, mode, dir) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
     let dtype = if dtype == "bf16" {
         DType::BF16
     } else {
         DType::F32
     };
+    let device = if mode == "train" {
+        device().autodiff()
+    } else {
+        device()
+    };
     let model = ModelDir::open(Path::new(dir))
         .unwrap()
-        .load_with_base_dtype(&device(), dtype)
+        .load_with_base_dtype(&device, dtype)
         .unwrap();
+    if mode != "train" {
+        println!("PEAK_RSS_MIB {}", peak_rss_mib());
+        return;
+    }
+    // One LoRA r8 (q, v) step on a 2 × 64 batch: the activations stay small beside the base.
+    let mut model = model;
+    let config = peft::peft::AdapterConfig::from_json(
+        serde_json::json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16,
+            "target_modules": ["q_proj", "v_proj"]}),
+        Path::new("inline"),
+    )
+    .unwrap();
+    peft::peft::format::inject_new(&mut model, "llama", &config, 0, &device).unwrap();
+    let (batch, seq) = (2, 64);
+    let ids: Vec<i64> = (0..batch * seq).map(|i| (i * 37 % 4000) as i64).collect();
+    let batch = peft::train::Batch {
+        labels: ids.clone(),
+        mask: vec![1; ids.len()],
+        ids,
+        batch,
+        seq,
+    };
+    let mut optim = peft::train::AdamW::new(peft::train::AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    });
+    let (_model, stats) =
+        peft::train::train_step(model, &mut optim, std::slice::from_ref(&batch), 1e-3, None);
+    assert!(stats.loss.is_finite());
     println!("PEAK_RSS_MIB {}", peak_rss_mib());
-    drop(model);
 }
 
-fn child_peak_rss(dtype: &str, dir: &Path) -> f64 {
+fn child_peak_rss(dtype: &str, mode: &str, dir: &Path) -> f64 {
     let o = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -225,7 +265,7 @@ fn child_peak_rss(dtype: &str, dir: &Path) -> f64 {
             "--ignored",
             "--nocapture",
         ])
-        .env(RSS_CHILD_ENV, format!("{dtype}:{}", dir.display()))
+        .env(RSS_CHILD_ENV, format!("{dtype}:{mode}:{}", dir.display()))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
@@ -243,13 +283,20 @@ fn a_bf16_base_loads_in_about_half_the_memory_of_f32() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("smollm2-shaped");
     write_random_llama(&dir, SMOLLM2_135M, 0).unwrap();
-    let f32_mib = child_peak_rss("f32", &dir);
-    let bf16_mib = child_peak_rss("bf16", &dir);
+    let f32_mib = child_peak_rss("f32", "load", &dir);
+    let bf16_mib = child_peak_rss("bf16", "load", &dir);
     eprintln!("load peak RSS: f32 {f32_mib:.0} MiB, bf16 {bf16_mib:.0} MiB");
     assert!(f32_mib > 500.0, "f32 load peak {f32_mib} MiB");
     assert!(
         bf16_mib < 0.65 * f32_mib,
         "bf16 {bf16_mib:.0} MiB vs f32 {f32_mib:.0} MiB"
+    );
+    let f32_mib = child_peak_rss("f32", "train", &dir);
+    let bf16_mib = child_peak_rss("bf16", "train", &dir);
+    eprintln!("LoRA step peak RSS: f32 {f32_mib:.0} MiB, bf16 {bf16_mib:.0} MiB");
+    assert!(
+        bf16_mib < 0.8 * f32_mib,
+        "training: bf16 {bf16_mib:.0} MiB vs f32 {f32_mib:.0} MiB"
     );
 }
 
