@@ -276,8 +276,11 @@ fn child_peak_rss(dtype: &str, mode: &str, dir: &Path) -> f64 {
         .unwrap_or_else(|| panic!("no peak RSS in {text}"))
 }
 
-/// SmolLM2-135M-shaped random model (f32 file, 540 MB). Measured peak RSS: f32 547 MiB, bf16
-/// 287 MiB (0.52x: the bf16 weights plus one tensor's f32 transient).
+/// SmolLM2-135M-shaped random model (f32 file, 540 MB). Measured peak RSS of the load: f32
+/// 547 MiB, bf16 287 MiB (0.52x: the bf16 weights plus one tensor's f32 transient); of a load +
+/// one LoRA step (batch 2 × 64): f32 654 MiB, bf16 411 MiB (0.63x: the activations are f32 in
+/// both; no layer keeps an f32 copy of its weight for the backward, and the fused loss widens
+/// the tied head slab by slab).
 #[test]
 fn a_bf16_base_loads_in_about_half_the_memory_of_f32() {
     let tmp = tempfile::tempdir().unwrap();
@@ -295,7 +298,7 @@ fn a_bf16_base_loads_in_about_half_the_memory_of_f32() {
     let bf16_mib = child_peak_rss("bf16", "train", &dir);
     eprintln!("LoRA step peak RSS: f32 {f32_mib:.0} MiB, bf16 {bf16_mib:.0} MiB");
     assert!(
-        bf16_mib < 0.8 * f32_mib,
+        bf16_mib < 0.7 * f32_mib,
         "training: bf16 {bf16_mib:.0} MiB vs f32 {f32_mib:.0} MiB"
     );
 }
