@@ -4,7 +4,9 @@
 //! `rhs` whenever `lhs` is tracked), so a training forward through `linear(x, W.cast(F32))` would
 //! hold an f32 copy of every layer's weight until the backward: the f32 base again, on top of the
 //! narrow one. This op keeps the narrow weight as its state and widens it again in the backward
-//! (`dx = dy·widen(W)ᵀ`); the weight takes no gradient.
+//! (`dx = dy·widen(W)ᵀ`); the weight takes no gradient. Measured on the SmolLM2-shaped model, load
+//! + one LoRA step: with burn's composition (`PEFT_KERNELS=off`) a bf16 base peaks at 1043 MiB
+//! against f32's 785 MiB; with this op (and the fused LoRA linear and loss) at 411 vs 654 MiB.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
