@@ -59,7 +59,12 @@ fn main() -> Result<()> {
     let device = peft::device::parse_device(&device_name)?;
     if let Some(dir) = arg("--load-only") {
         let t = Instant::now();
-        let model = ModelDir::open(Path::new(&dir))?.load(&device)?;
+        // `--base-dtype bf16`: the frozen base stored in bf16, as `peft train --base-dtype bf16`.
+        let dtype = match arg("--base-dtype").as_deref() {
+            Some("bf16") => burn::tensor::DType::BF16,
+            _ => burn::tensor::DType::F32,
+        };
+        let model = ModelDir::open(Path::new(&dir))?.load_with_base_dtype(&device, dtype)?;
         println!(
             "{}",
             json!({"load_s": t.elapsed().as_secs_f64(), "peak_rss_mib": peak_rss_mib(), "vocab": model.vocab_size()})
@@ -105,16 +110,21 @@ fn main() -> Result<()> {
     };
     write_random_llama(&big, shape, 1).context("writing the 520M-parameter model")?;
     let params = ModelDir::open(&big)?.num_parameters();
-    let child = std::process::Command::new(std::env::current_exe()?)
-        .args([
-            "--load-only",
-            big.to_str().unwrap_or_default(),
-            "--device",
-            &device_name,
-        ])
-        .output()?;
-    let load: serde_json::Value =
-        serde_json::from_slice(&child.stdout).context("child load report")?;
+    let load_child = |base_dtype: &str| -> Result<serde_json::Value> {
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args([
+                "--load-only",
+                big.to_str().unwrap_or_default(),
+                "--device",
+                &device_name,
+                "--base-dtype",
+                base_dtype,
+            ])
+            .output()?;
+        serde_json::from_slice(&child.stdout).context("child load report")
+    };
+    let load = load_child("f32")?;
+    let load_bf16 = load_child("bf16")?;
     let f32_mib = params as f64 * 4.0 / (1024.0 * 1024.0);
     eprintln!(
         "load {params} params: peak RSS {} MiB (f32 size {f32_mib:.0} MiB)",
@@ -124,6 +134,10 @@ fn main() -> Result<()> {
     results.insert("load_f32_mib".into(), json!(f32_mib));
     results.insert("load_peak_rss_mib".into(), load["peak_rss_mib"].clone());
     results.insert("load_s".into(), load["load_s"].clone());
+    results.insert(
+        "load_bf16_peak_rss_mib".into(),
+        load_bf16["peak_rss_mib"].clone(),
+    );
     std::fs::remove_dir_all(&work).ok();
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;

@@ -24,6 +24,30 @@ pub struct ModelArgs {
     /// `--features wgpu`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Storage dtype of the frozen base's linear and embedding weights: bf16/f16 halve the
+    /// memory of the frozen base (compute stays f32; adapters and norms stay f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub base_dtype: BaseDtype,
+}
+
+/// `--base-dtype`: how the frozen base weights are stored in memory.
+#[derive(clap::ValueEnum, serde::Serialize, serde::Deserialize, Clone, Copy, Debug, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseDtype {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl BaseDtype {
+    pub fn dtype(self) -> burn::tensor::DType {
+        match self {
+            Self::F32 => burn::tensor::DType::F32,
+            Self::Bf16 => burn::tensor::DType::BF16,
+            Self::F16 => burn::tensor::DType::F16,
+        }
+    }
 }
 
 pub struct Loaded {
@@ -38,7 +62,7 @@ impl ModelArgs {
         let device = peft::device::parse_device(&self.device)?;
         let dir = ModelDir::open(&self.model)?;
         let mut model = dir
-            .load(&device)
+            .load_with_base_dtype(&device, self.base_dtype.dtype())
             .with_context(|| format!("loading {}", self.model.display()))?;
         let mut adapters = Vec::new();
         for (i, path) in self.adapter.iter().enumerate() {

@@ -65,6 +65,7 @@ fn verify(
         model: base.to_path_buf(),
         adapter: adapters.to_vec(),
         device: "cpu".into(),
+        base_dtype: super::common::BaseDtype::F32,
     }
     .load()?;
     let merged = ModelDir::open(out)?.load(&peft::device::parse_device("cpu")?)?;

@@ -36,6 +36,10 @@ pub struct TrainOptions {
     /// Compute device: cpu, flex, ndarray or wgpu (default: cpu).
     #[arg(long)]
     pub device: Option<String>,
+    /// Frozen base weights stored as f32 (default), bf16 or f16: bf16 halves the memory of the
+    /// frozen base; adapters, norms and optimizer state stay f32.
+    #[arg(long, value_enum)]
+    pub base_dtype: Option<super::common::BaseDtype>,
     #[command(flatten)]
     #[serde(flatten)]
     pub data: DataOptions,
@@ -289,8 +293,9 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
     let batch_size = o.batch_size.unwrap_or(4);
     let run_options = resolved(&o, &config, batch_size, data_config.max_len);
     write_run_file(&run_options, &out)?;
+    let base_dtype = o.base_dtype.unwrap_or_default().dtype();
     let mut model = dir
-        .load(&device)
+        .load_with_base_dtype(&device, base_dtype)
         .with_context(|| format!("loading {}", model_path.display()))?;
     let start = resume_dir.as_ref().or(o.adapter.init_adapter.as_ref());
     let report = match start {

@@ -27,7 +27,7 @@ use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Shape, Tensor, TensorData};
+use burn::tensor::{DType, Int, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::flex::{ids, tensor, F32};
@@ -150,6 +150,133 @@ unsafe fn head_backward(
     }
 }
 
+/// Vocabulary entries per widened slab of a bf16/f16 head: `SLAB × hidden` f32 per thread
+/// (4 MiB at hidden 1024, 16 MiB at 4096).
+const SLAB: usize = 1024;
+
+/// The head weight as the kernel reads it: f32 in place, or bf16/f16 (`--base-dtype`) widened
+/// slab by slab into a per-thread buffer, so no f32 copy of the whole head is ever made.
+#[derive(Clone, Copy)]
+enum HeadWeight<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [half::bf16]),
+    F16(&'a [half::f16]),
+}
+
+impl HeadWeight<'_> {
+    /// Vocabulary entries `v0..v0 + n` as a row-major `[n, H]` f32 matrix in `buf`.
+    fn widen_slab(&self, d: &Dims, v0: usize, n: usize, vocab_major: bool, buf: &mut [f32]) {
+        fn widen<T: Copy>(
+            w: &[T],
+            d: &Dims,
+            v0: usize,
+            n: usize,
+            vocab_major: bool,
+            buf: &mut [f32],
+            f: impl Fn(T) -> f32,
+        ) {
+            let h = d.hidden;
+            if vocab_major {
+                // [V, H]: the slab's rows are contiguous.
+                for (o, &v) in buf[..n * h].iter_mut().zip(&w[v0 * h..(v0 + n) * h]) {
+                    *o = f(v);
+                }
+            } else {
+                // [H, V]: column j of row k at w[k·V + j].
+                for k in 0..h {
+                    let row = &w[k * d.vocab + v0..][..n];
+                    for (j, &v) in row.iter().enumerate() {
+                        buf[j * h + k] = f(v);
+                    }
+                }
+            }
+        }
+        match *self {
+            Self::F32(w) => widen(w, d, v0, n, vocab_major, buf, |v| v),
+            Self::Bf16(w) => widen(w, d, v0, n, vocab_major, buf, half::bf16::to_f32),
+            Self::F16(w) => widen(w, d, v0, n, vocab_major, buf, half::f16::to_f32),
+        }
+    }
+}
+
+/// `logits[m, v0..v0+n] = h[m, H] · slabᵀ` for a widened slab `[n, H]`.
+///
+/// # Safety
+/// `out` holds `m·V` floats with `v0 + n ≤ V`, `h` holds `m·H`, `slab` holds `n·H`.
+unsafe fn slab_forward(
+    d: &Dims,
+    m: usize,
+    h: &[f32],
+    slab: &[f32],
+    v0: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            d.hidden,
+            out.as_mut_ptr().add(v0),
+            1,
+            d.vocab as isize,
+            false,
+            h.as_ptr(),
+            1,
+            d.hidden as isize,
+            slab.as_ptr(),
+            d.hidden as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// `dh[m, H] (+)= dlogits[m, v0..v0+n] · slab` for a widened slab `[n, H]`; the first slab
+/// writes, the others accumulate.
+///
+/// # Safety
+/// `dh` holds `m·H` floats, `dlogits` holds `m·V` with `v0 + n ≤ V`, `slab` holds `n·H`.
+unsafe fn slab_backward(
+    d: &Dims,
+    m: usize,
+    dlogits: &[f32],
+    slab: &[f32],
+    v0: usize,
+    n: usize,
+    dh: &mut [f32],
+) {
+    let accumulate = v0 > 0;
+    unsafe {
+        gemm::gemm(
+            m,
+            d.hidden,
+            n,
+            dh.as_mut_ptr(),
+            1,
+            d.hidden as isize,
+            accumulate,
+            dlogits.as_ptr().add(v0),
+            1,
+            d.vocab as isize,
+            slab.as_ptr(),
+            1,
+            d.hidden as isize,
+            if accumulate { 1.0f32 } else { 0.0f32 },
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// The kernel on plain flex tensors: (loss [1], d loss / d hidden [N, H] when asked).
 fn forward_flex(
     hidden: FlexTensor,
@@ -159,13 +286,22 @@ fn forward_flex(
     want_grad: bool,
 ) -> (FlexTensor, Option<FlexTensor>) {
     let hidden = F32::new(hidden);
-    let weight = F32::new(weight);
-    let [rows, h] = [hidden.dims()[0], hidden.dims()[1]];
-    let vocab = if vocab_major {
-        weight.dims()[0]
-    } else {
-        weight.dims()[1]
+    let weight = weight.to_contiguous();
+    let (off, len) = (
+        weight.layout().start_offset(),
+        weight.layout().num_elements(),
+    );
+    let head = match weight.dtype() {
+        DType::BF16 => HeadWeight::Bf16(&weight.storage::<half::bf16>()[off..][..len]),
+        DType::F16 => HeadWeight::F16(&weight.storage::<half::f16>()[off..][..len]),
+        _ => {
+            assert_eq!(weight.dtype(), DType::F32, "the head is f32, bf16 or f16");
+            HeadWeight::F32(&weight.storage::<f32>()[off..][..len])
+        }
     };
+    let wdims = weight.layout().shape();
+    let [rows, h] = [hidden.dims()[0], hidden.dims()[1]];
+    let vocab = if vocab_major { wdims[0] } else { wdims[1] };
     let d = Dims {
         rows,
         hidden: h,
@@ -179,20 +315,39 @@ fn forward_flex(
         .filter(|(_, &t)| t >= 0 && (t as usize) < vocab)
         .map(|(i, &t)| (i, t as usize))
         .collect();
-    let (hs, ws) = (hidden.as_slice(), weight.as_slice());
+    let hs = hidden.as_slice();
+    let narrow = !matches!(head, HeadWeight::F32(_));
     let chunks: Vec<&[(usize, usize)]> = kept.chunks(CHUNK).collect();
     let results: Vec<(f64, Vec<f32>)> = chunks
         .into_par_iter()
         .map_init(
-            || (vec![0f32; CHUNK * vocab], vec![0f32; CHUNK * h]),
-            |(logits, rows_h), chunk| {
+            || {
+                let slab = if narrow { SLAB.min(vocab) * h } else { 0 };
+                (
+                    vec![0f32; CHUNK * vocab],
+                    vec![0f32; CHUNK * h],
+                    vec![0f32; slab],
+                )
+            },
+            |(logits, rows_h, slab), chunk| {
                 let m = chunk.len();
                 for (r, &(i, _)) in chunk.iter().enumerate() {
                     rows_h[r * h..(r + 1) * h].copy_from_slice(&hs[i * h..(i + 1) * h]);
                 }
                 let lg = &mut logits[..m * vocab];
-                // SAFETY: the buffers have the sizes head_forward/head_backward require.
-                unsafe { head_forward(&d, m, &rows_h[..m * h], ws, vocab_major, lg) };
+                let rh = &rows_h[..m * h];
+                match head {
+                    // SAFETY: the buffers have the sizes head_forward requires.
+                    HeadWeight::F32(ws) => unsafe { head_forward(&d, m, rh, ws, vocab_major, lg) },
+                    _ => {
+                        for v0 in (0..vocab).step_by(SLAB) {
+                            let n = SLAB.min(vocab - v0);
+                            head.widen_slab(&d, v0, n, vocab_major, slab);
+                            // SAFETY: v0 + n ≤ vocab; the slab holds n·H floats.
+                            unsafe { slab_forward(&d, m, rh, &slab[..n * h], v0, n, lg) };
+                        }
+                    }
+                }
                 let mut loss = 0f64;
                 for (row, &(_, t)) in lg.chunks_mut(vocab).zip(chunk) {
                     loss += softmax::softmax_xent_row(row, t, want_grad) as f64;
@@ -200,8 +355,20 @@ fn forward_flex(
                 let mut dh = Vec::new();
                 if want_grad {
                     dh = vec![0f32; m * h];
-                    // SAFETY: as above.
-                    unsafe { head_backward(&d, m, lg, ws, vocab_major, &mut dh) };
+                    match head {
+                        // SAFETY: as above.
+                        HeadWeight::F32(ws) => unsafe {
+                            head_backward(&d, m, lg, ws, vocab_major, &mut dh)
+                        },
+                        _ => {
+                            for v0 in (0..vocab).step_by(SLAB) {
+                                let n = SLAB.min(vocab - v0);
+                                head.widen_slab(&d, v0, n, vocab_major, slab);
+                                // SAFETY: as in the forward.
+                                unsafe { slab_backward(&d, m, lg, &slab[..n * h], v0, n, &mut dh) };
+                            }
+                        }
+                    }
                 }
                 (loss, dh)
             },
@@ -317,7 +484,12 @@ pub fn linear_cross_entropy(
     layout: HeadLayout,
     targets: &[i64],
 ) -> Tensor<1> {
-    if !super::fused(&hidden) || !super::fused(&weight) || weight.is_require_grad() {
+    // A bf16/f16 frozen head (`--base-dtype`) is read as it is stored and widened slab by slab
+    // inside the kernel; the reference composition widens the whole head for its product.
+    let weight_ok = matches!(weight.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        && super::is_flex(&weight.device());
+    if !super::fused(&hidden) || !weight_ok || weight.is_require_grad() {
+        let weight = crate::models::linear::widened(weight);
         return linear_cross_entropy_reference(hidden, weight, layout, targets);
     }
     let n = targets.len();
@@ -345,14 +517,22 @@ mod tests {
     /// Odd sizes (rows not a multiple of the chunk, vocab not a multiple of the SIMD width),
     /// ignored and out-of-vocabulary targets, both weight layouts.
     fn case(layout: HeadLayout) {
+        case_of(layout, DType::F32, 301);
+    }
+
+    /// `dtype` heads: the reference composition takes the widened weight.
+    fn case_of(layout: HeadLayout, dtype: DType, v: usize) {
         let device = Device::flex().autodiff();
-        let (n, h, v) = (CHUNK + 37, 24, 301);
+        let (n, h) = (CHUNK + 37, 24);
         let hidden = Tensor::<2>::random([n, h], Distribution::Uniform(-2.0, 2.0), &device);
         let shape = match layout {
             HeadLayout::VocabMajor => [v, h],
             HeadLayout::HiddenMajor => [h, v],
         };
-        let weight = Tensor::<2>::random(shape, Distribution::Uniform(-0.5, 0.5), &device);
+        let narrow =
+            Tensor::<2>::random(shape, Distribution::Uniform(-0.5, 0.5), &device).cast(dtype);
+        let wide = crate::models::linear::widened(narrow.clone());
+        let weight = narrow;
         let targets: Vec<i64> = (0..n as i64)
             .map(|i| match i % 7 {
                 0 => -100,
@@ -361,7 +541,7 @@ mod tests {
             })
             .collect();
         let x = hidden.clone().require_grad();
-        let reference = linear_cross_entropy_reference(x.clone(), weight.clone(), layout, &targets);
+        let reference = linear_cross_entropy_reference(x.clone(), wide, layout, &targets);
         let g_ref = x.grad(&reference.backward()).expect("reference gradient");
         let y = hidden.require_grad();
         let fused = linear_cross_entropy(y.clone(), weight, layout, &targets);
@@ -383,6 +563,15 @@ mod tests {
     #[test]
     fn fused_loss_and_hidden_gradient_equal_the_composition_for_a_linear_head() {
         case(HeadLayout::HiddenMajor);
+    }
+
+    #[test]
+    fn a_bf16_or_f16_head_widened_slab_by_slab_equals_the_widened_composition() {
+        // 2 × SLAB + 301 entries: three slabs, the last one partial.
+        for dtype in [DType::BF16, DType::F16] {
+            case_of(HeadLayout::VocabMajor, dtype, 2 * SLAB + 301);
+            case_of(HeadLayout::HiddenMajor, dtype, 2 * SLAB + 301);
+        }
     }
 
     #[test]

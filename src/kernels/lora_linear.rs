@@ -70,8 +70,12 @@ fn call<const D: usize>(
     let [inp, out] = weight.dims();
     let [a_in, r] = a.dims();
     let frozen = !weight.is_require_grad() && bias.as_ref().is_none_or(|b| !b.is_require_grad());
+    // The frozen weight may be stored narrow (`--base-dtype`): widened inside the op, and kept
+    // narrow as the backward's state (see `kernels::narrow_linear` for why).
+    let weight_ok = matches!(weight.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        && super::is_flex(&weight.device());
     let f32s = super::fused(&x)
-        && super::fused(&weight)
+        && weight_ok
         && super::fused(&a)
         && super::fused(&b)
         && bias.as_ref().is_none_or(super::fused)
@@ -128,7 +132,12 @@ pub fn reference<const D: usize>(
     scale: f64,
 ) -> Tensor<D> {
     let low = linear(linear(x_low, a, None), b, None);
-    linear(x, weight, bias) + low.mul_scalar(scale)
+    let base = crate::models::linear::frozen_product(x, &weight);
+    let base = match bias {
+        Some(bias) => base + bias.unsqueeze::<D>(),
+        None => base,
+    };
+    base + low.mul_scalar(scale)
 }
 
 #[backend_extension(Flex, Autodiff)]
@@ -196,7 +205,8 @@ fn plain(
     scale: f64,
 ) -> FlexTensor {
     let (x, xl) = (Mat::new(x), Mat::new(x_low));
-    let (w, a, b) = (Mat::new(weight), Mat::new(a), Mat::new(b));
+    let w = Mat::new(super::narrow_linear::widen(weight));
+    let (a, b) = (Mat::new(a), Mat::new(b));
     forward(
         &x,
         &xl,
@@ -241,7 +251,7 @@ type AdTensor<C> = FloatTensor<Autodiff<Flex, C>>;
 #[derive(Debug)]
 struct LoraLinearBackward;
 
-/// x_low, xa = x_low·A, W, A, B, s, split
+/// x_low, xa = x_low·A, W (in its storage dtype), A, B, s, split
 type LoraState = (
     FlexTensor,
     FlexTensor,
@@ -269,7 +279,7 @@ impl Backward<Flex, 4> for LoraLinearBackward {
         let (xl, xa, w, a, b) = (
             Mat::new(xl),
             Mat::new(xa),
-            Mat::new(w),
+            Mat::new(super::narrow_linear::widen(w)),
             Mat::new(a),
             Mat::new(b),
         );
@@ -316,8 +326,10 @@ fn tracked<C: CheckpointStrategy>(
     scale: f64,
     split: bool,
 ) -> AdTensor<C> {
-    // W and bias are frozen (checked by `lora_linear`): constants, no graph edge.
-    let mw = Mat::new(weight.into_primitive());
+    // W and bias are frozen (checked by `lora_linear`): constants, no graph edge. W is kept in
+    // its storage dtype for the backward; `mw` is its f32 view for the forward only.
+    let w_stored = weight.into_primitive();
+    let mw = Mat::new(super::narrow_linear::widen(w_stored.clone()));
     let bias = bias.map(|b| F32::new(b.into_primitive()));
     let s = scale as f32;
     let nodes = [x.node(), x_low.node(), a.node(), b.node()];
@@ -333,10 +345,7 @@ fn tracked<C: CheckpointStrategy>(
     {
         OpsKind::Tracked(prep) => {
             let (y, xa) = forward(&mx, &ml, &mw, bias.as_ref(), &ma, &mb, s);
-            prep.finish(
-                (ml.tensor, xa, mw.tensor, ma.tensor, mb.tensor, s, split),
-                y,
-            )
+            prep.finish((ml.tensor, xa, w_stored, ma.tensor, mb.tensor, s, split), y)
         }
         OpsKind::UnTracked(prep) => {
             prep.finish(forward(&mx, &ml, &mw, bias.as_ref(), &ma, &mb, s).0)
@@ -546,6 +555,30 @@ mod tests {
             "dx {dx}, dA {da}, dB {db}"
         );
         assert!(c.w.val().grad(&g1).is_none());
+    }
+
+    #[test]
+    fn a_bf16_or_f16_frozen_weight_gives_the_widened_weight_values_and_gradients() {
+        let device = Device::flex().autodiff();
+        for dtype in [DType::BF16, DType::F16] {
+            let mut c = case(&device, 93, 131, 5, true, true);
+            c.w = Param::from_tensor(c.w.val().cast(dtype)).set_require_grad(false);
+            let (y1, g1) = run(&c, true);
+            let wide = Case {
+                w: Param::from_tensor(c.w.val().cast(DType::F32)).set_require_grad(false),
+                ..c
+            };
+            let (y2, g2) = run(&wide, false);
+            let c = wide;
+            assert!(rel_diff(y1, y2) <= 1e-5, "{dtype:?}");
+            let dx = rel_diff(c.x.grad(&g1).unwrap(), c.x.grad(&g2).unwrap());
+            let da = rel_diff(c.a.grad(&g1).unwrap(), c.a.grad(&g2).unwrap());
+            let db = rel_diff(c.b.grad(&g1).unwrap(), c.b.grad(&g2).unwrap());
+            assert!(
+                dx <= 1e-5 && da <= 1e-5 && db <= 1e-5,
+                "{dtype:?}: dx {dx}, dA {da}, dB {db}"
+            );
+        }
     }
 
     #[test]

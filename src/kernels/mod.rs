@@ -15,6 +15,7 @@ pub mod cross_entropy;
 pub mod flex;
 pub mod gemv;
 pub mod lora_linear;
+pub mod narrow_linear;
 pub mod rms_norm;
 pub mod rope;
 pub mod rows;

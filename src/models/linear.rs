@@ -52,13 +52,21 @@ impl Linear {
                 None => y,
             };
         }
-        // A bf16 decoding weight (`CausalLm::cast_decode_weights`) is widened per call.
-        let weight = if weight.dtype() == DType::F32 {
-            weight
-        } else {
-            weight.cast(DType::F32)
-        };
-        burn::tensor::module::linear(x, weight, bias)
+        // A bf16/f16 weight (`--base-dtype`, `CausalLm::cast_decode_weights`): widened for this
+        // product only, the narrow weight kept for the backward (`kernels::narrow_linear`).
+        if let Some(y) = crate::kernels::narrow_linear::narrow_linear(&x, &weight) {
+            return match bias {
+                Some(b) => y + b.unsqueeze::<D>(),
+                None => y,
+            };
+        }
+        burn::tensor::module::linear(x, widened(weight), bias)
+    }
+
+    /// The weight [in, out] in f32: itself when stored in f32, else a widened copy for this one
+    /// product (a frozen base kept in bf16/f16 by `--base-dtype`; compute stays f32).
+    pub fn weight_f32(&self) -> Tensor<2> {
+        widened(self.weight.val())
     }
 
     /// x: [..., in] -> [..., out], through the adapter when one is attached.
@@ -68,4 +76,23 @@ impl Linear {
             Some(adapter) => adapter.forward(self, x),
         }
     }
+}
+
+/// `tensor` in f32 (a no-op for f32).
+pub fn widened<const D: usize>(tensor: Tensor<D>) -> Tensor<D> {
+    if tensor.dtype() == DType::F32 {
+        tensor
+    } else {
+        tensor.cast(DType::F32)
+    }
+}
+
+/// `x · W` for a frozen weight W [in, out] of any float dtype, computed in f32: a bf16/f16 weight
+/// (`--base-dtype`, `CausalLm::cast_decode_weights`) is widened for this product only, and under
+/// autodiff the backward keeps the narrow weight, not its f32 copy (`kernels::narrow_linear`).
+pub fn frozen_product<const D: usize>(x: Tensor<D>, weight: &Tensor<2>) -> Tensor<D> {
+    if let Some(y) = crate::kernels::narrow_linear::narrow_linear(&x, weight) {
+        return y;
+    }
+    burn::tensor::module::linear(x, widened(weight.clone()), None)
 }

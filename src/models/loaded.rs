@@ -215,18 +215,31 @@ impl ModelDir {
 
     /// Loads the weights onto `device`.
     pub fn load(&self, device: &Device) -> Result<CausalLm, LoadError> {
+        self.load_with_base_dtype(device, DType::F32)
+    }
+
+    /// Loads the weights onto `device`, the frozen linear and embedding weights stored in
+    /// `base_dtype` (f32, bf16 or f16; narrowed tensor by tensor, so no f32 copy of the base is
+    /// ever held). Norms and biases stay f32, and every product computes in f32.
+    pub fn load_with_base_dtype(
+        &self,
+        device: &Device,
+        base_dtype: DType,
+    ) -> Result<CausalLm, LoadError> {
         let checkpoint = Checkpoint::open_dir(&self.dir)?;
         self.check_loadable(&checkpoint)?;
         match &self.family {
-            Family::Llama(c) => Ok(CausalLm::Llama(llama::weights::load(
+            Family::Llama(c) => Ok(CausalLm::Llama(llama::weights::load_with_base_dtype(
                 c.clone(),
                 &checkpoint,
                 device,
+                base_dtype,
             )?)),
-            Family::ChatGlm(c) => Ok(CausalLm::ChatGlm(chatglm::weights::load(
+            Family::ChatGlm(c) => Ok(CausalLm::ChatGlm(chatglm::weights::load_with_base_dtype(
                 c.clone(),
                 &checkpoint,
                 device,
+                base_dtype,
             )?)),
         }
     }

@@ -101,7 +101,7 @@ fn dora_magnitude(linear: &Linear, lora: &Lora) -> Vec<f32> {
         .val()
         .matmul(lora.lora_b.val())
         .mul_scalar(lora.scale);
-    let w = linear.weight.val() + delta;
+    let w = linear.weight_f32() + delta;
     to_vec(w.powi_scalar(2).sum_dim(0).sqrt())
 }
 

@@ -4,7 +4,7 @@
 //!
 //! burn orientation `W: [in, out]`, so PEFT's `ΔW = s·B·A` ([out, in]) is `s·a·b` here.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::models::tensor_util::frozen;
 use crate::models::Linear;
@@ -15,7 +15,10 @@ pub fn fold(linear: &mut Linear) {
     let Some(adapter) = linear.adapter.take() else {
         return;
     };
-    let w = linear.weight.val().detach();
+    // A bf16/f16 base (`--base-dtype`) is merged in f32 and rounded back to its own dtype once
+    // (issue 17: a low-precision base merges in f32 and keeps its storage dtype).
+    let dtype = linear.weight.val().dtype();
+    let w = linear.weight_f32().detach();
     let (w, bias) = match adapter {
         LinearAdapter::Lora(l) => {
             let merged = w + l
@@ -55,6 +58,10 @@ pub fn fold(linear: &mut Linear) {
             }
         }
     };
-    linear.weight = frozen(w);
+    linear.weight = frozen(if dtype == DType::F32 {
+        w
+    } else {
+        w.cast(dtype)
+    });
     linear.bias = bias.map(frozen);
 }

@@ -65,14 +65,14 @@ impl Lora {
             .val()
             .matmul(self.lora_b.val())
             .mul_scalar(self.scale);
-        let norm = (base.weight.val() + delta)
+        let norm = (base.weight_f32() + delta)
             .detach()
             .powi_scalar(2)
             .sum_dim(0)
             .sqrt()
             .squeeze_dim::<1>(0);
         let gain = (magnitude.val() / norm).unsqueeze::<D>();
-        let plain = linear(x, base.weight.val(), None);
+        let plain = crate::models::linear::frozen_product(x, &base.weight.val());
         let out = (plain + low.mul_scalar(self.scale)) * gain;
         match &base.bias {
             Some(b) => out + b.val().unsqueeze::<D>(),

@@ -6,6 +6,7 @@ mod adalora_cli;
 mod adapter_errors;
 mod adapters;
 mod bad_input;
+mod base_dtype;
 mod chatglm;
 mod chatglm_tokenizer;
 mod compare;

@@ -52,7 +52,17 @@ pub fn load(
     checkpoint: &Checkpoint,
     device: &Device,
 ) -> Result<ChatGlmForConditionalGeneration, LoadError> {
-    let mut r = Reader::new(checkpoint, device);
+    load_with_base_dtype(config, checkpoint, device, burn::tensor::DType::F32)
+}
+
+/// As `load`, with the frozen linear and embedding weights stored in `base_dtype`.
+pub fn load_with_base_dtype(
+    config: ChatGlmConfig,
+    checkpoint: &Checkpoint,
+    device: &Device,
+    base_dtype: burn::tensor::DType,
+) -> Result<ChatGlmForConditionalGeneration, LoadError> {
+    let mut r = Reader::new(checkpoint, device).with_base_dtype(base_dtype);
     let word_embeddings = Embedding {
         weight: r.matrix(
             "transformer.embedding.word_embeddings.weight",

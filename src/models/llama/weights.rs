@@ -1,18 +1,19 @@
 //! Loading a Llama checkpoint: every expected key is read (memory-mapped, one tensor at a time),
 //! its shape checked, widened to f32 and, for linear weights, transposed from PyTorch's
-//! `[out, in]` to burn's `[in, out]`. Missing tensors are reported together; unexpected ones are
-//! listed in a warning.
+//! `[out, in]` to burn's `[in, out]`. With a bf16/f16 `base_dtype` (`--base-dtype`), linear and
+//! embedding weights are narrowed to it in the same pass, tensor by tensor. Missing tensors are
+//! reported together; unexpected ones are listed in a warning.
 
 use std::collections::BTreeSet;
 
-use burn::tensor::Device;
+use burn::tensor::{DType, Device, Tensor};
 
 use crate::error::LoadError;
 use crate::io::Checkpoint;
 use crate::models::layers::{Embedding, RmsNorm};
 use crate::models::linear::Linear;
 use crate::models::rope::Rope;
-use crate::models::tensor_util::{frozen, tensor1, tensor2, transpose};
+use crate::models::tensor_util::{base_tensor2, frozen, tensor1};
 
 use super::model::{Attention, DecoderLayer, LlamaModel, Mlp};
 use super::{LlamaConfig, LlamaForCausalLm};
@@ -23,6 +24,9 @@ pub struct Reader<'a> {
     pub device: &'a Device,
     pub used: BTreeSet<String>,
     pub missing: Vec<String>,
+    /// The dtype frozen linear and embedding weights are stored in (`--base-dtype`); norms and
+    /// biases stay f32.
+    pub base_dtype: DType,
 }
 
 impl<'a> Reader<'a> {
@@ -32,7 +36,32 @@ impl<'a> Reader<'a> {
             device,
             used: BTreeSet::new(),
             missing: Vec::new(),
+            base_dtype: DType::F32,
         }
+    }
+
+    /// Frozen linear and embedding weights narrowed to `dtype` tensor by tensor as they load.
+    pub fn with_base_dtype(mut self, dtype: DType) -> Self {
+        self.base_dtype = dtype;
+        self
+    }
+
+    /// A frozen base matrix `[rows, cols]` in `base_dtype`, transposed from `[cols, rows]` when
+    /// `transposed_from`.
+    fn base(
+        &self,
+        name: &str,
+        values: Vec<f32>,
+        shape: [usize; 2],
+        transposed_from: bool,
+    ) -> Result<Tensor<2>, LoadError> {
+        base_tensor2(values, shape, transposed_from, self.base_dtype, self.device).ok_or_else(
+            || LoadError::UnsupportedDtype {
+                path: std::path::PathBuf::from("--base-dtype"),
+                tensor: name.to_string(),
+                dtype: format!("{:?}", self.base_dtype),
+            },
+        )
     }
 
     fn read(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f32>>, LoadError> {
@@ -52,15 +81,14 @@ impl<'a> Reader<'a> {
         d_out: usize,
         bias: bool,
     ) -> Result<Linear, LoadError> {
-        let w = self
-            .read(&format!("{path}.weight"), &[d_out, d_in])?
-            .unwrap_or_default();
-        let w = if w.is_empty() {
-            vec![0.0; d_in * d_out]
+        let name = format!("{path}.weight");
+        let w = self.read(&name, &[d_out, d_in])?.unwrap_or_default();
+        let weight = if w.is_empty() {
+            self.base(&name, vec![0.0; d_in * d_out], [d_in, d_out], false)?
         } else {
-            transpose(&w, d_out, d_in)
+            self.base(&name, w, [d_in, d_out], true)?
         };
-        let weight = frozen(tensor2(w, [d_in, d_out], self.device));
+        let weight = frozen(weight);
         let bias = if bias {
             let b = self
                 .read(&format!("{path}.bias"), &[d_out])?
@@ -90,7 +118,7 @@ impl<'a> Reader<'a> {
         let v = self
             .read(name, &[rows, cols])?
             .unwrap_or_else(|| vec![0.0; rows * cols]);
-        Ok(frozen(tensor2(v, [rows, cols], self.device)))
+        Ok(frozen(self.base(name, v, [rows, cols], false)?))
     }
 
     /// Fails with every missing tensor; warns about tensors nobody read.
@@ -150,7 +178,17 @@ pub fn load(
     checkpoint: &Checkpoint,
     device: &Device,
 ) -> Result<LlamaForCausalLm, LoadError> {
-    let mut r = Reader::new(checkpoint, device);
+    load_with_base_dtype(config, checkpoint, device, DType::F32)
+}
+
+/// As `load`, with the frozen linear and embedding weights stored in `base_dtype`.
+pub fn load_with_base_dtype(
+    config: LlamaConfig,
+    checkpoint: &Checkpoint,
+    device: &Device,
+    base_dtype: DType,
+) -> Result<LlamaForCausalLm, LoadError> {
+    let mut r = Reader::new(checkpoint, device).with_base_dtype(base_dtype);
     let embed_tokens = Embedding {
         weight: r.matrix(
             "model.embed_tokens.weight",
