@@ -66,7 +66,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let batch_config = eval_batch_config(&tokenizer, args.batch_size);
     let batches = data::batches(&records, &batch_config, 0);
     let console = Console::new(batches.len(), 0, "batches");
-    let result = evaluate_with(&loaded.model, &batches, &mut |k| console.set_position(k));
+    let result = evaluate_with(&loaded.model, &batches, &mut |k| {
+        console.progress(k, "batches")
+    });
     console.clear();
     if result.tokens == 0 {
         anyhow::bail!("{}: no target tokens to evaluate", config.data.display());

@@ -121,6 +121,27 @@ impl Console {
         }
     }
 
+    /// A pass over `total` items (eval batches): moves the bar; plain lines report about every
+    /// tenth of the pass and its end, with elapsed and remaining time.
+    pub fn progress(&self, done: usize, unit: &str) {
+        match self {
+            Self::Bar(bar) => bar.set_position(done as u64),
+            Self::Lines {
+                total,
+                started,
+                first_step,
+            } => {
+                let every = total.div_ceil(10).max(1);
+                if done == *total || done % every == 0 {
+                    eprintln!(
+                        "{unit} {done}/{total} | {}",
+                        Self::timing(*total, *started, *first_step, done)
+                    );
+                }
+            }
+        }
+    }
+
     /// Moves the bar; plain lines print only at logging steps.
     pub fn set_position(&self, step: usize) {
         if let Self::Bar(bar) = self {

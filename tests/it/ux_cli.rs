@@ -387,6 +387,17 @@ fn eval_refuses_training_only_flags_and_limit_scores_the_first_records() {
 }
 
 #[test]
+fn eval_without_a_terminal_reports_progress_in_plain_lines() {
+    let (model, data) = (fixture("llama-tiny"), repo("datasets/tiny_instruct.jsonl"));
+    let args = ["eval", "--model", path_str(&model), "--data", &data];
+    let o = run_peft(&[&args[..], &["--batch-size", "1", "--limit", "4"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("batches 4/4 | elapsed"), "{err}");
+    assert!(!err.contains('\u{1b}'), "ANSI codes in a log: {err}");
+}
+
+#[test]
 fn merge_takes_model_like_every_other_command() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
