@@ -132,20 +132,36 @@ fn few_rows_flex(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
 }
 
 fn few_rows<W: Weight>(x: &F32, ws: &[W], n: usize) -> FlexTensor {
-    let (m, k) = (x.dims()[0], x.dims()[1]);
+    let k = x.dims()[1];
+    column_blocks(x, n, |xs, j0, out| block(xs, ws, k, n, j0, out))
+}
+
+/// `[m, n]` from column blocks of `BLOCK`, each filled by `kernel(x, j0, out)` on its own task
+/// (`out` is the block's `m × width` results, row by row).
+fn column_blocks(
+    x: &F32,
+    n: usize,
+    kernel: impl Fn(&[f32], usize, &mut [f32]) + Sync,
+) -> FlexTensor {
+    let m = x.dims()[0];
     let xs = x.as_slice();
-    // Per block: its m × width partial results, laid out row by row.
     let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(BLOCK))
         .into_par_iter()
         .map(|b| {
             let j0 = b * BLOCK;
-            let width = BLOCK.min(n - j0);
-            let mut out = vec![0f32; m * width];
-            block(xs, ws, k, n, j0, &mut out);
+            let mut out = vec![0f32; m * BLOCK.min(n - j0)];
+            kernel(xs, j0, &mut out);
             (j0, out)
         })
         .collect();
-    scatter_blocks(blocks, m, n)
+    let mut y = vec![0f32; m * n];
+    for (j0, out) in blocks {
+        let width = out.len() / m;
+        for r in 0..m {
+            y[r * n + j0..r * n + j0 + width].copy_from_slice(&out[r * width..(r + 1) * width]);
+        }
+    }
+    tensor(y, [m, n])
 }
 
 /// `y[r, j] = Σ_i x[r, i] · w[j, i]` for j in `j0..j0 + out.len() / rows` (W as [N, K]).
@@ -217,31 +233,8 @@ fn few_rows_t_flex(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
 }
 
 fn few_rows_t<W: Weight>(x: &F32, ws: &[W], n: usize) -> FlexTensor {
-    let (m, k) = (x.dims()[0], x.dims()[1]);
-    let xs = x.as_slice();
-    let blocks: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(BLOCK))
-        .into_par_iter()
-        .map(|b| {
-            let j0 = b * BLOCK;
-            let width = BLOCK.min(n - j0);
-            let mut out = vec![0f32; m * width];
-            dot(xs, ws, k, j0, &mut out);
-            (j0, out)
-        })
-        .collect();
-    scatter_blocks(blocks, m, n)
-}
-
-/// Blocks of `m × width` partial results into `[m, n]`.
-fn scatter_blocks(blocks: Vec<(usize, Vec<f32>)>, m: usize, n: usize) -> FlexTensor {
-    let mut y = vec![0f32; m * n];
-    for (j0, out) in blocks {
-        let width = out.len() / m;
-        for r in 0..m {
-            y[r * n + j0..r * n + j0 + width].copy_from_slice(&out[r * width..(r + 1) * width]);
-        }
-    }
-    tensor(y, [m, n])
+    let k = x.dims()[1];
+    column_blocks(x, n, |xs, j0, out| dot(xs, ws, k, j0, out))
 }
 
 impl FewRowsLinearOps for Flex {
