@@ -13,6 +13,7 @@ mod compare_method;
 mod convert;
 mod data_options;
 mod eval;
+mod export;
 mod generate;
 #[cfg(test)]
 mod help_tests;
@@ -56,6 +57,9 @@ pub enum Command {
     Convert(convert::ConvertCommand),
     /// Fold adapters into a base checkpoint and write a merged model.
     Merge(merge::MergeArgs),
+    /// Export a model (adapters folded in) or a LoRA adapter to another format (GGUF).
+    #[command(subcommand)]
+    Export(export::ExportCommand),
     /// Train and score several methods on the same task and budget: a table and plots.
     Compare(compare::CompareArgs),
     /// `train`, reporting peak memory, for `peft compare` (internal).
@@ -94,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Convert(cmd) => convert::run(cmd),
         Command::Merge(args) => merge::run(args),
+        Command::Export(cmd) => export::run(cmd),
         Command::Compare(args) => compare::run(args),
         Command::CompareTrain(args) => compare_eval::train(args),
         Command::CompareEval(args) => compare_eval::run(args),

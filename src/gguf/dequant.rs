@@ -19,6 +19,7 @@ pub enum GgmlType {
     BF16,
     Q4_0,
     Q4_1,
+    Q5_0,
     Q8_0,
     Q2K,
     Q3K,
@@ -36,6 +37,7 @@ impl GgmlType {
             1 => Some(Self::F16),
             2 => Some(Self::Q4_0),
             3 => Some(Self::Q4_1),
+            6 => Some(Self::Q5_0),
             8 => Some(Self::Q8_0),
             10 => Some(Self::Q2K),
             11 => Some(Self::Q3K),
@@ -55,6 +57,7 @@ impl GgmlType {
             Self::F16 | Self::BF16 => (1, 2),
             Self::Q4_0 => (QK, 2 + QK / 2),
             Self::Q4_1 => (QK, 2 + 2 + QK / 2),
+            Self::Q5_0 => (QK, 2 + 4 + QK / 2),
             Self::Q8_0 => (QK, 2 + QK),
             Self::Q2K => (QK_K, kquants::Q2_K_BYTES),
             Self::Q3K => (QK_K, kquants::Q3_K_BYTES),
@@ -126,6 +129,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut Vec<f32>) {
             GgmlType::BF16 => out.push(bf16::from_le_bytes([b[0], b[1]]).to_f32()),
             GgmlType::Q4_0 => q4_0(b, out),
             GgmlType::Q4_1 => q4_1(b, out),
+            GgmlType::Q5_0 => q5_0(b, out),
             GgmlType::Q8_0 => q8_0(b, out),
             GgmlType::Q2K => kquants::q2_k(b, out),
             GgmlType::Q3K => kquants::q3_k(b, out),
@@ -157,6 +161,26 @@ fn q4_1(b: &[u8], out: &mut Vec<f32>) {
     let qs = &b[4..4 + QK / 2];
     out.extend(qs.iter().map(|q| d * (q & 0x0F) as f32 + m));
     out.extend(qs.iter().map(|q| d * (q >> 4) as f32 + m));
+}
+
+/// Q5_0 block: `d: f16, qh: [u8; 4], qs: [u8; 16]`; nibbles as Q4_0, the fifth bit of element j
+/// is bit j of the little-endian `qh`; `y = d * (q - 16)` (gguf-py `Q5_0.dequantize_blocks`).
+/// Written by `peft export gguf --type q4_k_m` for rows that are not whole Q4_K super-blocks.
+fn q5_0(b: &[u8], out: &mut Vec<f32>) {
+    let d = f16_at(b, 0);
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    let qs = &b[6..6 + QK / 2];
+    let q = |j: usize, nib: u8| (nib | ((((qh >> j) & 1) as u8) << 4)) as i8 - 16;
+    out.extend(
+        qs.iter()
+            .enumerate()
+            .map(|(j, v)| d * q(j, v & 0x0F) as f32),
+    );
+    out.extend(
+        qs.iter()
+            .enumerate()
+            .map(|(j, v)| d * q(j + 16, v >> 4) as f32),
+    );
 }
 
 /// Q8_0 block: `d: f16, qs: [i8; 32]`; `y = q * d` (gguf-py `Q8_0.dequantize_blocks`).

@@ -9,16 +9,23 @@
 //! - [`tokenizer`]: `tokenizer.json` and `tokenizer_config.json` from the `tokenizer.*` keys, with
 //!   [`bpe`] (byte-level, `gpt2`) and [`spm`] (SentencePiece, `llama`) vocabularies;
 //! - [`convert`]: the whole conversion, written atomically.
+//!
+//! GGUF export (`peft export gguf`): [`writer`] (the container), [`quantize`] (Q8_0, Q4_0) and
+//! [`kquantize`] (Q4_K, Q6_K, Q5_0), and [`export`] (metadata, tokenizer, tensor plan, Modelfile).
 
 pub mod bpe;
 pub mod config;
 pub mod convert;
 pub mod dequant;
+pub mod export;
+pub mod kquantize;
 pub mod kquants;
 pub mod names;
+pub mod quantize;
 pub mod reader;
 pub mod spm;
 pub mod tokenizer;
+pub mod writer;
 
 pub use convert::{convert_gguf, ConvertOptions, ConvertReport};
 pub use reader::{Gguf, TensorInfo, Value};

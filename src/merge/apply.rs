@@ -108,7 +108,8 @@ fn finite_as_written(t: &OutTensor, bytes: &[u8]) -> Result<(), MergeError> {
 }
 
 /// Applies one fold to `w` (shape [out, in], or [out] for a bias), weighted by `strength`.
-fn apply_patch(
+/// Public for `peft export gguf`, which folds adapters on its way to a GGUF.
+pub fn apply_patch(
     adapter: &Adapter,
     patch: &Patch,
     w: &mut [f32],
