@@ -44,6 +44,9 @@ pub enum ExportCommand {
         /// A text to score (repeatable).
         #[arg(long)]
         text: Vec<String>,
+        /// Token ids to score, comma-separated (repeatable; after the texts).
+        #[arg(long)]
+        ids: Vec<String>,
         /// Writes OUT (JSON: ids, vocab) and OUT.f32 (logits, little-endian, text by text).
         #[arg(long)]
         out: PathBuf,
@@ -88,11 +91,21 @@ pub fn run(cmd: ExportCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        ExportCommand::Logits { model, text, out } => logits(model, &text, &out),
+        ExportCommand::Logits {
+            model,
+            text,
+            ids,
+            out,
+        } => logits(model, &text, &ids, &out),
     }
 }
 
-fn logits(args: super::common::ModelArgs, texts: &[String], out: &PathBuf) -> anyhow::Result<()> {
+fn logits(
+    args: super::common::ModelArgs,
+    texts: &[String],
+    id_lists: &[String],
+    out: &PathBuf,
+) -> anyhow::Result<()> {
     use peft::models::tensor_util::to_vec;
     use peft::models::Inputs;
     let tokenizer = peft::tokenizer::TextTokenizer::load(&args.model)?;
@@ -101,10 +114,19 @@ fn logits(args: super::common::ModelArgs, texts: &[String], out: &PathBuf) -> an
     let mut bin = std::io::BufWriter::new(
         std::fs::File::create(out.with_extension("f32")).context("logits file")?,
     );
+    let mut inputs_all = Vec::new();
     for text in texts {
-        let ids = tokenizer.encode(text, false)?;
+        inputs_all.push(tokenizer.encode(text, false)?);
+    }
+    for list in id_lists {
+        let ids: Result<Vec<u32>, _> = list.split(',').map(|t| t.trim().parse::<u32>()).collect();
+        inputs_all.push(
+            ids.with_context(|| format!("--ids `{list}`: expected comma-separated token ids"))?,
+        );
+    }
+    for ids in inputs_all {
         if ids.is_empty() {
-            anyhow::bail!("`{text}` encodes to no tokens");
+            anyhow::bail!("an input encodes to no tokens");
         }
         let seq = ids.len();
         let inputs = Inputs::new(ids.iter().map(|&i| i as i64).collect(), 1, seq);

@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Checks `peft export gguf` with llama.cpp itself (llama-cpp-python), not with our own reader.
+
+For a Llama model folder (SmolLM2-135M-Instruct) and a trained LoRA adapter it exports
+  base f32, f16, q8_0, q4_k_m; base+adapter merged (f32); the adapter alone (--lora-only),
+loads each in llama.cpp and compares with our own forward pass (`peft export logits`):
+  - tokenizer: llama.cpp's ids == ours on mixed English/Chinese/code/emoji text;
+  - f32 (base, merged, base + GGUF LoRA): max |logit difference| over every position;
+  - f16: the same against our model with --base-dtype f16 (the same rounded weights);
+  - q8_0: greedy ids over 16 new tokens equal to ours (f32 model, teacher-forced);
+  - q4_k_m: mean next-token loss on the texts vs ours (f32), reported.
+Writes a JSON report (--json) and exits 1 when a check fails.
+
+Usage: check_gguf_llama_cpp.py --peft BIN --model DIR --adapter DIR --work DIR [--json OUT]
+Needs: llama_cpp (pip install llama-cpp-python; builds llama.cpp), numpy.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import llama_cpp
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. Paris is the capital of",
+    "今天天气很好，我们去公园散步吧。房间很干净，服务也好。",
+    "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)  # 🐍 recursion",
+    "Emoji test 😀🎉🚀 and numbers 1234567 + mixed 中文 text, ok?",
+]
+
+
+def run(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"command failed: {' '.join(cmd)}\n{r.stderr}")
+    return r.stdout
+
+
+def export(a, out, ty, extra=()):
+    run([a.peft, "export", "gguf", "--model", a.model, "--out", out, "--type", ty, "--force", *extra])
+    return out
+
+
+def ours(a, texts=(), ids=(), extra=()):
+    """Our ids and logits ([positions, vocab] per input) from `peft export logits`."""
+    out = os.path.join(a.work, "ours.json")
+    cmd = [a.peft, "export", "logits", "--model", a.model, "--out", out, *extra]
+    for t in texts:
+        cmd += ["--text", t]
+    for i in ids:
+        cmd += ["--ids", ",".join(map(str, i))]
+    run(cmd)
+    meta = json.load(open(out))
+    flat = np.fromfile(out[: -len(".json")] + ".f32", dtype="<f4")
+    vocab, at, logits = meta["vocab"], 0, []
+    for i in meta["ids"]:
+        n = len(i) * vocab
+        logits.append(flat[at : at + n].reshape(len(i), vocab))
+        at += n
+    return meta["ids"], logits
+
+
+def llama(path, lora=None):
+    kw = dict(model_path=path, logits_all=True, n_ctx=512, n_threads=2, verbose=False, seed=0)
+    if lora:
+        kw["lora_path"] = lora
+    return llama_cpp.Llama(**kw)
+
+
+def llama_logits(llm, ids):
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def loss(logits, ids):
+    """Mean next-token cross-entropy."""
+    x = logits[:-1].astype(np.float64)
+    x = x - x.max(axis=1, keepdims=True)
+    logp = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    return float(-np.mean(logp[np.arange(len(ids) - 1), ids[1:]]))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--peft", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--work", required=True)
+    p.add_argument("--json")
+    a = p.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    w = lambda n: os.path.join(a.work, n)
+    report, ok = {"llama_cpp_python": llama_cpp.__version__}, True
+
+    base_ids, base_logits = ours(a, TEXTS)
+    f32 = llama(export(a, w("base-f32.gguf"), "f32"))
+    # Tokenizer: llama.cpp's ids for the same text (special tokens parsed, no BOS, as ours).
+    tok = [f32.tokenize(t.encode(), add_bos=False, special=True) for t in TEXTS]
+    report["tokenizer_equal"] = [t == o for t, o in zip(tok, base_ids)]
+    ok &= all(report["tokenizer_equal"])
+
+    def max_diff(llm, ref):
+        return max(float(np.abs(llama_logits(llm, i) - r).max()) for i, r in zip(base_ids, ref))
+
+    report["f32_max_abs_logit_diff"] = max_diff(f32, base_logits)
+    ok &= report["f32_max_abs_logit_diff"] < 1e-3
+
+    _, half_logits = ours(a, ids=base_ids, extra=["--base-dtype", "f16"])
+    f16 = llama(export(a, w("base-f16.gguf"), "f16"))
+    report["f16_max_abs_logit_diff_vs_ours_f16_weights"] = max_diff(f16, half_logits)
+    del f16
+
+    # q8_0: 16 greedy tokens by llama.cpp; ours must pick the same token at every step.
+    q8 = llama(export(a, w("base-q8_0.gguf"), "q8_0"))
+    greedy = []
+    for ids in base_ids:
+        q8.reset()
+        seq = list(ids)
+        for _ in range(16):
+            q8.eval(seq[len(seq) - 1 :] if len(seq) > len(ids) else seq)
+            seq.append(int(np.argmax(q8.scores[q8.n_tokens - 1])))
+        greedy.append(seq)
+    _, g_logits = ours(a, ids=greedy)
+    agree = [
+        [int(np.argmax(l[len(i) - 1 + k])) == s[len(i) + k] for k in range(16)]
+        for i, s, l in zip(base_ids, greedy, g_logits)
+    ]
+    report["q8_0_greedy_16_equal"] = [all(x) for x in agree]
+    report["q8_0_greedy_steps_equal"] = f"{sum(map(sum, agree))}/{16 * len(agree)}"
+    ok &= all(report["q8_0_greedy_16_equal"])
+    del q8
+
+    q4 = llama(export(a, w("base-q4_k_m.gguf"), "q4_k_m"))
+    l_ours = np.mean([loss(l, i) for l, i in zip(base_logits, base_ids)])
+    l_q4 = np.mean([loss(llama_logits(q4, i), i) for i in base_ids])
+    report["q4_k_m_loss"] = {"ours_f32": float(l_ours), "llama_cpp_q4_k_m": float(l_q4), "difference": float(l_q4 - l_ours)}
+    del q4
+
+    _, merged_ref = ours(a, ids=base_ids, extra=["--adapter", a.adapter])
+    merged = llama(export(a, w("merged-f32.gguf"), "f32", ["--adapter", a.adapter]))
+    report["merged_f32_max_abs_logit_diff"] = max_diff(merged, merged_ref)
+    ok &= report["merged_f32_max_abs_logit_diff"] < 1e-3
+    report["adapter_changes_logits_by"] = max(float(np.abs(m - b).max()) for m, b in zip(merged_ref, base_logits))
+    del merged
+
+    export(a, w("adapter.gguf"), "f32", ["--adapter", a.adapter, "--lora-only"])
+    with_lora = llama(w("base-f32.gguf"), lora=w("adapter.gguf"))
+    report["base_plus_lora_gguf_max_abs_logit_diff"] = max_diff(with_lora, merged_ref)
+    ok &= report["base_plus_lora_gguf_max_abs_logit_diff"] < 1e-3
+
+    report["file_sizes_bytes"] = {n: os.path.getsize(w(n)) for n in sorted(os.listdir(a.work)) if n.endswith(".gguf")}
+    report["ok"] = bool(ok)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if a.json:
+        open(a.json, "w").write(text + "\n")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
