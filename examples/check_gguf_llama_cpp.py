@@ -63,7 +63,10 @@ def ours(a, texts=(), ids=(), extra=()):
 
 
 def llama(path, lora=None):
-    kw = dict(model_path=path, logits_all=True, n_ctx=512, n_threads=2, verbose=False, seed=0)
+    # An f32 KV cache (llama.cpp's default is f16, which alone moves logits by ~1e-3), so the
+    # comparison measures the file, not the cache.
+    kw = dict(model_path=path, logits_all=True, n_ctx=256, n_threads=2, verbose=False, seed=0,
+              type_k=0, type_v=0)
     if lora:
         kw["lora_path"] = lora
     return llama_cpp.Llama(**kw)
