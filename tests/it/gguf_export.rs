@@ -363,3 +363,55 @@ fn llama_cpp_loads_our_exports_and_agrees_with_our_logits() {
         stderr(&o)
     );
 }
+
+/// A model with a SentencePiece `tokenizer.model` (the tiny Llama with spm-tiny's BPE model):
+/// exported as `tokenizer.ggml.model = llama` with scores and piece types; when llama.cpp is
+/// installed, its tokenizer on our file gives sentencepiece's ids (spm-tiny/expected.json, the
+/// cases without ChatGLM's out-of-model specials).
+#[test]
+fn a_sentencepiece_model_exports_a_llama_vocabulary_that_llama_cpp_tokenizes_like_sentencepiece() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("spm-llama");
+    std::fs::create_dir(&model).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("llama-tiny").join(f), model.join(f)).unwrap();
+    }
+    std::fs::copy(fixture("spm-tiny/bpe.model"), model.join("tokenizer.model")).unwrap();
+    let out = tmp.path().join("spm.gguf");
+    ok(export(&model, &out, "f32", &[]));
+    let (_, g) = parse(&out);
+    assert_eq!(
+        g.get("tokenizer.ggml.model"),
+        Some(&Value::String("llama".into()))
+    );
+    let tokens = g.get_array("tokenizer.ggml.tokens").unwrap().unwrap();
+    let scores = g.get_array("tokenizer.ggml.scores").unwrap().unwrap();
+    let types = g.get_array("tokenizer.ggml.token_type").unwrap().unwrap();
+    // 420 pieces, padded to config.json's vocab_size 512.
+    assert_eq!((tokens.len(), scores.len(), types.len()), (512, 512, 512));
+    assert_eq!(tokens[420], Value::String("[PAD420]".into()));
+    let Some(python) = llama_python(
+        "a_sentencepiece_model_exports_a_llama_vocabulary_that_llama_cpp_tokenizes_like_sentencepiece",
+    ) else {
+        return;
+    };
+    let script = r#"
+import json, sys, llama_cpp
+cases = [c for c in json.load(open(sys.argv[2]))["bpe"]["cases"] if "<|" not in c["text"] and "[gMASK]" not in c["text"]]
+llm = llama_cpp.Llama(model_path=sys.argv[1], vocab_only=True, verbose=False)
+bad = [c["text"] for c in cases if llm.tokenize(c["text"].encode(), add_bos=False, special=False) != c["ids"]]
+print(len(cases), "cases;", "differ:", bad)
+sys.exit(1 if bad or not cases else 0)
+"#;
+    let o = std::process::Command::new(python)
+        .args(["-c", script, path_str(&out)])
+        .arg(fixture("spm-tiny/expected.json"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+}
