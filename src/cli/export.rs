@@ -18,7 +18,8 @@ pub enum ExportCommand {
         /// trained on).
         #[arg(long)]
         model: PathBuf,
-        /// PEFT adapter folder, folded into the weights in the order given (repeatable).
+        /// PEFT adapter folder, folded into the weights in the order given (repeatable; default:
+        /// none, the base model).
         #[arg(long)]
         adapter: Vec<PathBuf>,
         /// The .gguf file to write, under a temporary name until complete (required).
