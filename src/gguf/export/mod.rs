@@ -120,11 +120,10 @@ pub fn export_gguf(opts: &ExportOptions) -> Result<ExportReport, ExportError> {
             ),
         });
     }
-    let mut layout = GgufLayout::default();
-    layout.metadata = general_keys(&model_name(&opts.model), "model", Some(opts.ty.file_type()));
-    layout.metadata.extend(h.llama_keys());
-    layout.metadata.extend(vocab.keys.clone());
-    layout.tensors = planned
+    let mut metadata = general_keys(&model_name(&opts.model), "model", Some(opts.ty.file_type()));
+    metadata.extend(h.llama_keys());
+    metadata.extend(vocab.keys.clone());
+    let tensors = planned
         .iter()
         .map(|p| TensorSpec {
             name: p.gguf.clone(),
@@ -133,6 +132,7 @@ pub fn export_gguf(opts: &ExportOptions) -> Result<ExportReport, ExportError> {
             n_bytes: p.n_bytes(),
         })
         .collect();
+    let layout = GgufLayout { metadata, tensors };
     write_gguf(&opts.out, &layout, |i, out| {
         let p = &planned[i];
         let mut values = source.read(&p.hf, &p.shape)?;
