@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod chatglm;
+pub mod checkpointing;
 pub mod config_fields;
 pub mod layers;
 pub mod linear;

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod hook;
 pub mod log;
 pub mod loss;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod run;

@@ -1,0 +1,479 @@
+//! The memory a training run will need, estimated from `config.json`, the adapter config and the
+//! batch before anything is loaded (issue 17 item 6): frozen weights in their storage format,
+//! trainable tensors with their gradients and AdamW moments, activations for one batch (with and
+//! without `--gradient-checkpointing`) and the process's fixed cost.
+//!
+//! Activations: what the forward keeps per decoder layer and token, read from the ops' backward
+//! states (f32, batch × seq rows each):
+//! - the layer input `x` (kept by `input_layernorm`, `kernels::rms_norm`) and its normed output
+//!   (kept by the q/k/v projections): 2·hidden;
+//! - rotated q, k, v and the attention output (FlashAttention keeps q, k, v, O and the LSE;
+//!   `kernels::attention`; its output is a free view for `o_proj`): 2·q_dim + 2·kv_dim;
+//! - the post-attention residual and its normed output: 2·hidden;
+//! - the MLP's gate and up projections and the SwiGLU output (`kernels::swiglu`, `down_proj`'s
+//!   input): 3·intermediate (ChatGLM's fused `dense_h_to_4h` is the same 2 + 1);
+//! - each adapter's low-rank `x·A` (r per adapted projection, small).
+//!
+//! With checkpointing a layer keeps only `x`; the backward re-runs one layer at a time, so one
+//! layer's activations (and the gradients flowing through it) exist at once on top.
+//! The fused loss (`kernels::cross_entropy`) never holds `[rows, vocab]` logits: it keeps the
+//! hidden gradient and works through `CHUNK`-row blocks of logits per thread.
+
+use crate::error::AdapterError;
+use crate::models::loaded::Family;
+use crate::models::ModelDir;
+use crate::peft::prompt::PromptKind;
+use crate::peft::walker::{adalora_spec, default_targets, lora_spec, Spec};
+use crate::peft::{AdapterConfig, Method};
+
+/// How the frozen base stores a weight matrix. The quantized formats are the block layouts of
+/// `--quantize-base` (34 bytes per 32 int8 values with an f16 scale, as GGUF's Q8_0; 18 bytes per
+/// 32 int4 values, as Q4_0; NF4 as bitsandbytes: half a byte per value plus an f32 absmax per 64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightStorage {
+    F32,
+    Bf16,
+    F16,
+    Int8,
+    Int4,
+    Nf4,
+}
+
+impl WeightStorage {
+    /// Bytes of `values` weights in this format (whole blocks).
+    pub fn bytes(self, values: u64) -> u64 {
+        match self {
+            Self::F32 => 4 * values,
+            Self::Bf16 | Self::F16 => 2 * values,
+            Self::Int8 => values.div_ceil(32) * 34,
+            Self::Int4 => values.div_ceil(32) * 18,
+            Self::Nf4 => values.div_ceil(2) + values.div_ceil(64) * 4,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+            Self::Int8 => "int8",
+            Self::Int4 => "int4",
+            Self::Nf4 => "nf4",
+        }
+    }
+}
+
+/// The sizes the estimate needs from `config.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelShape {
+    pub hidden: u64,
+    pub intermediate: u64,
+    pub layers: u64,
+    /// heads × head_dim
+    pub q_dim: u64,
+    /// kv heads × head_dim
+    pub kv_dim: u64,
+    pub vocab: u64,
+    /// The output head is the embedding (no weights of its own).
+    pub tied: bool,
+}
+
+impl ModelShape {
+    pub fn from_dir(dir: &ModelDir) -> Self {
+        let u = |v: usize| v as u64;
+        match &dir.family {
+            Family::Llama(c) => Self {
+                hidden: u(c.hidden_size),
+                intermediate: u(c.intermediate_size),
+                layers: u(c.num_hidden_layers),
+                q_dim: u(c.num_attention_heads * c.head_dim),
+                kv_dim: u(c.num_key_value_heads * c.head_dim),
+                vocab: u(c.vocab_size),
+                tied: c.tie_word_embeddings,
+            },
+            Family::ChatGlm(c) => Self {
+                hidden: u(c.hidden_size),
+                intermediate: u(c.ffn_hidden_size),
+                layers: u(c.num_layers),
+                q_dim: u(c.num_attention_heads * c.kv_channels),
+                kv_dim: u(c.kv_groups * c.kv_channels),
+                vocab: u(c.padded_vocab_size),
+                tied: false,
+            },
+        }
+    }
+
+    /// Weights of the decoder layers' projections.
+    pub fn linear_parameters(&self) -> u64 {
+        let (h, i) = (self.hidden, self.intermediate);
+        let attn = h * self.q_dim + 2 * h * self.kv_dim + self.q_dim * h;
+        self.layers * (attn + 3 * h * i)
+    }
+
+    /// Embedding plus an untied output head.
+    pub fn embedding_parameters(&self) -> u64 {
+        let head = if self.tied { 0 } else { 1 };
+        (1 + head) * self.vocab * self.hidden
+    }
+
+    /// Floats one decoder layer keeps per token for the backward (see the module docs).
+    pub fn kept_per_token(&self) -> u64 {
+        4 * self.hidden + 2 * self.q_dim + 2 * self.kv_dim + 3 * self.intermediate
+    }
+}
+
+/// One run's settings, as the estimate sees them.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryPlan {
+    pub shape: ModelShape,
+    /// The projections' weights (`--base-dtype`, or `--quantize-base`).
+    pub linear_storage: WeightStorage,
+    /// Embedding and untied head (kept in the base dtype when the projections are quantized).
+    pub embedding_storage: WeightStorage,
+    /// Trainable parameters (adapter tensors, prompt encoders).
+    pub trainable: u64,
+    /// Adapted projections × rank: the low-rank activations per token and layer.
+    pub adapter_rank_sum_per_layer: u64,
+    pub batch: u64,
+    pub seq: u64,
+    pub checkpointing: bool,
+    /// Threads the fused loss works in (its logits blocks are per thread).
+    pub threads: u64,
+}
+
+/// The estimate, in bytes per part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    pub weights: u64,
+    /// Trainable tensors, their gradients and AdamW's two moments (4 × f32 each).
+    pub trainable: u64,
+    pub activations: u64,
+    /// The process before any model: code, runtime, tokenizer, data, allocator slack.
+    pub overhead: u64,
+}
+
+/// The process's fixed cost, measured: `peft train` on the tiny fixture models peaks at
+/// 45–60 MiB with weights and activations under 1 MiB (see the README's memory section).
+pub const OVERHEAD: u64 = 60 << 20;
+/// Rows per fused-loss block (`kernels::cross_entropy::CHUNK`).
+const LOSS_CHUNK: u64 = 128;
+
+impl MemoryEstimate {
+    pub fn total(&self) -> u64 {
+        self.weights + self.trainable + self.activations + self.overhead
+    }
+}
+
+impl MemoryPlan {
+    pub fn estimate(&self) -> MemoryEstimate {
+        let s = &self.shape;
+        let norms = 4 * s.hidden * (2 * s.layers + 1);
+        let weights = self.linear_storage.bytes(s.linear_parameters())
+            + self.embedding_storage.bytes(s.embedding_parameters())
+            + norms;
+        MemoryEstimate {
+            weights,
+            trainable: 16 * self.trainable,
+            activations: self.activations(self.checkpointing),
+            overhead: OVERHEAD,
+        }
+    }
+
+    /// Activation bytes for one micro-batch.
+    pub fn activations(&self, checkpointing: bool) -> u64 {
+        let s = &self.shape;
+        let tokens = self.batch * self.seq;
+        let layer = 4 * tokens * (s.kept_per_token() + self.adapter_rank_sum_per_layer);
+        let kept = match checkpointing {
+            // Every layer's input, plus one recomputed layer and the gradients through it.
+            true => 4 * tokens * s.hidden * s.layers + 2 * layer,
+            false => layer * s.layers,
+        };
+        // Embedding output and final norm (input and output), the loss's hidden gradient, and
+        // the loss's per-thread logits block with its gradient.
+        let ends = 4 * tokens * s.hidden * 4 + 2 * 4 * self.threads * LOSS_CHUNK * s.vocab;
+        kept + ends
+    }
+}
+
+/// What an adapter config will add, from the module shapes alone (no weights read):
+/// (trainable parameters, adapted rank summed over one layer's projections).
+pub fn adapter_footprint(
+    dir: &ModelDir,
+    config: &AdapterConfig,
+) -> Result<(u64, u64), AdapterError> {
+    let shape = ModelShape::from_dir(dir);
+    if let Method::PromptLearning(p) = &config.method {
+        return Ok((prompt_parameters(&shape, p), 0));
+    }
+    let head: &[&str] = match dir.family {
+        Family::Llama(_) => &["lm_head"],
+        Family::ChatGlm(_) => &["transformer.output_layer"],
+    };
+    let matcher = config.matcher(default_targets(dir.model_type(), &config.method), head)?;
+    let (mut params, mut ranks) = (0u64, 0u64);
+    for m in dir.module_paths() {
+        if m.kind != "linear" || !matcher.matches(&m.path, true) {
+            continue;
+        }
+        let (i, o) = (m.d_in as u64, m.d_out as u64);
+        let spec = match &config.method {
+            Method::Lora(opts) => lora_spec(opts, &m.path)?,
+            Method::AdaLora(lora, ada) => adalora_spec(lora, ada, &m.path)?,
+            Method::Ia3(_) => Spec::Ia3 { feedforward: false },
+            Method::PromptLearning(_) => continue,
+        };
+        let (n, r) = match spec {
+            Spec::Lora { r, dora, .. } => (r as u64 * (i + o) + if dora { o } else { 0 }, r),
+            Spec::AdaLora { init_r, .. } => (init_r as u64 * (i + o + 1), init_r),
+            // A vector over the input or the output features.
+            Spec::Ia3 { .. } => (i.max(o), 0),
+        };
+        params += n;
+        ranks += r as u64;
+    }
+    Ok((params, ranks / shape.layers.max(1)))
+}
+
+/// Prompt-learning parameters: virtual-token embeddings, prefixes per layer, LLaMA-Adapter's
+/// prompts and gates; the encoders' hidden layers approximated by two `hidden²` matrices.
+fn prompt_parameters(s: &ModelShape, p: &crate::peft::prompt::PromptOptions) -> u64 {
+    let n = p.num_virtual_tokens as u64;
+    match &p.kind {
+        PromptKind::PromptTuning { .. } => n * s.hidden,
+        PromptKind::PTuning { .. } => n * s.hidden + 2 * s.hidden * s.hidden,
+        PromptKind::Prefix {
+            prefix_projection, ..
+        } => {
+            let out = 2 * s.layers * s.kv_dim;
+            match prefix_projection {
+                true => n * s.hidden + s.hidden * s.hidden + s.hidden * out,
+                false => n * out,
+            }
+        }
+        PromptKind::Adaption { adapter_layers, .. } => *adapter_layers as u64 * (n * s.hidden + 1),
+    }
+}
+
+/// A run the estimate says will not fit, with the settings that would.
+#[derive(Debug, thiserror::Error)]
+#[error("training needs an estimated {} but the machine has {} available (MemAvailable + SwapFree in /proc/meminfo): {estimate}.\n{}\nor pass --ignore-memory-estimate to train anyway", gib(estimate.total()), gib(*available), fitting_lines(fitting))]
+pub struct TooLarge {
+    pub estimate: MemoryEstimate,
+    pub available: u64,
+    /// (flags, estimated total) of each change that fits.
+    pub fitting: Vec<(String, u64)>,
+}
+
+fn fitting_lines(fitting: &[(String, u64)]) -> String {
+    if fitting.is_empty() {
+        return "none of --base-dtype bf16, --quantize-base int4, --gradient-checkpointing, a smaller --batch-size or --max-len fits alone".into();
+    }
+    let lines: Vec<String> = fitting
+        .iter()
+        .map(|(flags, total)| format!("  {flags}: {}", gib(*total)))
+        .collect();
+    format!("settings that fit:\n{}", lines.join("\n"))
+}
+
+impl MemoryPlan {
+    /// Refuses a plan whose estimate exceeds `available` bytes, naming the changes that fit:
+    /// a narrower or quantized base, checkpointing, the largest batch size or length that fits.
+    pub fn check(&self, available: u64) -> Result<MemoryEstimate, TooLarge> {
+        let estimate = self.estimate();
+        if estimate.total() <= available {
+            return Ok(estimate);
+        }
+        let mut options: Vec<(String, MemoryPlan)> = Vec::new();
+        if self.linear_storage == WeightStorage::F32 {
+            options.push((
+                "--base-dtype bf16".into(),
+                self.with_storage(WeightStorage::Bf16),
+            ));
+        }
+        if !matches!(
+            self.linear_storage,
+            WeightStorage::Int4 | WeightStorage::Nf4
+        ) {
+            let mut plan = self.with_storage(WeightStorage::Bf16);
+            plan.linear_storage = WeightStorage::Int4;
+            options.push(("--base-dtype bf16 --quantize-base int4".into(), plan));
+        }
+        if !self.checkpointing {
+            options.push((
+                "--gradient-checkpointing".into(),
+                MemoryPlan {
+                    checkpointing: true,
+                    ..*self
+                },
+            ));
+        }
+        if let Some(b) = self.largest(available, |p, v| p.batch = v, self.batch) {
+            options.push((
+                format!("--batch-size {b}"),
+                MemoryPlan { batch: b, ..*self },
+            ));
+        }
+        if let Some(s) = self.largest(available, |p, v| p.seq = v, self.seq) {
+            options.push((format!("--max-len {s}"), MemoryPlan { seq: s, ..*self }));
+        }
+        let fitting = options
+            .into_iter()
+            .map(|(flags, plan)| (flags, plan.estimate().total()))
+            .filter(|(_, total)| *total <= available)
+            .collect();
+        Err(TooLarge {
+            estimate,
+            available,
+            fitting,
+        })
+    }
+
+    fn with_storage(&self, storage: WeightStorage) -> MemoryPlan {
+        MemoryPlan {
+            linear_storage: storage,
+            embedding_storage: storage,
+            ..*self
+        }
+    }
+
+    /// The largest value below `current` (halving) for which the plan fits.
+    fn largest(&self, available: u64, set: fn(&mut MemoryPlan, u64), current: u64) -> Option<u64> {
+        let mut v = current / 2;
+        while v >= 1 {
+            let mut plan = *self;
+            set(&mut plan, v);
+            if plan.estimate().total() <= available {
+                return Some(v);
+            }
+            v /= 2;
+        }
+        None
+    }
+}
+
+/// Bytes as GiB with two decimals.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+impl std::fmt::Display for MemoryEstimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} = weights {} + trainable (params, grads, AdamW) {} + activations {} + process {}",
+            gib(self.total()),
+            gib(self.weights),
+            gib(self.trainable),
+            gib(self.activations),
+            gib(self.overhead)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> ModelShape {
+        ModelShape {
+            hidden: 64,
+            intermediate: 128,
+            layers: 2,
+            q_dim: 64,
+            kv_dim: 32,
+            vocab: 256,
+            tied: false,
+        }
+    }
+
+    #[test]
+    fn quantized_formats_take_their_block_sizes() {
+        assert_eq!(WeightStorage::Int8.bytes(64), 68);
+        assert_eq!(WeightStorage::Int4.bytes(64), 36);
+        assert_eq!(WeightStorage::Nf4.bytes(128), 64 + 8);
+        assert_eq!(WeightStorage::Bf16.bytes(10), 20);
+        assert_eq!(WeightStorage::F32.bytes(10), 40);
+    }
+
+    #[test]
+    fn the_estimate_of_a_tiny_config_is_the_formula() {
+        let plan = MemoryPlan {
+            shape: tiny(),
+            linear_storage: WeightStorage::F32,
+            embedding_storage: WeightStorage::F32,
+            trainable: 1000,
+            adapter_rank_sum_per_layer: 16,
+            batch: 2,
+            seq: 8,
+            checkpointing: false,
+            threads: 1,
+        };
+        let e = plan.estimate();
+        let linear = 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128);
+        let embed = 2 * 256 * 64;
+        assert_eq!(e.weights, 4 * (linear + embed) + 4 * 64 * 5);
+        assert_eq!(e.trainable, 16_000);
+        let per_token = 4 * 64 + 2 * 64 + 2 * 32 + 3 * 128 + 16;
+        let ends = 4 * 16 * 64 * 4 + 8 * 128 * 256;
+        assert_eq!(e.activations, 4 * 16 * per_token * 2 + ends);
+        let ckpt = plan.activations(true);
+        assert_eq!(ckpt, 4 * 16 * 64 * 2 + 2 * 4 * 16 * per_token + ends);
+        assert_eq!(
+            e.total(),
+            e.weights + e.trainable + e.activations + OVERHEAD
+        );
+    }
+
+    #[test]
+    fn a_plan_over_the_available_memory_is_refused_with_the_options_that_fit() {
+        let shape = ModelShape {
+            hidden: 4096,
+            intermediate: 11008,
+            layers: 32,
+            q_dim: 4096,
+            kv_dim: 4096,
+            vocab: 32000,
+            tied: false,
+        };
+        let plan = MemoryPlan {
+            shape,
+            linear_storage: WeightStorage::F32,
+            embedding_storage: WeightStorage::F32,
+            trainable: 4_194_304,
+            adapter_rank_sum_per_layer: 16,
+            batch: 1,
+            seq: 256,
+            checkpointing: false,
+            threads: 2,
+        };
+        let total = plan.estimate().total();
+        let err = plan.check(total - (2 << 30)).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("--base-dtype bf16"), "{msg}");
+        assert!(msg.contains("--quantize-base int4"), "{msg}");
+        assert!(msg.contains("--ignore-memory-estimate"), "{msg}");
+        assert!(err.fitting.iter().all(|(_, t)| *t <= total - (2 << 30)));
+        assert!(plan.check(total).is_ok());
+    }
+
+    #[test]
+    fn checkpointing_saves_activations_on_a_deep_model() {
+        let shape = ModelShape {
+            layers: 32,
+            ..tiny()
+        };
+        let plan = MemoryPlan {
+            shape,
+            linear_storage: WeightStorage::Bf16,
+            embedding_storage: WeightStorage::Bf16,
+            trainable: 0,
+            adapter_rank_sum_per_layer: 0,
+            batch: 4,
+            seq: 256,
+            checkpointing: true,
+            threads: 2,
+        };
+        assert!(plan.activations(true) * 3 < plan.activations(false));
+    }
+}
