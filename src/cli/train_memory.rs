@@ -49,17 +49,14 @@ pub fn plan(
     (rows, seq): (usize, usize),
     checkpointing: bool,
 ) -> anyhow::Result<MemoryPlan> {
-    let (trainable, ranks) = adapter_footprint(dir, adapter)?;
     Ok(MemoryPlan {
         shape: ModelShape::from_dir(dir),
         linear_storage: storage(base),
         embedding_storage: storage(base),
-        trainable,
-        adapter_rank_sum_per_layer: ranks,
+        adapter: adapter_footprint(dir, adapter)?,
         batch: rows as u64,
         seq: seq as u64,
         checkpointing,
-        threads: rayon::current_num_threads() as u64,
     })
 }
 

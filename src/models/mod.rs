@@ -15,6 +15,7 @@ pub mod prompt;
 pub mod rope;
 pub mod sizes;
 pub mod synthetic;
+pub mod synthetic_shards;
 pub mod tensor_util;
 
 pub use cache::KvCache;
