@@ -9,8 +9,62 @@ use peft::peft::prompt::PromptKind;
 use peft::peft::{AdapterConfig, Method};
 use peft::train::memory::{adapter_footprint, gib, MemoryPlan, ModelShape, WeightStorage};
 
+use super::adapter_options::{adapter_config, AdapterOptions};
 use super::common::BaseDtype;
 use super::train::TrainOptions;
+
+/// `peft inspect --memory`: the run to estimate, with `peft train`'s flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MemoryArgs {
+    /// Print the memory a `peft train` run would need (with the adapter flags below,
+    /// --batch-size, --max-len, --gradient-checkpointing, --base-dtype) and whether it fits,
+    /// without loading anything but config.json (default: off).
+    #[arg(long)]
+    pub memory: bool,
+    #[command(flatten)]
+    pub adapter: AdapterOptions,
+    /// Records per micro-batch (default: 4).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Tokens per record (default: 1024, as `peft train`'s --max-len).
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Estimate with activation checkpointing (default: off).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+}
+
+/// Prints the estimate of the run `args` describes (stdout: this is the command's output).
+pub fn print_estimate(dir: &ModelDir, base: BaseDtype, args: &MemoryArgs) -> anyhow::Result<()> {
+    let adapter = adapter_config(&args.adapter, dir.model_type())?;
+    let rows = args.batch_size.unwrap_or(4);
+    let seq = args.max_len.unwrap_or(1024);
+    let plan = plan(
+        dir,
+        &adapter,
+        base,
+        (rows, seq),
+        args.gradient_checkpointing,
+    )?;
+    let estimate = plan.estimate();
+    println!(
+        "memory estimate (batch {rows} × {seq} tokens, base {}): {estimate}",
+        storage(base).name()
+    );
+    println!(
+        "activations: {} with --gradient-checkpointing, {} without",
+        gib(plan.activations(true)),
+        gib(plan.activations(false))
+    );
+    match peft::io::budget::ram_available() {
+        Some(available) => match plan.check(available) {
+            Ok(_) => println!("fits: {} available", gib(available)),
+            Err(e) => println!("{e}"),
+        },
+        None => println!("available memory unknown (no /proc/meminfo)"),
+    }
+    Ok(())
+}
 
 /// The storage of the frozen projections and embedding for `--base-dtype`.
 pub fn storage(base: BaseDtype) -> WeightStorage {
@@ -100,7 +154,7 @@ pub fn check_before_loading(
         gib(other),
         if o.gradient_checkpointing { "without" } else { "with" },
     );
-    let Some(available) = peft::io::budget::available() else {
+    let Some(available) = peft::io::budget::ram_available() else {
         return Ok(());
     };
     match plan.check(available) {

@@ -19,6 +19,7 @@
 //! device RNG is reseeded with one seed per layer call, drawn before the forward.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -245,6 +246,14 @@ where
     ))
 }
 
+/// Layer recomputations this process has run (a count for tests and diagnostics).
+static RECOMPUTED: AtomicUsize = AtomicUsize::new(0);
+
+/// How many layer forwards the checkpointed backward passes of this process have re-run.
+pub fn recomputed_layers() -> usize {
+    RECOMPUTED.load(Ordering::Relaxed)
+}
+
 /// The recomputation: the layer on fresh leaves, back-propagating `dy` as `sum(y · dy)`.
 fn rerun<M, F>(
     layer: &M,
@@ -256,6 +265,7 @@ where
     M: Module,
     F: Fn(&M, Tensor<3>) -> Tensor<3>,
 {
+    RECOMPUTED.fetch_add(1, Ordering::Relaxed);
     let to_flex = |data: TensorData| FlexTensor::from_data(data);
     let x = Tensor::<3>::from_data(x.into_data(), device).require_grad();
     let layer = layer.clone().map(&mut FreshLeaves);
