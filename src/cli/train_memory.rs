@@ -163,6 +163,9 @@ pub fn check_before_loading(
             eprintln!("warning: {e}");
             Ok(())
         }
+        Err(e) if virtual_tokens > 0 => bail!(
+            "{e}\n(the length includes {virtual_tokens} virtual tokens: `num_virtual_tokens`)"
+        ),
         Err(e) => Err(e.into()),
     }
 }

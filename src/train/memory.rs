@@ -19,12 +19,11 @@
 //! The fused loss (`kernels::cross_entropy`) never holds `[rows, vocab]` logits: it keeps the
 //! hidden gradient and works through `CHUNK`-row blocks of logits per thread.
 
-use crate::error::AdapterError;
 use crate::models::loaded::Family;
 use crate::models::ModelDir;
-use crate::peft::prompt::PromptKind;
-use crate::peft::walker::{adalora_spec, default_targets, lora_spec, Spec};
-use crate::peft::{AdapterConfig, Method};
+
+pub use super::memory_adapter::{adapter_footprint, AdapterFootprint};
+pub use super::memory_check::TooLarge;
 
 /// How the frozen base stores a weight matrix. The quantized formats are the block layouts of
 /// `--quantize-base` (34 bytes per 32 int8 values with an f16 scale, as GGUF's Q8_0; 18 bytes per
@@ -43,8 +42,8 @@ impl WeightStorage {
     /// Bytes of `values` weights in this format (whole blocks).
     pub fn bytes(self, values: u64) -> u64 {
         match self {
-            Self::F32 => 4 * values,
-            Self::Bf16 | Self::F16 => 2 * values,
+            Self::F32 => values.saturating_mul(4),
+            Self::Bf16 | Self::F16 => values.saturating_mul(2),
             Self::Int8 => values.div_ceil(32) * 34,
             Self::Int4 => values.div_ceil(32) * 18,
             Self::Nf4 => values.div_ceil(2) + values.div_ceil(64) * 4,
@@ -170,7 +169,21 @@ pub const KEPT_PER_MILLE: u64 = 850;
 
 impl MemoryEstimate {
     pub fn total(&self) -> u64 {
-        self.weights + self.trainable + self.activations + self.overhead
+        self.weights
+            .saturating_add(self.trainable)
+            .saturating_add(self.activations)
+            .saturating_add(self.overhead)
+    }
+
+    /// The settings that size the largest part, for a refusal.
+    pub fn largest_part_settings(&self, adapter: &AdapterFootprint) -> &'static str {
+        if self.weights >= self.trainable && self.weights >= self.activations {
+            "the model's sizes (hidden_size, intermediate_size, num_hidden_layers, vocab_size in config.json) and --base-dtype"
+        } else if self.trainable >= self.activations {
+            adapter.setting
+        } else {
+            "--batch-size and --max-len (or --pack)"
+        }
     }
 }
 
@@ -183,7 +196,7 @@ impl MemoryPlan {
             + norms;
         MemoryEstimate {
             weights,
-            trainable: 16 * self.adapter.trainable,
+            trainable: self.adapter.trainable.saturating_mul(16),
             activations: self.activations(self.checkpointing),
             overhead: OVERHEAD,
         }
@@ -192,214 +205,22 @@ impl MemoryPlan {
     /// Activation bytes for one micro-batch.
     pub fn activations(&self, checkpointing: bool) -> u64 {
         let s = &self.shape;
-        let tokens = self.batch * self.seq;
-        let floats = s.kept_per_token() * KEPT_PER_MILLE / 1000 + self.adapter.kept_per_token_layer;
-        let layer = 4 * tokens * floats;
+        // Saturating: batch, length and adapter sizes come from flags (an absurd one is refused
+        // as too large, never wrapped into a small number).
+        let bytes = self.batch.saturating_mul(self.seq).saturating_mul(4);
+        let floats = (s.kept_per_token() * KEPT_PER_MILLE / 1000)
+            .saturating_add(self.adapter.kept_per_token_layer);
+        let layer = bytes.saturating_mul(floats);
         let kept = match checkpointing {
             // Every layer's input, plus the one layer being recomputed.
-            true => 4 * tokens * s.hidden * s.layers + layer,
-            false => layer * s.layers,
+            true => bytes
+                .saturating_mul(s.hidden * s.layers)
+                .saturating_add(layer),
+            false => layer.saturating_mul(s.layers),
         };
         // Embedding output, final norm input and output, the loss's hidden gradient. (The loss's
         // per-thread `CHUNK × vocab` logits blocks did not show in the measured peaks.)
-        kept + 4 * tokens * s.hidden * 4
-    }
-}
-
-/// What an adapter adds, from the module shapes alone.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AdapterFootprint {
-    /// Trainable parameters (adapter tensors, prompt encoders).
-    pub trainable: u64,
-    /// Floats kept per token and layer: each adapted projection's `x·A` (r), and with a LoRA
-    /// dropout the dropped input (`in`; its mask is freed, as measured).
-    pub kept_per_token_layer: u64,
-}
-
-/// What an adapter config will add, from the module shapes alone (no weights read).
-pub fn adapter_footprint(
-    dir: &ModelDir,
-    config: &AdapterConfig,
-) -> Result<AdapterFootprint, AdapterError> {
-    let shape = ModelShape::from_dir(dir);
-    if let Method::PromptLearning(p) = &config.method {
-        return Ok(AdapterFootprint {
-            trainable: prompt_parameters(&shape, p),
-            kept_per_token_layer: 0,
-        });
-    }
-    let head: &[&str] = match dir.family {
-        Family::Llama(_) => &["lm_head"],
-        Family::ChatGlm(_) => &["transformer.output_layer"],
-    };
-    let matcher = config.matcher(default_targets(dir.model_type(), &config.method), head)?;
-    let (mut params, mut kept) = (0u64, 0u64);
-    for m in dir.module_paths() {
-        if m.kind != "linear" || !matcher.matches(&m.path, true) {
-            continue;
-        }
-        let (i, o) = (m.d_in as u64, m.d_out as u64);
-        let spec = match &config.method {
-            Method::Lora(opts) => lora_spec(opts, &m.path)?,
-            Method::AdaLora(lora, ada) => adalora_spec(lora, ada, &m.path)?,
-            Method::Ia3(_) => Spec::Ia3 { feedforward: false },
-            Method::PromptLearning(_) => continue,
-        };
-        // Measured: a dropout adds about `in` floats per adapted projection (1.04 × on SmolLM2,
-        // lora_dropout 0.05: 1957 vs 1331 MiB peak).
-        let dropped = |p: f64| if p > 0.0 { i } else { 0 };
-        let (n, k) = match spec {
-            Spec::Lora {
-                r, dora, dropout, ..
-            } => (
-                r as u64 * (i + o) + if dora { o } else { 0 },
-                r as u64 + dropped(dropout),
-            ),
-            Spec::AdaLora {
-                init_r, dropout, ..
-            } => (
-                init_r as u64 * (i + o + 1),
-                init_r as u64 + dropped(dropout),
-            ),
-            // A vector over the input or the output features.
-            Spec::Ia3 { .. } => (i.max(o), 0),
-        };
-        params += n;
-        kept += k;
-    }
-    Ok(AdapterFootprint {
-        trainable: params,
-        kept_per_token_layer: kept / shape.layers.max(1),
-    })
-}
-
-/// Prompt-learning parameters: virtual-token embeddings, prefixes per layer, LLaMA-Adapter's
-/// prompts and gates; the encoders' hidden layers approximated by two `hidden²` matrices.
-fn prompt_parameters(s: &ModelShape, p: &crate::peft::prompt::PromptOptions) -> u64 {
-    let n = p.num_virtual_tokens as u64;
-    match &p.kind {
-        PromptKind::PromptTuning { .. } => n * s.hidden,
-        PromptKind::PTuning { .. } => n * s.hidden + 2 * s.hidden * s.hidden,
-        PromptKind::Prefix {
-            prefix_projection, ..
-        } => {
-            let out = 2 * s.layers * s.kv_dim;
-            match prefix_projection {
-                true => n * s.hidden + s.hidden * s.hidden + s.hidden * out,
-                false => n * out,
-            }
-        }
-        PromptKind::Adaption { adapter_layers, .. } => *adapter_layers as u64 * (n * s.hidden + 1),
-    }
-}
-
-/// A run the estimate says will not fit, with the settings that would.
-#[derive(Debug, thiserror::Error)]
-#[error("training needs an estimated {} but the machine has {} available (MemAvailable in /proc/meminfo): {estimate}.\n{}\nor pass --ignore-memory-estimate to train anyway", gib(estimate.total()), gib(*available), fitting_lines(fitting))]
-pub struct TooLarge {
-    pub estimate: MemoryEstimate,
-    pub available: u64,
-    /// (flags, estimated total) of each change that fits.
-    pub fitting: Vec<(String, u64)>,
-}
-
-fn fitting_lines(fitting: &[(String, u64)]) -> String {
-    if fitting.is_empty() {
-        return "none of --base-dtype bf16, --quantize-base int4, --gradient-checkpointing, a smaller --batch-size or --max-len fits alone".into();
-    }
-    let lines: Vec<String> = fitting
-        .iter()
-        .map(|(flags, total)| format!("  {flags}: {}", gib(*total)))
-        .collect();
-    format!("settings that fit:\n{}", lines.join("\n"))
-}
-
-impl MemoryPlan {
-    /// Refuses a plan whose estimate exceeds `available` bytes, naming the changes that fit:
-    /// a narrower or quantized base, checkpointing, the largest batch size or length that fits.
-    pub fn check(&self, available: u64) -> Result<MemoryEstimate, TooLarge> {
-        let estimate = self.estimate();
-        if estimate.total() <= available {
-            return Ok(estimate);
-        }
-        let mut options: Vec<(String, MemoryPlan)> = Vec::new();
-        if self.linear_storage == WeightStorage::F32 {
-            options.push((
-                "--base-dtype bf16".into(),
-                self.with_storage(WeightStorage::Bf16),
-            ));
-        }
-        if !matches!(
-            self.linear_storage,
-            WeightStorage::Int4 | WeightStorage::Nf4
-        ) {
-            let mut plan = self.with_storage(WeightStorage::Bf16);
-            plan.linear_storage = WeightStorage::Int4;
-            options.push(("--base-dtype bf16 --quantize-base int4".into(), plan));
-        }
-        if !self.checkpointing {
-            options.push((
-                "--gradient-checkpointing".into(),
-                MemoryPlan {
-                    checkpointing: true,
-                    ..*self
-                },
-            ));
-        }
-        // Together, for a model that no single change brings under the limit.
-        if !self.checkpointing {
-            let mut plan = self.with_storage(WeightStorage::Bf16);
-            plan.checkpointing = true;
-            if self.linear_storage == WeightStorage::F32 {
-                options.push(("--base-dtype bf16 --gradient-checkpointing".into(), plan));
-            }
-            plan.linear_storage = WeightStorage::Int4;
-            options.push((
-                "--base-dtype bf16 --quantize-base int4 --gradient-checkpointing".into(),
-                plan,
-            ));
-        }
-        if let Some(b) = self.largest(available, |p, v| p.batch = v, self.batch) {
-            options.push((
-                format!("--batch-size {b}"),
-                MemoryPlan { batch: b, ..*self },
-            ));
-        }
-        if let Some(s) = self.largest(available, |p, v| p.seq = v, self.seq) {
-            options.push((format!("--max-len {s}"), MemoryPlan { seq: s, ..*self }));
-        }
-        let fitting = options
-            .into_iter()
-            .map(|(flags, plan)| (flags, plan.estimate().total()))
-            .filter(|(_, total)| *total <= available)
-            .collect();
-        Err(TooLarge {
-            estimate,
-            available,
-            fitting,
-        })
-    }
-
-    fn with_storage(&self, storage: WeightStorage) -> MemoryPlan {
-        MemoryPlan {
-            linear_storage: storage,
-            embedding_storage: storage,
-            ..*self
-        }
-    }
-
-    /// The largest value below `current` (halving) for which the plan fits.
-    fn largest(&self, available: u64, set: fn(&mut MemoryPlan, u64), current: u64) -> Option<u64> {
-        let mut v = current / 2;
-        while v >= 1 {
-            let mut plan = *self;
-            set(&mut plan, v);
-            if plan.estimate().total() <= available {
-                return Some(v);
-            }
-            v /= 2;
-        }
-        None
+        kept.saturating_add(bytes.saturating_mul(4 * s.hidden))
     }
 }
 
@@ -456,6 +277,7 @@ mod tests {
             adapter: AdapterFootprint {
                 trainable: 1000,
                 kept_per_token_layer: 16,
+                setting: "`r`",
             },
             batch: 2,
             seq: 8,
@@ -495,6 +317,7 @@ mod tests {
             adapter: AdapterFootprint {
                 trainable: 4_194_304,
                 kept_per_token_layer: 16,
+                setting: "`r`",
             },
             batch: 1,
             seq: 256,

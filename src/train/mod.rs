@@ -7,6 +7,8 @@ pub mod hook;
 pub mod log;
 pub mod loss;
 pub mod memory;
+mod memory_adapter;
+mod memory_check;
 pub mod metrics;
 pub mod optim;
 pub mod run;
