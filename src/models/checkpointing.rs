@@ -9,9 +9,12 @@
 //! matmul, and our fused kernels, which are marked compute-bound — so the activations a layer keeps
 //! stay. There is no "checkpoint this block" API.
 //!
-//! Mechanics: one custom autodiff op per layer whose parents are the layer input and the layer's
-//! trainable tensors (so the backward reaches the adapters even when the input is untracked, as
-//! after a frozen embedding). Its forward output is computed on untracked copies (no graph, no
+//! Mechanics: one custom autodiff op per layer whose parent is the layer input, threaded through
+//! one identity op (`tie`) per trainable tensor of the layer, so every trainable tensor is an
+//! ancestor and the backward reaches the adapters even when the input is untracked (after a
+//! frozen embedding); a backend extension takes a fixed number of tensors, a layer any number.
+//! The layer op's backward recomputes and leaves the parameter gradients in a shared slot that
+//! the `tie` ops (run after it, being its ancestors) register. Its forward output is computed on untracked copies (no graph, no
 //! saved activations); its state is the input value plus a closure that recomputes. The
 //! recomputation uses fresh leaves (`detach().require_grad()`: new node ids) so the inner graph
 //! never merges into the outer one, whose lock the outer backward holds (burn-autodiff
