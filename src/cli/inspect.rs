@@ -11,10 +11,15 @@ pub struct InspectArgs {
     /// Print one JSON object instead of a table (default: off).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub memory: super::train_memory::MemoryArgs,
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let dir = ModelDir::open(&args.model.model)?;
+    if args.memory.memory {
+        return super::train_memory::print_estimate(&dir, args.model.base_dtype, &args.memory);
+    }
     let modules = dir.module_paths();
     let adapters = if args.model.adapter.is_empty() {
         Vec::new()

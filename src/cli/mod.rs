@@ -21,6 +21,7 @@ mod inspect;
 mod merge;
 mod train;
 mod train_config;
+mod train_memory;
 mod validate;
 
 #[derive(Parser, Debug)]

@@ -40,6 +40,14 @@ pub struct TrainOptions {
     /// frozen base; adapters, norms and optimizer state stay f32.
     #[arg(long, value_enum)]
     pub base_dtype: Option<super::common::BaseDtype>,
+    /// Recompute each decoder layer's forward in the backward instead of keeping its
+    /// activations (transformers' gradient_checkpointing): activations drop to one layer input
+    /// per layer, for about one more forward of compute (default: off).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    /// Train even when the memory estimate exceeds the memory available (default: refuse).
+    #[arg(long)]
+    pub ignore_memory_estimate: bool,
     #[command(flatten)]
     #[serde(flatten)]
     pub data: DataOptions,
@@ -294,9 +302,11 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
     let run_options = resolved(&o, &config, batch_size, data_config.max_len);
     write_run_file(&run_options, &out)?;
     let base_dtype = o.base_dtype.unwrap_or_default().dtype();
+    super::train_memory::check_before_loading(&o, &dir, &adapter, &prepared, &device)?;
     let mut model = dir
         .load_with_base_dtype(&device, base_dtype)
         .with_context(|| format!("loading {}", model_path.display()))?;
+    model.set_gradient_checkpointing(o.gradient_checkpointing);
     let start = resume_dir.as_ref().or(o.adapter.init_adapter.as_ref());
     let report = match start {
         Some(from) => load_adapter(&mut model, dir.model_type(), from, &device)?.1,

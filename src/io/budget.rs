@@ -30,6 +30,16 @@ pub fn available() -> Option<u64> {
     Some(avail.saturating_add(field("SwapFree:").unwrap_or(0)))
 }
 
+/// Bytes of RAM available now, swap left out: `MemAvailable` from `/proc/meminfo` (Linux). The
+/// training memory estimate (`train::memory`) compares against this one: a training step's
+/// working set in swap runs orders of magnitude slower, so it does not count as fitting.
+pub fn ram_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
 /// Refuses `needed` bytes (`None`: the size overflowed u64) for `what` when the machine has
 /// less available.
 pub fn check(what: &str, setting: &str, needed: Option<u64>) -> Result<(), MemoryError> {

@@ -431,6 +431,15 @@ impl CausalLm {
         }
     }
 
+    /// `--gradient-checkpointing`: every decoder layer recomputes its forward in the backward,
+    /// keeping only its input between forward and backward (`models::checkpointing`).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        match self {
+            Self::Llama(m) => m.gradient_checkpointing = on,
+            Self::ChatGlm(m) => m.gradient_checkpointing = on,
+        }
+    }
+
     /// Stores the frozen linear and embedding weights in `dtype` (bf16 for decoding: half the
     /// bytes each generated token reads; every product still computes in f32). Norms and adapter
     /// tensors keep f32, and so do DoRA-adapted layers (their weight norm is computed from the

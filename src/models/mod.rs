@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod chatglm;
+pub mod checkpointing;
 pub mod config_fields;
 pub mod layers;
 pub mod linear;
@@ -14,6 +15,7 @@ pub mod prompt;
 pub mod rope;
 pub mod sizes;
 pub mod synthetic;
+pub mod synthetic_shards;
 pub mod tensor_util;
 
 pub use cache::KvCache;

@@ -31,7 +31,58 @@ pub const SMOLLM2_135M: Shape = Shape {
     vocab: 49152,
 };
 
+/// Llama-2-7B (Touvron et al. 2023, meta-llama/Llama-2-7b-hf config.json): hidden 4096,
+/// 32 layers, 32 heads (no GQA), intermediate 11008, vocab 32000, untied head: 6.74B parameters.
+pub const LLAMA2_7B: Shape = Shape {
+    hidden: 4096,
+    layers: 32,
+    heads: 32,
+    kv_heads: 32,
+    intermediate: 11008,
+    vocab: 32000,
+};
+
+/// A 0.5B-parameter Llama shape (hidden 1536, 16 layers, 12/4 heads, intermediate 4096, vocab
+/// 32000, untied), small enough to train a step on the 2-core machine and check the memory
+/// estimate at a width nearer 7B's.
+pub const LLAMA_HALF_B: Shape = Shape {
+    hidden: 1536,
+    layers: 16,
+    heads: 12,
+    kv_heads: 4,
+    intermediate: 4096,
+    vocab: 32000,
+};
+
+/// The named shapes `examples/synthetic_model.rs` writes: (name, shape, tied head).
+pub const NAMED: [(&str, Shape, bool); 3] = [
+    ("smollm2-135m", SMOLLM2_135M, true),
+    ("llama-0.5b", LLAMA_HALF_B, false),
+    ("llama2-7b", LLAMA2_7B, false),
+];
+
 impl Shape {
+    /// Parameters of this shape (tied or not).
+    pub fn parameters(&self, tied: bool) -> u64 {
+        let (h, i) = (self.hidden as u64, self.intermediate as u64);
+        let d = h / self.heads as u64;
+        let kv = d * self.kv_heads as u64;
+        let layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h;
+        let embed = self.vocab as u64 * h * if tied { 1 } else { 2 };
+        self.layers as u64 * layer + embed + h
+    }
+
+    /// The config.json of this shape with the head `tied` or not (rope_theta 1e4 as Llama 2).
+    pub fn config_with_head(&self, tied: bool) -> Value {
+        let mut c = self.config();
+        c["tie_word_embeddings"] = json!(tied);
+        if !tied {
+            c["rope_theta"] = json!(10000.0);
+            c["max_position_embeddings"] = json!(4096);
+        }
+        c
+    }
+
     /// The config.json of this shape (tied embeddings, rope_theta 1e5 as SmolLM2).
     pub fn config(&self) -> Value {
         json!({

@@ -9,6 +9,7 @@ mod bad_input;
 mod base_dtype;
 mod chatglm;
 mod chatglm_tokenizer;
+mod checkpointing;
 mod compare;
 mod data;
 mod gguf;

@@ -71,6 +71,10 @@ pub struct ChatGlmForConditionalGeneration {
     pub config: ChatGlmConfig,
     #[module(skip)]
     pub rope: GlmRope,
+    /// `--gradient-checkpointing`: each block keeps only its input for the backward and
+    /// recomputes its forward there ([`checkpointed`](crate::models::checkpointing::checkpointed)).
+    #[module(skip)]
+    pub gradient_checkpointing: bool,
 }
 
 /// ChatGLM's rotary embedding (`RotaryEmbedding(kv_channels // 2)`): it rotates only the first
@@ -221,6 +225,23 @@ impl GlmBlock {
     }
 }
 
+/// One block under activation checkpointing: the closure owns what it needs from `step`.
+fn checkpointed_block(layer: &GlmBlock, x: Tensor<3>, step: &Step, i: usize) -> Tensor<3> {
+    let (cos, sin, mask) = (step.cos.clone(), step.sin.clone(), step.mask.clone());
+    let (rope, config) = (step.rope.clone(), step.config.clone());
+    crate::models::checkpointing::checkpointed(layer, x, move |layer, x| {
+        let step = Step {
+            cos: cos.clone(),
+            sin: sin.clone(),
+            mask: mask.clone(),
+            rope: &rope,
+            prompt: None,
+            config: &config,
+        };
+        layer.forward(x, &step, i, None)
+    })
+}
+
 impl ChatGlmForConditionalGeneration {
     /// Hidden states after the final norm: [batch, seq, hidden]. With a cache, only the new
     /// positions are computed and appended; `prompt`'s key/value prefixes are attended to by
@@ -256,8 +277,15 @@ impl ChatGlmForConditionalGeneration {
         };
         let ids = ids_tensor(&inputs.ids, inputs.batch, inputs.seq, &device);
         let mut x = self.transformer.embedding.word_embeddings.forward(ids);
+        // No cache (inference) and no per-layer prefixes (P-tuning v2: refused by the CLI).
+        let recompute = self.gradient_checkpointing
+            && cache.is_none()
+            && prompt.is_none_or(|p| p.kv_prefix.is_none());
         for (i, layer) in self.transformer.encoder.layers.iter().enumerate() {
-            x = layer.forward(x, &step, i, cache.as_deref_mut());
+            x = match recompute {
+                true => checkpointed_block(layer, x, &step, i),
+                false => layer.forward(x, &step, i, cache.as_deref_mut()),
+            };
         }
         if let Some(cache) = cache {
             cache.advance(inputs.seq);

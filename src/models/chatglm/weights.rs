@@ -109,5 +109,6 @@ pub fn load_with_base_dtype(
         transformer,
         config,
         rope,
+        gradient_checkpointing: false,
     })
 }

@@ -59,6 +59,10 @@ pub struct LlamaForCausalLm {
     pub config: LlamaConfig,
     #[module(skip)]
     pub rope: Rope,
+    /// `--gradient-checkpointing`: each decoder layer keeps only its input for the backward and
+    /// recomputes its forward there ([`checkpointed`](crate::models::checkpointing::checkpointed)).
+    #[module(skip)]
+    pub gradient_checkpointing: bool,
 }
 
 /// Per-call values shared by every layer.
@@ -176,6 +180,23 @@ impl DecoderLayer {
     }
 }
 
+/// One decoder layer under activation checkpointing: the closure owns what it needs from `step`
+/// (rotary tables, mask, config) so the backward can re-run it.
+fn checkpointed_layer(layer: &DecoderLayer, x: Tensor<3>, step: &Step, i: usize) -> Tensor<3> {
+    let (cos, sin, mask) = (step.cos.clone(), step.sin.clone(), step.mask.clone());
+    let config = step.config.clone();
+    crate::models::checkpointing::checkpointed(layer, x, move |layer, x| {
+        let step = Step {
+            cos: cos.clone(),
+            sin: sin.clone(),
+            mask: mask.clone(),
+            prompt: None,
+            config: &config,
+        };
+        layer.forward(x, &step, i, None)
+    })
+}
+
 impl LlamaForCausalLm {
     /// Hidden states after the final norm: [batch, seq, hidden]. With a cache, only the new
     /// positions are computed and appended. `prompt` (else the attached prompt encoder's state)
@@ -239,8 +260,16 @@ impl LlamaForCausalLm {
             Some(e) => Tensor::cat(vec![e, words], 1),
             None => words,
         };
+        // Checkpointing needs a layer whose only per-call inputs are shared constants: no cache
+        // (inference), no per-layer prompt tensors (prefix tuning, LLaMA-Adapter: refused by the CLI).
+        let recompute = self.gradient_checkpointing
+            && cache.is_none()
+            && prompt.is_none_or(|p| p.kv_prefix.is_none() && p.adaption.is_none());
         for (i, layer) in self.model.layers.iter().enumerate() {
-            x = layer.forward(x, &step, i, cache.as_deref_mut());
+            x = match recompute {
+                true => checkpointed_layer(layer, x, &step, i),
+                false => layer.forward(x, &step, i, cache.as_deref_mut()),
+            };
         }
         if let Some(cache) = cache {
             cache.advance(ext.seq);

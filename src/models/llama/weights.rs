@@ -225,5 +225,6 @@ pub fn load_with_base_dtype(
         prompt_encoder: None,
         config,
         rope,
+        gradient_checkpointing: false,
     })
 }
