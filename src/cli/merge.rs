@@ -66,6 +66,7 @@ fn verify(
         adapter: adapters.to_vec(),
         device: "cpu".into(),
         base_dtype: super::common::BaseDtype::F32,
+        quantize_base: None,
     }
     .load()?;
     let merged = ModelDir::open(out)?.load(&peft::device::parse_device("cpu")?)?;

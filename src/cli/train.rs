@@ -40,6 +40,11 @@ pub struct TrainOptions {
     /// frozen base; adapters, norms and optimizer state stay f32.
     #[arg(long, value_enum)]
     pub base_dtype: Option<super::common::BaseDtype>,
+    /// Quantize the frozen base's linear weights as they load (QLoRA-style): int8 (ggml Q8_0
+    /// blocks), int4 (Q4_0) or nf4 (bitsandbytes NF4); the adapter trains in f32 on top and is
+    /// saved as a plain PEFT adapter.
+    #[arg(long, value_enum)]
+    pub quantize_base: Option<super::common::QuantizeBase>,
     #[command(flatten)]
     #[serde(flatten)]
     pub data: DataOptions,
@@ -295,7 +300,11 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
     write_run_file(&run_options, &out)?;
     let base_dtype = o.base_dtype.unwrap_or_default().dtype();
     let mut model = dir
-        .load_with_base_dtype(&device, base_dtype)
+        .load_base(
+            &device,
+            base_dtype,
+            o.quantize_base.map(super::common::QuantizeBase::scheme),
+        )
         .with_context(|| format!("loading {}", model_path.display()))?;
     let start = resume_dir.as_ref().or(o.adapter.init_adapter.as_ref());
     let report = match start {

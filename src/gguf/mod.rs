@@ -16,6 +16,7 @@ pub mod convert;
 pub mod dequant;
 pub mod kquants;
 pub mod names;
+pub mod quantize;
 pub mod reader;
 pub mod spm;
 pub mod tokenizer;

@@ -226,20 +226,33 @@ impl ModelDir {
         device: &Device,
         base_dtype: DType,
     ) -> Result<CausalLm, LoadError> {
+        self.load_base(device, base_dtype, None)
+    }
+
+    /// As `load_with_base_dtype`, the frozen linear weights also quantized with `quant`
+    /// (`--quantize-base`), tensor by tensor as they load: no f32 copy of the whole model.
+    pub fn load_base(
+        &self,
+        device: &Device,
+        base_dtype: DType,
+        quant: Option<crate::quant::BaseQuant>,
+    ) -> Result<CausalLm, LoadError> {
         let checkpoint = Checkpoint::open_dir(&self.dir)?;
         self.check_loadable(&checkpoint)?;
         match &self.family {
-            Family::Llama(c) => Ok(CausalLm::Llama(llama::weights::load_with_base_dtype(
+            Family::Llama(c) => Ok(CausalLm::Llama(llama::weights::load_base(
                 c.clone(),
                 &checkpoint,
                 device,
                 base_dtype,
+                quant,
             )?)),
-            Family::ChatGlm(c) => Ok(CausalLm::ChatGlm(chatglm::weights::load_with_base_dtype(
+            Family::ChatGlm(c) => Ok(CausalLm::ChatGlm(chatglm::weights::load_base(
                 c.clone(),
                 &checkpoint,
                 device,
                 base_dtype,
+                quant,
             )?)),
         }
     }

@@ -20,6 +20,7 @@ mod prompt;
 mod prompt_cli;
 mod prompt_text_loss;
 mod prompt_train;
+mod quant_base;
 mod safe_fuzz;
 mod safe_numbers;
 mod safe_out;

@@ -14,6 +14,7 @@ use crate::models::layers::{Embedding, RmsNorm};
 use crate::models::linear::Linear;
 use crate::models::rope::Rope;
 use crate::models::tensor_util::{base_tensor2, frozen, tensor1};
+use crate::quant::{BaseQuant, QMatrix, QuantWeight};
 
 use super::model::{Attention, DecoderLayer, LlamaModel, Mlp};
 use super::{LlamaConfig, LlamaForCausalLm};
@@ -27,6 +28,8 @@ pub struct Reader<'a> {
     /// The dtype frozen linear and embedding weights are stored in (`--base-dtype`); norms and
     /// biases stay f32.
     pub base_dtype: DType,
+    /// `--quantize-base`: frozen linear weights quantized tensor by tensor as they load.
+    pub quant: Option<BaseQuant>,
 }
 
 impl<'a> Reader<'a> {
@@ -37,12 +40,19 @@ impl<'a> Reader<'a> {
             used: BTreeSet::new(),
             missing: Vec::new(),
             base_dtype: DType::F32,
+            quant: None,
         }
     }
 
     /// Frozen linear and embedding weights narrowed to `dtype` tensor by tensor as they load.
     pub fn with_base_dtype(mut self, dtype: DType) -> Self {
         self.base_dtype = dtype;
+        self
+    }
+
+    /// Frozen linear weights quantized with `quant` as they load (`--quantize-base`).
+    pub fn with_quant(mut self, quant: Option<BaseQuant>) -> Self {
+        self.quant = quant;
         self
     }
 
@@ -83,12 +93,6 @@ impl<'a> Reader<'a> {
     ) -> Result<Linear, LoadError> {
         let name = format!("{path}.weight");
         let w = self.read(&name, &[d_out, d_in])?.unwrap_or_default();
-        let weight = if w.is_empty() {
-            self.base(&name, vec![0.0; d_in * d_out], [d_in, d_out], false)?
-        } else {
-            self.base(&name, w, [d_in, d_out], true)?
-        };
-        let weight = frozen(weight);
         let bias = if bias {
             let b = self
                 .read(&format!("{path}.bias"), &[d_out])?
@@ -97,7 +101,26 @@ impl<'a> Reader<'a> {
         } else {
             None
         };
-        Ok(Linear::new(weight, bias))
+        // `--quantize-base`: this one tensor is quantized from its [out, in] values (the block
+        // layout's own orientation) and its f32 copy dropped before the next is read.
+        if let Some(scheme) = self.quant.filter(|_| !w.is_empty()) {
+            match QMatrix::quantize(scheme, &w, d_out, d_in) {
+                Some(q) => {
+                    let q = QuantWeight(std::sync::Arc::new(q));
+                    return Ok(Linear::quantized(q, bias, self.device));
+                }
+                None => tracing::warn!(
+                    "{name}: {d_in} inputs are not whole {}-value blocks; kept unquantized",
+                    scheme.block()
+                ),
+            }
+        }
+        let weight = if w.is_empty() {
+            self.base(&name, vec![0.0; d_in * d_out], [d_in, d_out], false)?
+        } else {
+            self.base(&name, w, [d_in, d_out], true)?
+        };
+        Ok(Linear::new(frozen(weight), bias))
     }
 
     pub fn vector(
@@ -188,7 +211,20 @@ pub fn load_with_base_dtype(
     device: &Device,
     base_dtype: DType,
 ) -> Result<LlamaForCausalLm, LoadError> {
-    let mut r = Reader::new(checkpoint, device).with_base_dtype(base_dtype);
+    load_base(config, checkpoint, device, base_dtype, None)
+}
+
+/// As `load_with_base_dtype`, the frozen linear weights quantized with `quant` (`--quantize-base`).
+pub fn load_base(
+    config: LlamaConfig,
+    checkpoint: &Checkpoint,
+    device: &Device,
+    base_dtype: DType,
+    quant: Option<BaseQuant>,
+) -> Result<LlamaForCausalLm, LoadError> {
+    let mut r = Reader::new(checkpoint, device)
+        .with_base_dtype(base_dtype)
+        .with_quant(quant);
     let embed_tokens = Embedding {
         weight: r.matrix(
             "model.embed_tokens.weight",
