@@ -10,6 +10,7 @@
 //!   [`bpe`] (byte-level, `gpt2`) and [`spm`] (SentencePiece, `llama`) vocabularies;
 //! - [`convert`]: the whole conversion, written atomically.
 
+pub mod base;
 pub mod bpe;
 pub mod config;
 pub mod convert;

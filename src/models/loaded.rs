@@ -48,6 +48,16 @@ pub struct ModulePath {
 
 impl ModelDir {
     pub fn open(dir: &Path) -> Result<Self, LoadError> {
+        // `--model file.gguf`: the file's config and tokenizer in a prepared folder, its weights
+        // read in place at load (`gguf::base`).
+        if crate::gguf::base::is_gguf_file(dir) {
+            let prepared =
+                crate::gguf::base::prepare_folder(dir).map_err(|e| LoadError::Config {
+                    path: dir.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+            return Self::open(&prepared);
+        }
         if !dir.is_dir() {
             return Err(LoadError::MissingFile {
                 path: dir.to_path_buf(),
@@ -86,6 +96,11 @@ impl ModelDir {
             config_json,
             family,
         })
+    }
+
+    /// The GGUF file this folder stands for (`--model file.gguf`), if it is a prepared one.
+    pub fn gguf_file(&self) -> Option<PathBuf> {
+        crate::gguf::base::marked_file(&self.dir)
     }
 
     pub fn model_type(&self) -> &str {
@@ -237,6 +252,19 @@ impl ModelDir {
         base_dtype: DType,
         quant: Option<crate::quant::BaseQuant>,
     ) -> Result<CausalLm, LoadError> {
+        if let (Some(file), Family::Llama(c)) = (self.gguf_file(), &self.family) {
+            let base = crate::gguf::base::GgufBase::open(&file).map_err(|e| LoadError::Config {
+                path: file.clone(),
+                message: e.to_string(),
+            })?;
+            return Ok(CausalLm::Llama(llama::weights::load_gguf(
+                c.clone(),
+                &base,
+                device,
+                base_dtype,
+                quant,
+            )?));
+        }
         let checkpoint = Checkpoint::open_dir(&self.dir)?;
         self.check_loadable(&checkpoint)?;
         match &self.family {

@@ -12,6 +12,7 @@ mod chatglm_tokenizer;
 mod compare;
 mod data;
 mod gguf;
+mod gguf_base;
 mod kernels_attention;
 mod llama;
 mod matcher;
