@@ -70,9 +70,11 @@ fn a_gguf_read_in_place_keeps_its_blocks_and_gives_the_converted_models_logits(#
 }
 
 /// LoRA trains from the CLI on the GGUF file itself; the adapter is plain PEFT and loads onto the
-/// converted folder.
+/// converted folder; `peft merge --model file.gguf` dequantizes, merges in f32 and writes f32
+/// safetensors (item 5), which `--verify` checks against the GGUF base + adapter, and leaves no
+/// scratch folder behind.
 #[test]
-fn lora_trains_from_the_cli_on_a_gguf_file_and_its_adapter_loads_on_the_converted_folder() {
+fn lora_trains_from_the_cli_on_a_gguf_file_and_merges_into_f32_safetensors() {
     let file = gguf_fixture("tiny_llama.gguf");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
@@ -100,6 +102,31 @@ fn lora_trains_from_the_cli_on_a_gguf_file_and_its_adapter_loads_on_the_converte
     let mut wide = converted(&file, &hf);
     let dir = ModelDir::open(&hf).unwrap();
     load_adapter(&mut wide, dir.model_type(), &out, &device()).unwrap();
+
+    let merged = tmp.path().join("merged");
+    let o = run_peft(&[
+        "merge",
+        "--model",
+        path_str(&file),
+        "--adapter",
+        path_str(&out),
+        "--out",
+        path_str(&merged),
+        "--verify",
+    ]);
+    assert!(o.status.success(), "merge: {}", stderr(&o));
+    let ckpt = peft::io::Checkpoint::open_dir(&merged).unwrap();
+    assert!(ckpt.contains("model.layers.0.self_attn.q_proj.weight"));
+    for e in ckpt.entries() {
+        assert_eq!(e.dtype, Dtype::F32, "{}", e.name);
+    }
+    assert!(merged.join("tokenizer.json").is_file());
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 /// The real file: SmolLM2-135M-Instruct as Q4_1 (examples/get_smollm2.sh caches it). A short
