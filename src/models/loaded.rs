@@ -207,13 +207,23 @@ impl ModelDir {
     /// (a config declaring more layers than the checkpoint has would otherwise be zero-filled up
     /// to the end) and a model larger than the machine's available memory.
     pub fn check_loadable(&self, checkpoint: &Checkpoint) -> Result<(), LoadError> {
-        let bytes = (self.num_parameters() as u64).checked_mul(4);
+        self.check_loadable_as(checkpoint, 4.0, "f32 weights")
+    }
+
+    /// As `check_loadable`, the weights taking `bytes_per_param` each (a narrow or quantized base).
+    fn check_loadable_as(
+        &self,
+        checkpoint: &Checkpoint,
+        bytes_per_param: f64,
+        what: &str,
+    ) -> Result<(), LoadError> {
+        let bytes = Some((self.num_parameters() as f64 * bytes_per_param).ceil() as u64);
         let setting = match &self.family {
             Family::Llama(_) => "the sizes in config.json (num_hidden_layers, hidden_size, intermediate_size, vocab_size)",
             Family::ChatGlm(_) => "the sizes in config.json (num_layers, hidden_size, ffn_hidden_size, padded_vocab_size)",
         };
         crate::io::budget::check(
-            &format!("the model in {} (f32 weights)", self.dir.display()),
+            &format!("the model in {} ({what})", self.dir.display()),
             setting,
             bytes,
         )?;
@@ -266,7 +276,21 @@ impl ModelDir {
             )?));
         }
         let checkpoint = Checkpoint::open_dir(&self.dir)?;
-        self.check_loadable(&checkpoint)?;
+        // Quantized linears take a block's bytes per value (Q8_0 34/32, Q4_0 18/32, NF4 36/64);
+        // embeddings stay in the base dtype, so this undercounts them: a first refusal only.
+        let (per, what) = match (quant, base_dtype) {
+            (Some(q), _) => (
+                match q {
+                    crate::quant::BaseQuant::Int8 => 34.0 / 32.0,
+                    crate::quant::BaseQuant::Int4 => 18.0 / 32.0,
+                    crate::quant::BaseQuant::Nf4 => 36.0 / 64.0,
+                },
+                "quantized weights",
+            ),
+            (None, DType::BF16 | DType::F16) => (2.0, "16-bit weights"),
+            _ => (4.0, "f32 weights"),
+        };
+        self.check_loadable_as(&checkpoint, per, what)?;
         match &self.family {
             Family::Llama(c) => Ok(CausalLm::Llama(llama::weights::load_base(
                 c.clone(),
