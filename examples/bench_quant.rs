@@ -37,12 +37,7 @@ fn main() {
     let plain = Device::flex();
     let grad = plain.clone().autodiff();
     let w = Tensor::<2>::random([inp, out], Distribution::Normal(0.0, 0.02), &plain);
-    let values: Vec<f32> = w
-        .clone()
-        .transpose()
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap_or_default();
+    let values = peft::models::tensor_util::to_vec(w.clone().transpose());
     println!("op, rows, forward_ms, forward_backward_ms, weight_bytes");
     for rows in [1024usize, 1] {
         let x = Tensor::<2>::random([rows, inp], Distribution::Uniform(-1.0, 1.0), &plain);

@@ -43,7 +43,7 @@ pub struct TrainOptions {
     pub base_dtype: Option<super::common::BaseDtype>,
     /// Quantize the frozen base's linear weights as they load (QLoRA-style): int8 (ggml Q8_0
     /// blocks), int4 (Q4_0) or nf4 (bitsandbytes NF4); the adapter trains in f32 on top and is
-    /// saved as a plain PEFT adapter.
+    /// saved as a plain PEFT adapter (default: none, the base as stored).
     #[arg(long, value_enum)]
     pub quantize_base: Option<super::common::QuantizeBase>,
     #[command(flatten)]
