@@ -16,6 +16,7 @@ pub mod kernels;
 pub mod merge;
 pub mod models;
 pub mod peft;
+pub mod quant;
 pub mod tokenizer;
 pub mod tokenizer_spm;
 pub mod train;

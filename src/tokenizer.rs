@@ -77,6 +77,15 @@ fn template_from_config(value: Option<&Value>) -> Option<String> {
 impl TextTokenizer {
     /// Loads `tokenizer.json` (+ `tokenizer_config.json`, `chat_template.jinja` when present).
     pub fn load(dir: &Path) -> Result<Self, LoadError> {
+        // `--model file.gguf`: the tokenizer built from the file's metadata (`gguf::base`).
+        if crate::gguf::base::is_gguf_file(dir) {
+            let prepared =
+                crate::gguf::base::prepare_folder(dir).map_err(|e| LoadError::Tokenizer {
+                    path: dir.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+            return Self::load(&prepared);
+        }
         let path = dir.join("tokenizer.json");
         let spm_path = dir.join("tokenizer.model");
         let config_path = dir.join("tokenizer_config.json");

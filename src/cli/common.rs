@@ -12,7 +12,7 @@ use peft::peft::AdapterConfig;
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Hugging Face model folder: config.json, model.safetensors or shards, tokenizer.json
-    /// (required).
+    /// (required); or a Llama GGUF file, read in place (its quantized weights stay quantized).
     #[arg(long)]
     pub model: PathBuf,
     /// PEFT adapter folder (adapter_config.json + adapter_model.safetensors). Repeat to stack
@@ -28,6 +28,30 @@ pub struct ModelArgs {
     /// memory of the frozen base (compute stays f32; adapters and norms stay f32).
     #[arg(long, value_enum, default_value = "f32")]
     pub base_dtype: BaseDtype,
+    /// Quantize the frozen base's linear weights as they load (QLoRA-style; default: none):
+    /// int8 (ggml Q8_0 blocks), int4 (Q4_0) or nf4 (bitsandbytes NF4, as a PEFT QLoRA base).
+    /// Embeddings keep --base-dtype; norms and adapters stay f32.
+    #[arg(long, value_enum)]
+    pub quantize_base: Option<QuantizeBase>,
+}
+
+/// `--quantize-base`: the block scheme of a quantized frozen base.
+#[derive(clap::ValueEnum, serde::Serialize, serde::Deserialize, Clone, Copy, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantizeBase {
+    Int8,
+    Int4,
+    Nf4,
+}
+
+impl QuantizeBase {
+    pub fn scheme(self) -> peft::quant::BaseQuant {
+        match self {
+            Self::Int8 => peft::quant::BaseQuant::Int8,
+            Self::Int4 => peft::quant::BaseQuant::Int4,
+            Self::Nf4 => peft::quant::BaseQuant::Nf4,
+        }
+    }
 }
 
 /// `--base-dtype`: how the frozen base weights are stored in memory.
@@ -62,7 +86,11 @@ impl ModelArgs {
         let device = peft::device::parse_device(&self.device)?;
         let dir = ModelDir::open(&self.model)?;
         let mut model = dir
-            .load_with_base_dtype(&device, self.base_dtype.dtype())
+            .load_base(
+                &device,
+                self.base_dtype.dtype(),
+                self.quantize_base.map(QuantizeBase::scheme),
+            )
             .with_context(|| format!("loading {}", self.model.display()))?;
         let mut adapters = Vec::new();
         for (i, path) in self.adapter.iter().enumerate() {

@@ -18,7 +18,12 @@ pub struct InspectArgs {
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let dir = ModelDir::open(&args.model.model)?;
     if args.memory.memory {
-        return super::train_memory::print_estimate(&dir, args.model.base_dtype, &args.memory);
+        return super::train_memory::print_estimate(
+            &dir,
+            args.model.base_dtype,
+            args.model.quantize_base,
+            &args.memory,
+        );
     }
     let modules = dir.module_paths();
     let adapters = if args.model.adapter.is_empty() {

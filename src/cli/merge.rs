@@ -20,7 +20,8 @@ pub enum DtypeArg {
 #[derive(clap::Args, Debug)]
 pub struct MergeArgs {
     /// Base model folder (model.safetensors or sharded with model.safetensors.index.json;
-    /// required). `--base` is accepted too.
+    /// required), or a GGUF file (dequantized, merged in f32, written as f32 safetensors or
+    /// --dtype). `--base` is accepted too.
     #[arg(long = "model", visible_alias = "base")]
     pub base: PathBuf,
     /// PEFT adapter folder (LoRA, rsLoRA, DoRA, AdaLoRA or IA3); repeat to fold several, in order.
@@ -66,6 +67,7 @@ fn verify(
         adapter: adapters.to_vec(),
         device: "cpu".into(),
         base_dtype: super::common::BaseDtype::F32,
+        quantize_base: None,
     }
     .load()?;
     let merged = ModelDir::open(out)?.load(&peft::device::parse_device("cpu")?)?;

@@ -26,7 +26,8 @@ use super::train_config::{adam_betas, card_settings, merge, resolved, write_run_
 #[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct TrainOptions {
-    /// Hugging Face model folder (required, here or in --config).
+    /// Hugging Face model folder (required, here or in --config), or a Llama GGUF file trained
+    /// on in place: its Q8_0/Q4_0/Q4_1/k-quant weights stay quantized as the frozen base.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Output folder: the adapter (PEFT format), README.md, trainer_state.json, run.toml,
@@ -48,6 +49,11 @@ pub struct TrainOptions {
     /// Train even when the memory estimate exceeds the memory available (default: refuse).
     #[arg(long)]
     pub ignore_memory_estimate: bool,
+    /// Quantize the frozen base's linear weights as they load (QLoRA-style): int8 (ggml Q8_0
+    /// blocks), int4 (Q4_0) or nf4 (bitsandbytes NF4); the adapter trains in f32 on top and is
+    /// saved as a plain PEFT adapter (default: none, the base as stored).
+    #[arg(long, value_enum)]
+    pub quantize_base: Option<super::common::QuantizeBase>,
     #[command(flatten)]
     #[serde(flatten)]
     pub data: DataOptions,
@@ -304,7 +310,11 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
     let base_dtype = o.base_dtype.unwrap_or_default().dtype();
     super::train_memory::check_before_loading(&o, &dir, &adapter, &prepared, &device)?;
     let mut model = dir
-        .load_with_base_dtype(&device, base_dtype)
+        .load_base(
+            &device,
+            base_dtype,
+            o.quantize_base.map(super::common::QuantizeBase::scheme),
+        )
         .with_context(|| format!("loading {}", model_path.display()))?;
     model.set_gradient_checkpointing(o.gradient_checkpointing);
     let start = resume_dir.as_ref().or(o.adapter.init_adapter.as_ref());

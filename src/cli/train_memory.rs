@@ -10,7 +10,7 @@ use peft::peft::{AdapterConfig, Method};
 use peft::train::memory::{adapter_footprint, gib, MemoryPlan, ModelShape, WeightStorage};
 
 use super::adapter_options::{adapter_config, AdapterOptions};
-use super::common::BaseDtype;
+use super::common::{BaseDtype, QuantizeBase};
 use super::train::TrainOptions;
 
 /// `peft inspect --memory`: the run to estimate, with `peft train`'s flags.
@@ -35,7 +35,12 @@ pub struct MemoryArgs {
 }
 
 /// Prints the estimate of the run `args` describes (stdout: this is the command's output).
-pub fn print_estimate(dir: &ModelDir, base: BaseDtype, args: &MemoryArgs) -> anyhow::Result<()> {
+pub fn print_estimate(
+    dir: &ModelDir,
+    base: BaseDtype,
+    quant: Option<QuantizeBase>,
+    args: &MemoryArgs,
+) -> anyhow::Result<()> {
     let adapter = adapter_config(&args.adapter, dir.model_type())?;
     let rows = args.batch_size.unwrap_or(4);
     let seq = args.max_len.unwrap_or(1024);
@@ -43,13 +48,14 @@ pub fn print_estimate(dir: &ModelDir, base: BaseDtype, args: &MemoryArgs) -> any
         dir,
         &adapter,
         base,
+        quant,
         (rows, seq),
         args.gradient_checkpointing,
     )?;
     let estimate = plan.estimate();
     println!(
         "memory estimate (batch {rows} × {seq} tokens, base {}): {estimate}",
-        storage(base).name()
+        plan.linear_storage.name()
     );
     println!(
         "activations: {} with --gradient-checkpointing, {} without",
@@ -95,17 +101,30 @@ pub fn check_checkpointing(adapter: &AdapterConfig, device: &Device) -> anyhow::
     Ok(())
 }
 
+/// The storage of the frozen projections: `--quantize-base`'s blocks, a GGUF file's own blocks
+/// (counted as int8, the widest type kept in place, so the estimate errs high), else `--base-dtype`.
+pub fn linear_storage(dir: &ModelDir, base: BaseDtype, quant: Option<QuantizeBase>) -> WeightStorage {
+    match quant {
+        Some(QuantizeBase::Int8) => WeightStorage::Int8,
+        Some(QuantizeBase::Int4) => WeightStorage::Int4,
+        Some(QuantizeBase::Nf4) => WeightStorage::Nf4,
+        None if dir.gguf_file().is_some() => WeightStorage::Int8,
+        None => storage(base),
+    }
+}
+
 /// The estimate's inputs for a run of `rows × seq` tokens.
 pub fn plan(
     dir: &ModelDir,
     adapter: &AdapterConfig,
     base: BaseDtype,
+    quant: Option<QuantizeBase>,
     (rows, seq): (usize, usize),
     checkpointing: bool,
 ) -> anyhow::Result<MemoryPlan> {
     Ok(MemoryPlan {
         shape: ModelShape::from_dir(dir),
-        linear_storage: storage(base),
+        linear_storage: linear_storage(dir, base, quant),
         embedding_storage: storage(base),
         adapter: adapter_footprint(dir, adapter)?,
         batch: rows as u64,
@@ -143,6 +162,7 @@ pub fn check_before_loading(
         dir,
         adapter,
         base,
+        o.quantize_base,
         (rows, longest + virtual_tokens),
         o.gradient_checkpointing,
     )?;

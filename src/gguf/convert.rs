@@ -43,12 +43,12 @@ pub struct ConvertReport {
 }
 
 /// One tensor, checked: its key, row handling, type and byte size.
-struct Plan<'a> {
-    info: &'a TensorInfo,
-    key: String,
-    rows: Rows,
-    ty: GgmlType,
-    n_bytes: u64,
+pub(super) struct Plan<'a> {
+    pub(super) info: &'a TensorInfo,
+    pub(super) key: String,
+    pub(super) rows: Rows,
+    pub(super) ty: GgmlType,
+    pub(super) n_bytes: u64,
 }
 
 /// Converts the GGUF file `file` into a Hugging Face model folder `out`.
@@ -127,7 +127,7 @@ fn dtype_label(dtype: Dtype) -> &'static str {
     }
 }
 
-fn map_file(file: &Path) -> Result<Mmap, GgufError> {
+pub(super) fn map_file(file: &Path) -> Result<Mmap, GgufError> {
     let io = |cause| GgufError::Io {
         path: file.to_path_buf(),
         cause,
@@ -155,7 +155,7 @@ fn check_output(out: &Path, force: bool) -> Result<(), GgufError> {
 
 /// Maps every tensor to its key and checks its type, shape and extent against the parameters and
 /// the file (`bytes`), before anything is dequantized.
-fn plan_tensors<'a>(
+pub(super) fn plan_tensors<'a>(
     gguf: &'a Gguf,
     bytes: &[u8],
     params: &LlamaParams,
@@ -274,7 +274,7 @@ fn expected_shapes(p: &LlamaParams) -> BTreeMap<String, Vec<u64>> {
 }
 
 /// Dequantizes one tensor, undoes the q/k row permutation and encodes it in `dtype`.
-fn convert_tensor(
+pub(super) fn convert_tensor(
     gguf: &Gguf,
     bytes: &[u8],
     plan: &Plan,

@@ -13,6 +13,7 @@
 //! GGUF export (`peft export gguf`): [`writer`] (the container), [`quantize`] (Q8_0, Q4_0) and
 //! [`kquantize`] (Q4_K, Q6_K, Q5_0), and [`export`] (metadata, tokenizer, tensor plan, Modelfile).
 
+pub mod base;
 pub mod bpe;
 pub mod config;
 pub mod convert;

@@ -61,6 +61,14 @@ pub const SINGLE_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
 impl Checkpoint {
+    /// A checkpoint holding no tensors (a GGUF base is read by `gguf::base` instead).
+    pub fn empty() -> Self {
+        Self {
+            shards: Vec::new(),
+            entries: BTreeMap::new(),
+        }
+    }
+
     /// Opens the checkpoint in a model folder: the index if present, else `model.safetensors`.
     pub fn open_dir(dir: &Path) -> Result<Self, LoadError> {
         let index = dir.join(INDEX_FILE);

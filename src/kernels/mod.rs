@@ -16,6 +16,7 @@ pub mod flex;
 pub mod gemv;
 pub mod lora_linear;
 pub mod narrow_linear;
+pub mod quant_linear;
 pub mod rms_norm;
 pub mod rope;
 pub mod rows;

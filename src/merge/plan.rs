@@ -44,6 +44,48 @@ pub struct MergePlan {
     pub untied: Option<Tie>,
     /// `config.json` as it will be written (`None`: the base has none).
     pub config: Option<Value>,
+    /// A GGUF base's converted f32 folder, removed with the plan.
+    pub scratch: Option<Scratch>,
+}
+
+/// A folder removed when dropped: a GGUF base converted for the merge (issue 17 item 5: a GGUF
+/// base is dequantized, merged in f32 and written as safetensors, never as a 4-bit merge).
+#[derive(Debug)]
+pub struct Scratch(pub PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `peft convert gguf` of `file` (f32) into a hidden folder beside `out`.
+fn convert_gguf_base(file: &Path, out: &Path) -> Result<Scratch, MergeError> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "merged".into());
+    let dir = parent.join(format!(".{name}.gguf-base-{}", std::process::id()));
+    let scratch = Scratch(dir.clone());
+    crate::gguf::convert_gguf(
+        file,
+        &dir,
+        crate::gguf::ConvertOptions {
+            dtype: Dtype::F32,
+            force: true,
+        },
+    )
+    .map_err(|e| {
+        MergeError::Load(LoadError::Config {
+            path: file.to_path_buf(),
+            message: e.to_string(),
+        })
+    })?;
+    Ok(scratch)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MergeError + '_ {
@@ -139,7 +181,7 @@ fn edit_config(config: Option<Value>, untie: bool, dtype: Option<Dtype>) -> Opti
 
 impl MergePlan {
     /// Validates everything and decides the output; writes nothing.
-    pub fn build(options: MergeOptions) -> Result<Self, MergeError> {
+    pub fn build(mut options: MergeOptions) -> Result<Self, MergeError> {
         if !options.scale.is_finite() {
             return Err(MergeError::Option(format!(
                 "--scale must be a finite number, got {}",
@@ -148,6 +190,18 @@ impl MergePlan {
         }
         if options.adapters.is_empty() {
             return Err(MergeError::Option("give at least one --adapter".into()));
+        }
+        let mut scratch = None;
+        if crate::gguf::base::is_gguf_file(&options.base) {
+            check_out(
+                &options.base,
+                &options.adapters,
+                &options.out,
+                options.force,
+            )?;
+            let converted = convert_gguf_base(&options.base, &options.out)?;
+            options.base = converted.0.clone();
+            scratch = Some(converted);
         }
         if !options.base.is_dir() {
             let path = options.base.clone();
@@ -203,6 +257,7 @@ impl MergePlan {
             write_index,
             untied,
             config,
+            scratch,
         })
     }
 

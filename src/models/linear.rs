@@ -6,6 +6,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{DType, Tensor};
 
 use crate::peft::adapter::LinearAdapter;
+use crate::quant::QuantWeight;
 
 #[derive(Module, Debug)]
 pub struct Linear {
@@ -14,6 +15,10 @@ pub struct Linear {
     /// [out]
     pub bias: Option<Param<Tensor<1>>>,
     pub adapter: Option<LinearAdapter>,
+    /// A quantized frozen weight (`--quantize-base`, a GGUF base): when set it is the weight, and
+    /// `weight` is a `[1, 1]` placeholder (`Linear::quantized`).
+    #[module(skip)]
+    pub quant: Option<QuantWeight>,
 }
 
 impl Linear {
@@ -22,20 +27,46 @@ impl Linear {
             weight,
             bias,
             adapter: None,
+            quant: None,
+        }
+    }
+
+    /// A frozen linear whose weight is `quant` ([out, in] blocks), dequantized per tile in each
+    /// product (`kernels::quant_linear`).
+    pub fn quantized(
+        quant: QuantWeight,
+        bias: Option<Param<Tensor<1>>>,
+        device: &burn::tensor::Device,
+    ) -> Self {
+        let placeholder = Param::from_tensor(Tensor::zeros([1, 1], device)).set_require_grad(false);
+        Self {
+            weight: placeholder,
+            bias,
+            adapter: None,
+            quant: Some(quant),
         }
     }
 
     pub fn in_features(&self) -> usize {
+        if let Some(q) = &self.quant {
+            return q.0.cols;
+        }
         self.weight.lazy_shape().dims::<2>()[0]
     }
 
     pub fn out_features(&self) -> usize {
+        if let Some(q) = &self.quant {
+            return q.0.rows;
+        }
         self.weight.lazy_shape().dims::<2>()[1]
     }
 
     /// The weight [in, out] when this is a plain frozen linear (no bias, no adapter), the case the
     /// fused output-head kernels take.
     pub fn plain_frozen_weight(&self) -> Option<Tensor<2>> {
+        if self.quant.is_some() {
+            return None;
+        }
         let weight = self.weight.val();
         (self.bias.is_none() && self.adapter.is_none() && !weight.is_require_grad())
             .then_some(weight)
@@ -43,8 +74,15 @@ impl Linear {
 
     /// The frozen base: x: [..., in] -> [..., out].
     pub fn base_forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let weight = self.weight.val();
         let bias = self.bias.as_ref().map(|b| b.val());
+        if let Some(q) = &self.quant {
+            let y = crate::kernels::quant_linear::quant_linear(x, q);
+            return match bias {
+                Some(b) => y + b.unsqueeze::<D>(),
+                None => y,
+            };
+        }
+        let weight = self.weight.val();
         // Decoding: a few rows against every weight, split over all threads.
         if let Some(y) = crate::kernels::gemv::few_rows_linear(&x, &weight) {
             return match bias {
@@ -66,6 +104,9 @@ impl Linear {
     /// The weight [in, out] in f32: itself when stored in f32, else a widened copy for this one
     /// product (a frozen base kept in bf16/f16 by `--base-dtype`; compute stays f32).
     pub fn weight_f32(&self) -> Tensor<2> {
+        if let Some(q) = &self.quant {
+            return crate::kernels::quant_linear::dequantized(&q.0, &self.weight.val().device());
+        }
         widened(self.weight.val())
     }
 
@@ -95,4 +136,13 @@ pub fn frozen_product<const D: usize>(x: Tensor<D>, weight: &Tensor<2>) -> Tenso
         return y;
     }
     burn::tensor::module::linear(x, widened(weight.clone()), None)
+}
+
+/// `x · W` without bias for `linear`'s frozen weight, whatever it is stored as: quantized
+/// (`kernels::quant_linear`), narrow or f32 (`frozen_product`).
+pub fn frozen_product_of<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
+    match &linear.quant {
+        Some(q) => crate::kernels::quant_linear::quant_linear(x, q),
+        None => frozen_product(x, &linear.weight.val()),
+    }
 }

@@ -48,6 +48,16 @@ pub struct ModulePath {
 
 impl ModelDir {
     pub fn open(dir: &Path) -> Result<Self, LoadError> {
+        // `--model file.gguf`: the file's config and tokenizer in a prepared folder, its weights
+        // read in place at load (`gguf::base`).
+        if crate::gguf::base::is_gguf_file(dir) {
+            let prepared =
+                crate::gguf::base::prepare_folder(dir).map_err(|e| LoadError::Config {
+                    path: dir.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+            return Self::open(&prepared);
+        }
         if !dir.is_dir() {
             return Err(LoadError::MissingFile {
                 path: dir.to_path_buf(),
@@ -86,6 +96,11 @@ impl ModelDir {
             config_json,
             family,
         })
+    }
+
+    /// The GGUF file this folder stands for (`--model file.gguf`), if it is a prepared one.
+    pub fn gguf_file(&self) -> Option<PathBuf> {
+        crate::gguf::base::marked_file(&self.dir)
     }
 
     pub fn model_type(&self) -> &str {
@@ -192,13 +207,23 @@ impl ModelDir {
     /// (a config declaring more layers than the checkpoint has would otherwise be zero-filled up
     /// to the end) and a model larger than the machine's available memory.
     pub fn check_loadable(&self, checkpoint: &Checkpoint) -> Result<(), LoadError> {
-        let bytes = (self.num_parameters() as u64).checked_mul(4);
+        self.check_loadable_as(checkpoint, 4.0, "f32 weights")
+    }
+
+    /// As `check_loadable`, the weights taking `bytes_per_param` each (a narrow or quantized base).
+    fn check_loadable_as(
+        &self,
+        checkpoint: &Checkpoint,
+        bytes_per_param: f64,
+        what: &str,
+    ) -> Result<(), LoadError> {
+        let bytes = Some((self.num_parameters() as f64 * bytes_per_param).ceil() as u64);
         let setting = match &self.family {
             Family::Llama(_) => "the sizes in config.json (num_hidden_layers, hidden_size, intermediate_size, vocab_size)",
             Family::ChatGlm(_) => "the sizes in config.json (num_layers, hidden_size, ffn_hidden_size, padded_vocab_size)",
         };
         crate::io::budget::check(
-            &format!("the model in {} (f32 weights)", self.dir.display()),
+            &format!("the model in {} ({what})", self.dir.display()),
             setting,
             bytes,
         )?;
@@ -226,20 +251,60 @@ impl ModelDir {
         device: &Device,
         base_dtype: DType,
     ) -> Result<CausalLm, LoadError> {
+        self.load_base(device, base_dtype, None)
+    }
+
+    /// As `load_with_base_dtype`, the frozen linear weights also quantized with `quant`
+    /// (`--quantize-base`), tensor by tensor as they load: no f32 copy of the whole model.
+    pub fn load_base(
+        &self,
+        device: &Device,
+        base_dtype: DType,
+        quant: Option<crate::quant::BaseQuant>,
+    ) -> Result<CausalLm, LoadError> {
+        if let (Some(file), Family::Llama(c)) = (self.gguf_file(), &self.family) {
+            let base = crate::gguf::base::GgufBase::open(&file).map_err(|e| LoadError::Config {
+                path: file.clone(),
+                message: e.to_string(),
+            })?;
+            return Ok(CausalLm::Llama(llama::weights::load_gguf(
+                c.clone(),
+                &base,
+                device,
+                base_dtype,
+                quant,
+            )?));
+        }
         let checkpoint = Checkpoint::open_dir(&self.dir)?;
-        self.check_loadable(&checkpoint)?;
+        // Quantized linears take a block's bytes per value (Q8_0 34/32, Q4_0 18/32, NF4 36/64);
+        // embeddings stay in the base dtype, so this undercounts them: a first refusal only.
+        let (per, what) = match (quant, base_dtype) {
+            (Some(q), _) => (
+                match q {
+                    crate::quant::BaseQuant::Int8 => 34.0 / 32.0,
+                    crate::quant::BaseQuant::Int4 => 18.0 / 32.0,
+                    crate::quant::BaseQuant::Nf4 => 36.0 / 64.0,
+                },
+                "quantized weights",
+            ),
+            (None, DType::BF16 | DType::F16) => (2.0, "16-bit weights"),
+            _ => (4.0, "f32 weights"),
+        };
+        self.check_loadable_as(&checkpoint, per, what)?;
         match &self.family {
-            Family::Llama(c) => Ok(CausalLm::Llama(llama::weights::load_with_base_dtype(
+            Family::Llama(c) => Ok(CausalLm::Llama(llama::weights::load_base(
                 c.clone(),
                 &checkpoint,
                 device,
                 base_dtype,
+                quant,
             )?)),
-            Family::ChatGlm(c) => Ok(CausalLm::ChatGlm(chatglm::weights::load_with_base_dtype(
+            Family::ChatGlm(c) => Ok(CausalLm::ChatGlm(chatglm::weights::load_base(
                 c.clone(),
                 &checkpoint,
                 device,
                 base_dtype,
+                quant,
             )?)),
         }
     }

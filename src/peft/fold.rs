@@ -58,6 +58,8 @@ pub fn fold(linear: &mut Linear) {
             }
         }
     };
+    // A quantized base (`--quantize-base`) folds to f32: never a 4-bit merge (issue 17 item 5).
+    linear.quant = None;
     linear.weight = frozen(if dtype == DType::F32 {
         w
     } else {

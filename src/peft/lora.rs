@@ -38,7 +38,7 @@ impl Lora {
     /// `y = W·x + b + s·B(A(dropout(x)))`; DoRA rescales rows by `m / ‖W + s·BA‖_row` with the
     /// norm detached (DoRA §4.3, PEFT `DoraLinearVariant.forward`).
     pub fn forward<const D: usize>(&self, base: &Linear, x: Tensor<D>) -> Tensor<D> {
-        if self.magnitude.is_none() {
+        if self.magnitude.is_none() && base.quant.is_none() {
             // Plain LoRA: one op (fused on flex, this same formula elsewhere); a dropout, when
             // there is one, applies to the low-rank input only, as PEFT's.
             let (weight, bias) = (base.weight.val(), base.bias.as_ref().map(|b| b.val()));
@@ -72,7 +72,7 @@ impl Lora {
             .sqrt()
             .squeeze_dim::<1>(0);
         let gain = (magnitude.val() / norm).unsqueeze::<D>();
-        let plain = crate::models::linear::frozen_product(x, &base.weight.val());
+        let plain = crate::models::linear::frozen_product_of(base, x);
         let out = (plain + low.mul_scalar(self.scale)) * gain;
         match &base.bias {
             Some(b) => out + b.val().unsqueeze::<D>(),

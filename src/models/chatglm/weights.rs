@@ -62,7 +62,20 @@ pub fn load_with_base_dtype(
     device: &Device,
     base_dtype: burn::tensor::DType,
 ) -> Result<ChatGlmForConditionalGeneration, LoadError> {
-    let mut r = Reader::new(checkpoint, device).with_base_dtype(base_dtype);
+    load_base(config, checkpoint, device, base_dtype, None)
+}
+
+/// As `load_with_base_dtype`, the frozen linear weights quantized with `quant` (`--quantize-base`).
+pub fn load_base(
+    config: ChatGlmConfig,
+    checkpoint: &Checkpoint,
+    device: &Device,
+    base_dtype: burn::tensor::DType,
+    quant: Option<crate::quant::BaseQuant>,
+) -> Result<ChatGlmForConditionalGeneration, LoadError> {
+    let mut r = Reader::new(checkpoint, device)
+        .with_base_dtype(base_dtype)
+        .with_quant(quant);
     let word_embeddings = Embedding {
         weight: r.matrix(
             "transformer.embedding.word_embeddings.weight",

@@ -9,11 +9,13 @@ use std::collections::BTreeSet;
 use burn::tensor::{DType, Device, Tensor};
 
 use crate::error::LoadError;
+use crate::gguf::base::GgufBase;
 use crate::io::Checkpoint;
 use crate::models::layers::{Embedding, RmsNorm};
 use crate::models::linear::Linear;
 use crate::models::rope::Rope;
 use crate::models::tensor_util::{base_tensor2, frozen, tensor1};
+use crate::quant::{BaseQuant, QMatrix, QuantWeight};
 
 use super::model::{Attention, DecoderLayer, LlamaModel, Mlp};
 use super::{LlamaConfig, LlamaForCausalLm};
@@ -27,6 +29,11 @@ pub struct Reader<'a> {
     /// The dtype frozen linear and embedding weights are stored in (`--base-dtype`); norms and
     /// biases stay f32.
     pub base_dtype: DType,
+    /// `--quantize-base`: frozen linear weights quantized tensor by tensor as they load.
+    pub quant: Option<BaseQuant>,
+    /// `--model file.gguf`: tensors come from the GGUF file instead of `checkpoint`, its
+    /// quantized linear weights kept in their blocks.
+    pub gguf: Option<&'a GgufBase>,
 }
 
 impl<'a> Reader<'a> {
@@ -37,6 +44,8 @@ impl<'a> Reader<'a> {
             used: BTreeSet::new(),
             missing: Vec::new(),
             base_dtype: DType::F32,
+            quant: None,
+            gguf: None,
         }
     }
 
@@ -44,6 +53,37 @@ impl<'a> Reader<'a> {
     pub fn with_base_dtype(mut self, dtype: DType) -> Self {
         self.base_dtype = dtype;
         self
+    }
+
+    /// Frozen linear weights quantized with `quant` as they load (`--quantize-base`).
+    pub fn with_quant(mut self, quant: Option<BaseQuant>) -> Self {
+        self.quant = quant;
+        self
+    }
+
+    /// Tensors read from the GGUF file `base` (`--model file.gguf`).
+    pub fn with_gguf(mut self, base: &'a GgufBase) -> Self {
+        self.gguf = Some(base);
+        self
+    }
+
+    /// Whether the source holds tensor `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        match self.gguf {
+            Some(g) => g.contains(name),
+            None => self.checkpoint.contains(name),
+        }
+    }
+
+    /// A GGUF error as a load error naming the file.
+    fn gguf_error(&self, e: crate::error::GgufError) -> LoadError {
+        LoadError::Config {
+            path: self
+                .gguf
+                .map(|g| g.path().to_path_buf())
+                .unwrap_or_default(),
+            message: e.to_string(),
+        }
     }
 
     /// A frozen base matrix `[rows, cols]` in `base_dtype`, transposed from `[cols, rows]` when
@@ -65,11 +105,24 @@ impl<'a> Reader<'a> {
     }
 
     fn read(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f32>>, LoadError> {
-        if !self.checkpoint.contains(name) {
+        if !self.contains(name) {
             self.missing.push(name.to_string());
             return Ok(None);
         }
         self.used.insert(name.to_string());
+        if let Some(g) = self.gguf {
+            let values = g.read_f32(name).map_err(|e| self.gguf_error(e))?;
+            // The GGUF plan checked every shape against the config already.
+            let n: usize = shape.iter().product();
+            return match values {
+                Some(v) if v.len() == n => Ok(Some(v)),
+                _ => Err(LoadError::ShapeMismatch {
+                    tensor: name.to_string(),
+                    expected: shape.to_vec(),
+                    actual: Vec::new(),
+                }),
+            };
+        }
         self.checkpoint.read_f32_shaped(name, shape).map(Some)
     }
 
@@ -82,13 +135,25 @@ impl<'a> Reader<'a> {
         bias: bool,
     ) -> Result<Linear, LoadError> {
         let name = format!("{path}.weight");
-        let w = self.read(&name, &[d_out, d_in])?.unwrap_or_default();
-        let weight = if w.is_empty() {
-            self.base(&name, vec![0.0; d_in * d_out], [d_in, d_out], false)?
-        } else {
-            self.base(&name, w, [d_in, d_out], true)?
+        // A GGUF base's quantized weight stays in its own blocks.
+        let from_gguf = match self.gguf {
+            Some(g) => g.quantized(&name).map_err(|e| self.gguf_error(e))?,
+            None => None,
         };
-        let weight = frozen(weight);
+        if let Some(q) = from_gguf.filter(|q| q.rows == d_out && q.cols == d_in) {
+            self.used.insert(name);
+            let bias = if bias {
+                let b = self
+                    .read(&format!("{path}.bias"), &[d_out])?
+                    .unwrap_or_else(|| vec![0.0; d_out]);
+                Some(frozen(tensor1(b, self.device)))
+            } else {
+                None
+            };
+            let q = QuantWeight(std::sync::Arc::new(q));
+            return Ok(Linear::quantized(q, bias, self.device));
+        }
+        let w = self.read(&name, &[d_out, d_in])?.unwrap_or_default();
         let bias = if bias {
             let b = self
                 .read(&format!("{path}.bias"), &[d_out])?
@@ -97,7 +162,26 @@ impl<'a> Reader<'a> {
         } else {
             None
         };
-        Ok(Linear::new(weight, bias))
+        // `--quantize-base`: this one tensor is quantized from its [out, in] values (the block
+        // layout's own orientation) and its f32 copy dropped before the next is read.
+        if let Some(scheme) = self.quant.filter(|_| !w.is_empty()) {
+            match QMatrix::quantize(scheme, &w, d_out, d_in) {
+                Some(q) => {
+                    let q = QuantWeight(std::sync::Arc::new(q));
+                    return Ok(Linear::quantized(q, bias, self.device));
+                }
+                None => tracing::warn!(
+                    "{name}: {d_in} inputs are not whole {}-value blocks; kept unquantized",
+                    scheme.block()
+                ),
+            }
+        }
+        let weight = if w.is_empty() {
+            self.base(&name, vec![0.0; d_in * d_out], [d_in, d_out], false)?
+        } else {
+            self.base(&name, w, [d_in, d_out], true)?
+        };
+        Ok(Linear::new(frozen(weight), bias))
     }
 
     pub fn vector(
@@ -128,10 +212,12 @@ impl<'a> Reader<'a> {
                 tensors: self.missing,
             });
         }
-        let unused: Vec<&str> = self
-            .checkpoint
-            .entries()
-            .map(|e| e.name.as_str())
+        let keys: Vec<&str> = match self.gguf {
+            Some(g) => g.keys().collect(),
+            None => self.checkpoint.entries().map(|e| e.name.as_str()).collect(),
+        };
+        let unused: Vec<&str> = keys
+            .into_iter()
             .filter(|n| !self.used.contains(*n))
             .collect();
         if !unused.is_empty() {
@@ -188,7 +274,41 @@ pub fn load_with_base_dtype(
     device: &Device,
     base_dtype: DType,
 ) -> Result<LlamaForCausalLm, LoadError> {
-    let mut r = Reader::new(checkpoint, device).with_base_dtype(base_dtype);
+    load_base(config, checkpoint, device, base_dtype, None)
+}
+
+/// As `load_with_base_dtype`, the frozen linear weights quantized with `quant` (`--quantize-base`).
+pub fn load_base(
+    config: LlamaConfig,
+    checkpoint: &Checkpoint,
+    device: &Device,
+    base_dtype: DType,
+    quant: Option<BaseQuant>,
+) -> Result<LlamaForCausalLm, LoadError> {
+    let r = Reader::new(checkpoint, device)
+        .with_base_dtype(base_dtype)
+        .with_quant(quant);
+    assemble(r, config)
+}
+
+/// The model from a GGUF file read in place (`--model file.gguf`): its quantized linear weights
+/// stay quantized; `quant` (`--quantize-base`) quantizes the ones stored as F32/F16/BF16.
+pub fn load_gguf(
+    config: LlamaConfig,
+    base: &GgufBase,
+    device: &Device,
+    base_dtype: DType,
+    quant: Option<BaseQuant>,
+) -> Result<LlamaForCausalLm, LoadError> {
+    let empty = Checkpoint::empty();
+    let r = Reader::new(&empty, device)
+        .with_base_dtype(base_dtype)
+        .with_quant(quant)
+        .with_gguf(base);
+    assemble(r, config)
+}
+
+fn assemble(mut r: Reader, config: LlamaConfig) -> Result<LlamaForCausalLm, LoadError> {
     let embed_tokens = Embedding {
         weight: r.matrix(
             "model.embed_tokens.weight",
@@ -206,7 +326,7 @@ pub fn load_with_base_dtype(
     };
     // Tied checkpoints usually omit lm_head.weight; when tied, transformers ignores it if present.
     let lm_head = if config.tie_word_embeddings {
-        if checkpoint.contains("lm_head.weight") {
+        if r.contains("lm_head.weight") {
             r.used.insert("lm_head.weight".into());
         }
         None

@@ -1,0 +1,283 @@
+//! A GGUF file as a frozen base, read in place (`--model file.gguf`, issue 17 item 3): its
+//! quantized linear weights (Q8_0, Q4_0, Q4_1, Q2_K…Q6_K) stay in their blocks as
+//! [`QMatrix`]es, decoded tile by tile in each product (`kernels::quant_linear`), never widened
+//! to f32 as a whole; embeddings, norms and any F32/F16/BF16 tensor are dequantized as
+//! `peft convert gguf` does. The config and tokenizer come from the file's metadata, written once
+//! into a small folder beside the cache ([`prepare_folder`]) so every command finds them where a
+//! Hugging Face folder keeps them; that folder holds no weights, only a marker naming the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::Dtype;
+
+use super::config::{generation_config_json, llama_config_json, LlamaParams, SpecialIds};
+use super::convert::{convert_tensor, map_file, plan_tensors, Plan};
+use super::dequant::GgmlType;
+use super::names::Rows;
+use super::reader::Gguf;
+use super::tokenizer;
+use crate::error::GgufError;
+use crate::quant::QMatrix;
+
+/// The marker file of a prepared folder: `{"gguf": "<absolute path of the file>"}`.
+pub const MARKER: &str = "gguf_base.json";
+
+/// One planned tensor, by index into `Gguf::tensors`.
+struct Entry {
+    index: usize,
+    rows: Rows,
+    ty: GgmlType,
+    n_bytes: u64,
+}
+
+/// An open GGUF file with every tensor checked (names, types, shapes, extents) up front.
+pub struct GgufBase {
+    map: Mmap,
+    gguf: Gguf,
+    params: LlamaParams,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl GgufBase {
+    pub fn open(file: &Path) -> Result<Self, GgufError> {
+        let map = map_file(file)?;
+        let gguf = Gguf::parse(file, &map)?;
+        check_architecture(&gguf, file)?;
+        let params = LlamaParams::from_gguf(&gguf)?;
+        let entries = {
+            let plans = plan_tensors(&gguf, &map, &params)?;
+            plans
+                .iter()
+                .map(|p| {
+                    let index = gguf
+                        .tensors
+                        .iter()
+                        .position(|t| std::ptr::eq(t, p.info))
+                        .unwrap_or_default();
+                    let entry = Entry {
+                        index,
+                        rows: p.rows,
+                        ty: p.ty,
+                        n_bytes: p.n_bytes,
+                    };
+                    (p.key.clone(), entry)
+                })
+                .collect()
+        };
+        Ok(Self {
+            map,
+            gguf,
+            params,
+            entries,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.gguf.path
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// The transformers keys present.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    fn plan<'a>(&'a self, key: &str, e: &Entry) -> Plan<'a> {
+        Plan {
+            info: &self.gguf.tensors[e.index],
+            key: key.to_string(),
+            rows: e.rows,
+            ty: e.ty,
+            n_bytes: e.n_bytes,
+        }
+    }
+
+    /// Tensor `key` in f32, transformers layout (q/k rows un-permuted), as `peft convert gguf`
+    /// writes it; `None` when absent.
+    pub fn read_f32(&self, key: &str) -> Result<Option<Vec<f32>>, GgufError> {
+        let Some(e) = self.entries.get(key) else {
+            return Ok(None);
+        };
+        let t = convert_tensor(
+            &self.gguf,
+            &self.map,
+            &self.plan(key, e),
+            &self.params,
+            Dtype::F32,
+        )?;
+        Ok(Some(
+            t.bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ))
+    }
+
+    /// Tensor `key` as its own blocks, `[out, in]`, when it is block-quantized (`None` for an
+    /// F32/F16/BF16 or absent tensor, which [`Self::read_f32`] reads). Blocks never straddle
+    /// rows, so llama.cpp's q/k row permutation is undone on whole rows of bytes.
+    pub fn quantized(&self, key: &str) -> Result<Option<QMatrix>, GgufError> {
+        let Some(e) = self.entries.get(key) else {
+            return Ok(None);
+        };
+        if matches!(e.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+            return Ok(None);
+        }
+        let info = &self.gguf.tensors[e.index];
+        let bad = |message: String| GgufError::BadTensor {
+            path: self.gguf.path.clone(),
+            tensor: info.name.clone(),
+            message,
+        };
+        let shape = info.torch_shape();
+        let [rows, cols] = shape[..] else {
+            return Err(bad(format!("expected a matrix, found shape {shape:?}")));
+        };
+        let data = self.gguf.tensor_data(&self.map, info, e.n_bytes)?;
+        let heads = match e.rows {
+            Rows::AsIs => None,
+            Rows::QueryHeads => Some(self.params.num_attention_heads as usize),
+            Rows::KvHeads => Some(self.params.num_key_value_heads as usize),
+        };
+        let data = match heads {
+            None => data.to_vec(),
+            Some(heads) => unpermute_byte_rows(data, rows, heads).ok_or_else(|| {
+                bad(format!(
+                    "{rows} rows do not split into {heads} heads of pairs"
+                ))
+            })?,
+        };
+        QMatrix::from_ggml(e.ty, data, rows, cols)
+            .map(Some)
+            .ok_or_else(|| bad("rows are not whole blocks".into()))
+    }
+}
+
+fn check_architecture(gguf: &Gguf, file: &Path) -> Result<(), GgufError> {
+    let architecture = gguf.get_str("general.architecture")?.to_string();
+    if architecture != "llama" {
+        return Err(GgufError::UnknownArchitecture {
+            path: file.to_path_buf(),
+            architecture,
+            supported: super::config::SUPPORTED_ARCHITECTURES,
+        });
+    }
+    Ok(())
+}
+
+/// `names::unpermute_rows` on rows of bytes (each row a whole number of blocks).
+fn unpermute_byte_rows(data: &[u8], rows: usize, heads: usize) -> Option<Vec<u8>> {
+    if heads == 0 || rows == 0 || rows % (2 * heads) != 0 || data.len() % rows != 0 {
+        return None;
+    }
+    let row = data.len() / rows;
+    let half = rows / heads / 2;
+    let mut out = Vec::with_capacity(data.len());
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..half {
+                let src = (h * half + i) * 2 + j;
+                out.extend_from_slice(&data[src * row..(src + 1) * row]);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Whether `path` names a GGUF file (by its magic, so any file name works).
+pub fn is_gguf_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+        && &magic == b"GGUF"
+}
+
+/// The folder holding `file`'s config and tokenizer: `<temp>/peft-gguf/<stem>-<size>-<mtime>`,
+/// written on first use (the marker last, so a folder cut short is rebuilt).
+pub fn prepare_folder(file: &Path) -> Result<PathBuf, GgufError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |cause| GgufError::Io { path, cause }
+    };
+    let abs = std::fs::canonicalize(file).map_err(io(file))?;
+    let meta = std::fs::metadata(&abs).map_err(io(&abs))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let stem = abs
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let dir = std::env::temp_dir()
+        .join("peft-gguf")
+        .join(format!("{stem}-{}-{mtime}", meta.len()));
+    if dir.join(MARKER).is_file() {
+        return Ok(dir);
+    }
+    let map = map_file(&abs)?;
+    let gguf = Gguf::parse(&abs, &map)?;
+    check_architecture(&gguf, &abs)?;
+    let params = LlamaParams::from_gguf(&gguf)?;
+    let ids = SpecialIds::from_gguf(&gguf)?;
+    let tok = tokenizer::build(&gguf, params.max_position_embeddings)?;
+    let pretty = |v: &serde_json::Value| serde_json::to_vec_pretty(v).unwrap_or_default();
+    let marker = serde_json::json!({ "gguf": abs.to_string_lossy() });
+    let files = [
+        (
+            "config.json",
+            pretty(&llama_config_json(&params, ids, "float32")),
+        ),
+        (
+            "generation_config.json",
+            pretty(&generation_config_json(ids)),
+        ),
+        ("tokenizer.json", tok.tokenizer.to_string().into_bytes()),
+        ("tokenizer_config.json", pretty(&tok.tokenizer_config)),
+        (MARKER, pretty(&marker)),
+    ];
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    for (name, bytes) in files {
+        let path = dir.join(name);
+        crate::io::atomic::write_atomic(&path, &bytes).map_err(|e| GgufError::Io {
+            path: path.clone(),
+            cause: std::io::Error::other(e.to_string()),
+        })?;
+    }
+    Ok(dir)
+}
+
+/// The GGUF file a prepared folder stands for, if `dir` is one.
+pub fn marked_file(dir: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(dir.join(MARKER)).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json.get("gguf")?.as_str().map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_rows_unpermute_as_the_f32_rows_do() {
+        let (rows, cols, heads) = (8, 3, 2);
+        let w: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+        let want = super::super::names::unpermute_rows(&w, rows, cols, heads).unwrap();
+        let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let got = unpermute_byte_rows(&bytes, rows, heads).unwrap();
+        let got: Vec<f32> = got
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(got, want);
+    }
+}
