@@ -103,7 +103,11 @@ pub fn check_checkpointing(adapter: &AdapterConfig, device: &Device) -> anyhow::
 
 /// The storage of the frozen projections: `--quantize-base`'s blocks, a GGUF file's own blocks
 /// (counted as int8, the widest type kept in place, so the estimate errs high), else `--base-dtype`.
-pub fn linear_storage(dir: &ModelDir, base: BaseDtype, quant: Option<QuantizeBase>) -> WeightStorage {
+pub fn linear_storage(
+    dir: &ModelDir,
+    base: BaseDtype,
+    quant: Option<QuantizeBase>,
+) -> WeightStorage {
     match quant {
         Some(QuantizeBase::Int8) => WeightStorage::Int8,
         Some(QuantizeBase::Int4) => WeightStorage::Int4,

@@ -548,8 +548,14 @@ mod tests {
         let g_fused = y.grad(&fused.backward()).expect("fused gradient");
         let (a, b) = (reference.into_scalar::<f32>(), fused.into_scalar::<f32>());
         assert!((a - b).abs() <= 1e-5 * a.abs(), "loss {a} vs {b}");
+        // f32 sums in another order differ in the last bits: the tolerance scales with the
+        // gradient's own size (a fixed 1e-6 failed once in ~20 runs at 1.0e-6 on random data).
+        let scale = g_ref.clone().abs().max().into_scalar::<f32>();
         let diff = max_abs_diff(g_ref, g_fused.clone());
-        assert!(diff < 1e-6, "gradient differs by {diff}");
+        assert!(
+            diff <= 1e-5 * scale,
+            "gradient differs by {diff} (largest entry {scale})"
+        );
         // Rows with an ignored target get no gradient.
         let row0 = g_fused.slice([0..1, 0..h]).abs().sum().into_scalar::<f32>();
         assert_eq!(row0, 0.0);
