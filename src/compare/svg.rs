@@ -231,10 +231,11 @@ impl LabelBox {
 pub const LABEL_H: f64 = 14.0;
 const MARKER_CLEARANCE: f64 = 8.0;
 
-/// Places one label per point (`(px, py)` and the label's width): the first of rings of
-/// positions around its point (right, left, above, below, the diagonals, then further out) whose
-/// box lies inside `area`, clear of every marker (and its error bar ends in `keep_out`) and of
-/// the labels placed before. `None` when nothing fits: the legend still names the point.
+/// Places one label per point (`(px, py)` and the label's width): the first of rings of 16
+/// positions around its point (right, left, above, below, the diagonals and between, then
+/// further out) whose box lies inside `area`, clear of every marker (and the error-bar ends in
+/// `keep_out`) and of the labels placed before. `None` when nothing fits: the legend still names
+/// the point.
 pub fn place_labels(
     points: &[((f64, f64), f64)],
     keep_out: &[(f64, f64)],
@@ -245,25 +246,27 @@ pub fn place_labels(
         .map(|p| p.0)
         .chain(keep_out.iter().copied())
         .collect();
+    // Right first, then left, above, below, then the directions between.
+    const ORDER: [usize; 16] = [0, 8, 12, 4, 14, 10, 2, 6, 15, 9, 13, 11, 3, 5, 1, 7];
     let mut placed: Vec<LabelBox> = Vec::new();
     let mut out = Vec::new();
     for &((px, py), w) in points {
         let h = LABEL_H;
         let mut found = None;
-        'rings: for ring in 1..=6 {
-            let d = MARKER_CLEARANCE + 2.0 + 12.0 * (ring - 1) as f64;
-            let candidates = [
-                (px + d, py - h / 2.0),
-                (px - d - w, py - h / 2.0),
-                (px - w / 2.0, py - d - h),
-                (px - w / 2.0, py + d),
-                (px + d * 0.7, py - d * 0.7 - h),
-                (px - d * 0.7 - w, py - d * 0.7 - h),
-                (px + d * 0.7, py + d * 0.7),
-                (px - d * 0.7 - w, py + d * 0.7),
-            ];
-            for (x, y) in candidates {
-                let b = LabelBox { x, y, w, h };
+        'rings: for ring in 0..12 {
+            let d = MARKER_CLEARANCE + 2.0 + 10.0 * ring as f64;
+            for k in ORDER {
+                let angle = k as f64 * std::f64::consts::PI / 8.0;
+                let (cx, cy) = (
+                    px + angle.cos() * (d + w / 2.0),
+                    py - angle.sin() * (d + h / 2.0),
+                );
+                let b = LabelBox {
+                    x: cx - w / 2.0,
+                    y: cy - h / 2.0,
+                    w,
+                    h,
+                };
                 if b.inside(&area)
                     && markers.iter().all(|&m| !b.near(m, MARKER_CLEARANCE))
                     && placed.iter().all(|o| !b.overlaps(o))
@@ -279,6 +282,12 @@ pub fn place_labels(
         out.push(found);
     }
     out
+}
+
+/// The point of `b` nearest to `(px, py)`, and how far it is.
+fn nearest_on(b: &LabelBox, (px, py): (f64, f64)) -> ((f64, f64), f64) {
+    let q = (px.clamp(b.x, b.x + b.w), py.clamp(b.y, b.y + b.h));
+    (q, ((q.0 - px).powi(2) + (q.1 - py).powi(2)).sqrt())
 }
 
 /// One point of a cost–metric chart: `y` with its error bar `[lo, hi]`.
@@ -398,6 +407,14 @@ pub fn pareto_chart(c: &ParetoChart) -> String {
             y.px(p.hi)
         );
         if let Some(b) = b {
+            // A label pushed away from its point gets a thin leader line.
+            let ((qx, qy), d) = nearest_on(b, (px, py));
+            if d > MARKER_CLEARANCE + 6.0 {
+                let _ = writeln!(
+                    svg,
+                    r#"<line x1="{px:.1}" y1="{py:.1}" x2="{qx:.1}" y2="{qy:.1}" stroke="{colour}" stroke-width="0.7"/>"#
+                );
+            }
             let _ = writeln!(
                 svg,
                 r#"<text x="{:.1}" y="{:.1}" fill="{colour}">{}</text>"#,
