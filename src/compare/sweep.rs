@@ -28,9 +28,10 @@ pub struct SweepPoint {
     pub error: Option<String>,
 }
 
-/// `n` rates on a half-decade grid centred on `lr` (n = 3: lr/√10, lr, lr·√10).
+/// `n` rates on a half-decade grid that always holds the preset's `lr` (n = 3: lr/√10, lr,
+/// lr·√10; n = 2: lr/√10, lr), so the sweep can only match or beat the preset on validation.
 pub fn rates(lr: f64, n: usize) -> Vec<f64> {
-    let mid = (n as f64 - 1.0) / 2.0;
+    let mid = (n / 2) as f64;
     (0..n)
         .map(|i| lr * 10f64.powf((i as f64 - mid) / 2.0))
         .collect()
@@ -173,6 +174,7 @@ mod tests {
         assert_eq!(r[1], 1e-3);
         assert!((r[2] - 1e-3 * 10f64.sqrt()).abs() < 1e-12);
         assert_eq!(rates(2e-4, 1), vec![2e-4]);
+        assert_eq!(rates(2e-4, 2)[1], 2e-4);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod base_dtype;
 mod chatglm;
 mod chatglm_tokenizer;
 mod compare;
+mod compare_protocol;
 mod data;
 mod gguf;
 mod kernels_attention;
