@@ -44,11 +44,15 @@ fn write_presets(dir: &Path) -> PathBuf {
 }
 
 fn compare(dir: &Path, out: &Path) -> Command {
+    compare_with(dir, out, &dir.join("compare.toml"))
+}
+
+fn compare_with(dir: &Path, out: &Path, presets: &Path) -> Command {
     let mut c = peft_bin();
     c.args(["compare", "--model", path_str(&fixture("llama-tiny"))])
         .args(["--data", path_str(&dir.join("train.jsonl"))])
         .args(["--eval-data", path_str(&dir.join("eval.jsonl"))])
-        .args(["--presets", path_str(&dir.join("compare.toml"))])
+        .args(["--presets", path_str(presets)])
         .args(["--batch-size", "2", "--out", path_str(out)]);
     c
 }
@@ -154,7 +158,7 @@ fn a_sweep_chooses_on_a_validation_split_and_saves_a_preset_that_compare_reads_b
     assert_eq!(saved["lora"]["lr"].as_float(), Some(chosen), "{text}");
     assert_eq!(saved["ia3"]["lr"].as_float(), Some(1e-3), "{text}");
     let again = tmp.path().join("again");
-    let run = compare(tmp.path(), &again)
+    let run = compare_with(tmp.path(), &again, &preset)
         .args([
             "--methods",
             "lora",
@@ -163,7 +167,6 @@ fn a_sweep_chooses_on_a_validation_split_and_saves_a_preset_that_compare_reads_b
             "--eval-limit",
             "1",
         ])
-        .args(["--presets", path_str(&preset)])
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", stderr(&run));
