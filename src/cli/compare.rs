@@ -56,7 +56,7 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Train every method once per seed (e.g. 1,2,3); the table shows mean ± sd. Needs
-    /// --eval-data (an --eval-split would change with the seed). Default: --seed.
+    /// --eval-data (an --eval-split would change with the seed); default: --seed.
     #[arg(long, value_delimiter = ',')]
     pub seeds: Vec<u64>,
     /// General text (JSONL `{"text": ...}`) whose cross-entropy rise over the base model is the
@@ -72,7 +72,7 @@ pub struct CompareArgs {
     #[arg(long, value_name = "N")]
     pub lr_sweep: Option<usize>,
     /// With --lr-sweep: write the presets with the chosen rates to FILE (read it back with
-    /// --presets FILE).
+    /// --presets FILE; default: none).
     #[arg(long, value_name = "FILE", requires = "lr_sweep")]
     pub save_preset: Option<PathBuf>,
     /// Continue the comparison in --out: finished rows are kept, a method cut short continues

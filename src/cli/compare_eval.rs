@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use peft::compare::child::PEAK_RSS;
-use peft::compare::eval::{forward_pass, score_task, TaskOptions};
+use peft::compare::eval::{forward_pass, score_task, Forced, TaskOptions};
 use peft::data::{self, DataConfig, DataStats, Encoded, Format};
 use peft::tokenizer::TextTokenizer;
 use serde_json::json;
@@ -104,7 +104,12 @@ pub fn run(args: CompareEvalArgs) -> anyhow::Result<()> {
     };
     let mut eos = loaded.dir.eos_token_ids();
     eos.extend(tokenizer.eos_id());
-    let report = score_task(&options, &loaded.model, &records, &argmax, &tokenizer, &eos)?;
+    let forced = Forced {
+        records: &records,
+        argmax: &argmax,
+        eos: &eos,
+    };
+    let report = score_task(&options, &loaded.model, forced, &tokenizer)?;
     if let Some(report) = report {
         let mut lines = String::new();
         for e in &report.examples {

@@ -183,11 +183,13 @@ fn score_labels(
         .collect()
 }
 
-/// The teacher-forced pass a label task is read from.
-struct Forced<'a> {
-    records: &'a [Encoded],
-    argmax: &'a [Vec<u32>],
-    eos: &'a [u32],
+/// The teacher-forced pass a label task is read from: the records, their arg-max tokens from
+/// [`forward_pass`], and the stop tokens.
+#[derive(Clone, Copy)]
+pub struct Forced<'a> {
+    pub records: &'a [Encoded],
+    pub argmax: &'a [Vec<u32>],
+    pub eos: &'a [u32],
 }
 
 /// Greedy generation from each prompt (free text, or labels with `--generate`).
@@ -236,29 +238,22 @@ fn majority_share<'a>(references: impl Iterator<Item = &'a str>) -> f64 {
     counts.values().max().map_or(0.0, |&m| m as f64 / n as f64)
 }
 
-/// Scores the task on `records` with the teacher-forced `argmax` of [`forward_pass`]; `None`
-/// when no record has a response or the metric is `none`.
+/// Scores the task on the records of the teacher-forced pass; `None` when no record has a
+/// response or the metric is `none`.
 pub fn score_task(
     options: &TaskOptions,
     model: &CausalLm,
-    records: &[Encoded],
-    argmax: &[Vec<u32>],
+    forced: Forced,
     tokenizer: &TextTokenizer,
-    eos: &[u32],
 ) -> Result<Option<TaskReport>, CompareError> {
-    let Some((metric, examples)) = task(options, records, tokenizer)? else {
+    let Some((metric, examples)) = task(options, forced.records, tokenizer)? else {
         return Ok(None);
     };
     let scored = match metric {
         TaskMetric::ExactMatch if !options.generate => {
-            let forced = Forced {
-                records,
-                argmax,
-                eos,
-            };
             score_labels(forced, model, &examples, tokenizer)?
         }
-        _ => score_generated(options, metric, model, &examples, eos, tokenizer)?,
+        _ => score_generated(options, metric, model, &examples, forced.eos, tokenizer)?,
     };
     let majority = majority_share(examples.iter().map(|e| e.reference.as_str()));
     let examples = examples

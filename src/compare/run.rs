@@ -126,6 +126,80 @@ fn base_row(
     results.methods.push(row);
 }
 
+/// What every method's rows share.
+struct Context<'a> {
+    earlier: &'a [MethodResult],
+    base_ce: Option<f64>,
+    progress: &'a dyn Progress,
+}
+
+/// Every seed's row of one method (its sweep first, with `--lr-sweep`), each written as it
+/// finishes; the swept rate when there was a sweep.
+fn method_rows(
+    plan: &ComparePlan,
+    name: &str,
+    cx: &Context,
+    results: &mut Results,
+) -> Result<Option<f64>, CompareError> {
+    let progress = cx.progress;
+    let (mut spec, notes, flags) = match resolve(plan, name) {
+        Ok(r) => r,
+        Err(e) => {
+            for &seed in &plan.seeds {
+                progress.start(name, plan.steps);
+                let row = MethodResult::failed(name, Some(seed), e.to_string());
+                progress.finished(&row, false);
+                results.methods.push(row);
+            }
+            write_outputs(&plan.out, results)?;
+            return Ok(None);
+        }
+    };
+    let swept = cx
+        .earlier
+        .iter()
+        .find(|r| r.method == name && !r.sweep.is_empty());
+    let points = match (plan.lr_sweep, swept) {
+        (None, _) => vec![],
+        (Some(_), Some(r)) => r.sweep.clone(),
+        (Some(_), None) => {
+            progress.start(&format!("{name} (lr sweep)"), None);
+            sweep(plan, &spec, &flags, progress)?
+        }
+    };
+    let chosen = best(&points).map(|b| b.lr);
+    spec.lr = chosen.unwrap_or(spec.lr);
+    for &seed in &plan.seeds {
+        progress.start(&plan.run_name(name, seed), plan.steps);
+        let row = match kept(cx.earlier, name, Some(seed), progress) {
+            Some(row) => row,
+            None => {
+                let run = MethodRun {
+                    name,
+                    seed,
+                    run_name: plan.run_name(name, seed),
+                    lr: spec.lr,
+                    notes: notes.clone(),
+                    adapter_config: spec.adapter_config.as_ref(),
+                    flags: &flags,
+                };
+                let mut row = run_method(plan, &run, progress)?;
+                row.sweep = points.clone();
+                row.metrics.forgetting = row.metrics.general_ce.zip(cx.base_ce).map(|(a, b)| a - b);
+                progress.finished(&row, false);
+                row
+            }
+        };
+        results.methods.push(row);
+        results.task_metric = results
+            .task_metric
+            .clone()
+            .or_else(|| results.methods.last()?.metrics.task_metric.clone());
+        write_outputs(&plan.out, results)?;
+    }
+    Ok(chosen)
+}
+
 /// Runs the comparison, writing the result files in `plan.out` after every row. `results`
 /// holds the header (command, machine, ...) and receives the rows.
 pub fn run(
@@ -154,62 +228,13 @@ pub fn run(
     write_outputs(&plan.out, &results)?;
     let mut chosen = Vec::new();
     for name in &plan.methods {
-        let (mut spec, notes, flags) = match resolve(plan, name) {
-            Ok(r) => r,
-            Err(e) => {
-                for &seed in &plan.seeds {
-                    progress.start(name, plan.steps);
-                    let row = MethodResult::failed(name, Some(seed), e.to_string());
-                    progress.finished(&row, false);
-                    results.methods.push(row);
-                }
-                write_outputs(&plan.out, &results)?;
-                continue;
-            }
+        let context = Context {
+            earlier: &earlier,
+            base_ce,
+            progress,
         };
-        let swept = earlier
-            .iter()
-            .find(|r| &r.method == name && !r.sweep.is_empty());
-        let points = match (plan.lr_sweep, swept) {
-            (None, _) => vec![],
-            (Some(_), Some(r)) => r.sweep.clone(),
-            (Some(_), None) => {
-                progress.start(&format!("{name} (lr sweep)"), None);
-                sweep(plan, &spec, &flags, progress)?
-            }
-        };
-        if let Some(b) = best(&points) {
-            spec.lr = b.lr;
-            chosen.push((name.clone(), b.lr));
-        }
-        for &seed in &plan.seeds {
-            progress.start(&plan.run_name(name, seed), plan.steps);
-            let row = match kept(&earlier, name, Some(seed), progress) {
-                Some(row) => row,
-                None => {
-                    let run = MethodRun {
-                        name,
-                        seed,
-                        run_name: plan.run_name(name, seed),
-                        lr: spec.lr,
-                        notes: notes.clone(),
-                        adapter_config: spec.adapter_config.as_ref(),
-                        flags: &flags,
-                    };
-                    let mut row = run_method(plan, &run, progress)?;
-                    row.sweep = points.clone();
-                    row.metrics.forgetting =
-                        row.metrics.general_ce.zip(base_ce).map(|(a, b)| a - b);
-                    progress.finished(&row, false);
-                    row
-                }
-            };
-            results.methods.push(row);
-            results.task_metric = results
-                .task_metric
-                .clone()
-                .or_else(|| results.methods.last()?.metrics.task_metric.clone());
-            write_outputs(&plan.out, &results)?;
+        if let Some(lr) = method_rows(plan, name, &context, &mut results)? {
+            chosen.push((name.clone(), lr));
         }
     }
     if let Some(path) = &plan.save_preset {
