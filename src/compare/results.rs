@@ -212,7 +212,8 @@ fn cell(stat: Option<(f64, f64)>, seeds: usize, f: impl Fn(f64) -> String) -> St
     match stat {
         None => "–".into(),
         Some((m, _)) if seeds <= 1 => f(m),
-        Some((m, sd)) => format!("{} ± {}", f(m), f(sd)),
+        // A spread has no sign, whatever the mean's format shows.
+        Some((m, sd)) => format!("{} ± {}", f(m), f(sd).trim_start_matches('+')),
     }
 }
 
