@@ -4,7 +4,8 @@
 # print held-out accuracy before and after (with 95% intervals) and one review's answer before
 # and after. One `peft compare` run (the base row is "before"); everything lands in runs/main-job/.
 #
-#   examples/main_job.sh            # STEPS=80 optimizer steps of 4 reviews (override: STEPS=N)
+#   examples/main_job.sh            # STEPS=80 optimizer steps of 4 reviews (override: STEPS=N);
+#                                   # all 200 held-out reviews (EVAL_LIMIT=N: the first N)
 #
 # The peft binary is $PEFT_BIN, else `cargo run --quiet --`.
 set -euo pipefail
@@ -14,11 +15,13 @@ MODEL="${PEFT_CACHE:-/var/tmp/peft-cache}/SmolLM2-135M-Instruct"
 OUT=runs/main-job
 [ -f "$MODEL/model.safetensors" ] || examples/get_smollm2.sh
 if [ -n "${PEFT_BIN:-}" ]; then PEFT=("$PEFT_BIN"); else PEFT=(cargo run --quiet --); fi
+LIMIT=()
+[ -n "${EVAL_LIMIT:-}" ] && LIMIT=(--eval-limit "$EVAL_LIMIT")
 start=$(date +%s)
 "${PEFT[@]}" compare --model "$MODEL" \
     --data datasets/sentiment_zh/train.jsonl --eval-data datasets/sentiment_zh/eval.jsonl \
     --methods lora --set lora.lr=3e-4 --budget "steps=$STEPS" --batch-size 4 --max-len 256 \
-    --lr-scheduler constant --no-forgetting --out "$OUT" --overwrite
+    --lr-scheduler constant --no-forgetting --out "$OUT" --overwrite "${LIMIT[@]}"
 python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
