@@ -1,23 +1,22 @@
-//! `peft compare`: every method on the same task, data order, seed, optimizer and budget. Each
-//! method trains in a `peft train` child process and is scored by a `peft compare-eval` child;
-//! the base model zero-shot is the first row. Results go to `--out`: `results.json`,
-//! `results.md`, `loss_curves.svg`, `metric_vs_params.svg`, and per-method runs, configs, logs
-//! and predictions. They are rewritten after every method, so an interrupted comparison keeps the
-//! rows it finished.
+//! `peft compare`: every method on the same task, data order, seeds, optimizer and budget. This
+//! file parses and validates; the comparison itself (children, rows, sweep, resume) is
+//! `peft::compare::run`. Results go to `--out`: `results.json`, `results.md`, the plots, and
+//! per-method runs, configs, logs and predictions. They are rewritten after every row, so an
+//! interrupted comparison keeps the rows it finished and `--resume` continues it.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::ValueEnum;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use peft::compare::output::write_outputs;
-use peft::compare::{Budget, MethodResult, Override, Presets, Results};
+use peft::compare::output::OUTPUT_FILES;
+use peft::compare::{Budget, ComparePlan, MethodResult, Override, Presets, Progress, Results};
 use peft::data::{self, BatchConfig};
 use peft::tokenizer::TextTokenizer;
 use peft::train::ScheduleKind;
 use serde_json::{json, Value};
 
-use super::compare_method::{run_base, run_method, scheduler};
 use super::data_options::DataOptions;
 
 const DEFAULT_METHODS: &str =
@@ -56,6 +55,30 @@ pub struct CompareArgs {
     /// Seed of initialisation, data order and dropout, the same for every method.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Train every method once per seed (e.g. 1,2,3); the table shows mean ± sd. Needs
+    /// --eval-data (an --eval-split would change with the seed); default: --seed.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// General text (JSONL `{"text": ...}`) whose cross-entropy rise over the base model is the
+    /// forgetting column (default: the bundled datasets/general_text.jsonl, English and Chinese).
+    #[arg(long)]
+    pub forgetting_data: Option<PathBuf>,
+    /// Do not measure forgetting.
+    #[arg(long, conflicts_with = "forgetting_data")]
+    pub no_forgetting: bool,
+    /// Try N learning rates per method (a half-decade grid around the preset's) on a quarter of
+    /// the budget against a validation split of the training data, and keep the best. Needs
+    /// --eval-data (default: the presets' rates).
+    #[arg(long, value_name = "N")]
+    pub lr_sweep: Option<usize>,
+    /// With --lr-sweep: write the presets with the chosen rates to FILE (read it back with
+    /// --presets FILE; default: none).
+    #[arg(long, value_name = "FILE", requires = "lr_sweep")]
+    pub save_preset: Option<PathBuf>,
+    /// Continue the comparison in --out: finished rows are kept, a method cut short continues
+    /// from its last checkpoint.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
     /// Learning-rate schedule (a minutes budget always uses constant_with_warmup: its end is not
     /// known).
     #[arg(long, value_enum, default_value = "linear")]
@@ -92,18 +115,33 @@ pub struct Plan {
     pub model_type: String,
 }
 
-fn default_presets() -> PathBuf {
-    let local = PathBuf::from("adapters/compare.toml");
+fn bundled(path: &str) -> PathBuf {
+    let local = PathBuf::from(path);
     if local.is_file() {
         return local;
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("adapters/compare.toml")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The forgetting set: the flag's file, else the bundled one where it exists.
+fn forgetting_data(a: &CompareArgs) -> anyhow::Result<Option<PathBuf>> {
+    match (&a.forgetting_data, a.no_forgetting) {
+        (_, true) => Ok(None),
+        (Some(f), false) if f.is_file() => Ok(Some(f.clone())),
+        (Some(f), false) => bail!("--forgetting-data {}: no such file", f.display()),
+        (None, false) => Ok(Some(bundled("datasets/general_text.jsonl")).filter(|f| f.is_file())),
+    }
 }
 
 impl TryFrom<CompareArgs> for Plan {
     type Error = anyhow::Error;
     fn try_from(mut args: CompareArgs) -> anyhow::Result<Self> {
-        let presets = Presets::load(&args.presets.clone().unwrap_or_else(default_presets))?;
+        let presets = Presets::load(
+            &args
+                .presets
+                .clone()
+                .unwrap_or_else(|| bundled("adapters/compare.toml")),
+        )?;
         let mut seen = std::collections::HashSet::new();
         args.methods.retain(|m| seen.insert(m.clone()));
         if args.methods.is_empty() {
@@ -122,6 +160,21 @@ impl TryFrom<CompareArgs> for Plan {
         }
         if args.data.eval_data.is_none() && args.data.eval_split.is_none() {
             bail!("peft compare needs held-out data: --eval-data FILE or --eval-split F");
+        }
+        let mut seen = std::collections::HashSet::new();
+        args.seeds.retain(|s| seen.insert(*s));
+        if args.seeds.is_empty() {
+            args.seeds.push(args.seed);
+        }
+        if args.data.eval_data.is_none() && args.seeds.len() > 1 {
+            bail!("--seeds with several seeds needs --eval-data FILE: an --eval-split would hold out different records for each seed");
+        }
+        match args.lr_sweep {
+            Some(0) => bail!("--lr-sweep must be at least 1"),
+            Some(_) if args.data.eval_data.is_none() => bail!(
+                "--lr-sweep needs --eval-data FILE: the sweep carves its validation split from --data, which must not overlap an --eval-split test set"
+            ),
+            _ => {}
         }
         args.data.to_config(args.seed)?;
         if !["auto", "none"].contains(&args.task_metric.as_str()) {
@@ -174,16 +227,25 @@ fn steps_for_tokens(args: &CompareArgs, tokens: usize) -> anyhow::Result<usize> 
     Ok(micro.div_ceil(args.grad_accum))
 }
 
+/// The schedule every method uses (a minutes budget: constant_with_warmup, its end is unknown).
+fn scheduler(a: &CompareArgs) -> ScheduleKind {
+    match a.budget {
+        Budget::Minutes(_) => ScheduleKind::ConstantWithWarmup,
+        _ => a.lr_scheduler,
+    }
+}
+
 /// What every method shares, for results.json.
 fn common(plan: &Plan) -> Value {
     let a = &plan.args;
-    let name = scheduler(plan)
+    let name = scheduler(a)
         .to_possible_value()
         .map(|v| v.get_name().to_string());
-    json!({"seed": a.seed, "batch_size": a.batch_size, "grad_accum": a.grad_accum,
+    json!({"seeds": a.seeds, "batch_size": a.batch_size, "grad_accum": a.grad_accum,
         "steps": plan.steps, "optimizer": "AdamW (betas 0.9, 0.999; eps 1e-8; no weight decay), gradient norm clipped at 1.0",
         "lr_scheduler": name, "warmup_steps": a.warmup_steps, "max_len": a.data.max_len.unwrap_or(1024),
-        "eval_limit": a.eval_limit, "device": a.device})
+        "eval_limit": a.eval_limit, "lr_sweep": a.lr_sweep, "device": a.device,
+        "forgetting_data": forgetting_data(a).ok().flatten().map(|p| p.display().to_string())})
 }
 
 fn machine() -> String {
@@ -228,14 +290,15 @@ fn command_line() -> String {
 }
 
 /// `--out` must not hold results (unless --overwrite: each result file and method run is then
-/// replaced as the new comparison writes it; nothing else in the folder is deleted), nor be,
-/// contain or lie inside an input.
+/// replaced as the new comparison writes it; nothing else in the folder is deleted, or --resume:
+/// they are continued), nor be, contain or lie inside an input.
 fn prepare_out(a: &CompareArgs) -> anyhow::Result<()> {
-    let (out, overwrite) = (&a.out, a.overwrite);
+    let out = &a.out;
     let mut inputs: Vec<(&str, &Path)> = vec![("--model folder", &a.model)];
     for (what, file) in [
         ("--data file", &a.data.data),
         ("--eval-data file", &a.data.eval_data),
+        ("--forgetting-data file", &a.forgetting_data),
     ] {
         if let Some(f) = file {
             inputs.push((what, f));
@@ -245,9 +308,9 @@ fn prepare_out(a: &CompareArgs) -> anyhow::Result<()> {
         inputs.push(("--presets file", p));
     }
     peft::io::paths::check_out_against_inputs(out, &inputs)?;
-    if out.join("results.json").exists() && !overwrite {
+    if out.join("results.json").exists() && !a.overwrite && !a.resume {
         bail!(
-            "{} already holds results (results.json); pass --overwrite to replace them",
+            "{} already holds results (results.json); pass --resume to continue them or --overwrite to replace them",
             out.display()
         );
     }
@@ -258,19 +321,125 @@ fn prepare_out(a: &CompareArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bars(plan: &Plan) -> (MultiProgress, ProgressBar, ProgressBar) {
-    let multi = MultiProgress::new();
-    let style =
-        |t: &str| ProgressStyle::with_template(t).unwrap_or_else(|_| ProgressStyle::default_bar());
-    let overall = multi.add(ProgressBar::new(plan.args.methods.len() as u64 + 1));
-    overall.set_style(style(
-        "compare {bar:30} {pos}/{len} runs [{elapsed_precise}] {msg}",
-    ));
-    let method = multi.add(ProgressBar::new(plan.steps.unwrap_or(0) as u64));
-    method.set_style(style(
-        "{prefix:>13} {bar:30} {pos}/{len} steps [{elapsed_precise}] {msg}",
-    ));
-    (multi, overall, method)
+/// The data flags of the children: training data only (`--eval-data` is for evaluation, as
+/// the second list; training never sees it).
+fn data_flags(d: &DataOptions) -> (Vec<OsString>, Vec<OsString>) {
+    let mut f: Vec<OsString> = Vec::new();
+    let mut opt = |name: &str, v: Option<OsString>| {
+        if let Some(v) = v {
+            f.extend([name.into(), v]);
+        }
+    };
+    opt("--data", d.data.clone().map(Into::into));
+    opt("--format", d.format.clone().map(Into::into));
+    opt("--template", d.template.clone().map(Into::into));
+    opt("--eval-split", d.eval_split.map(|s| s.to_string().into()));
+    opt("--max-len", d.max_len.map(|n| n.to_string().into()));
+    opt("--pack", d.pack.map(|n| n.to_string().into()));
+    for (on, flag) in [
+        (d.train_on_prompt, "--train-on-prompt"),
+        (d.append_eos, "--append-eos"),
+        (d.skip_bad_records, "--skip-bad-records"),
+        (d.group_by_length, "--group-by-length"),
+    ] {
+        if on {
+            f.push(flag.into());
+        }
+    }
+    let eval = d
+        .eval_data
+        .iter()
+        .flat_map(|p| [OsString::from("--eval-data"), p.clone().into()])
+        .collect();
+    (f, eval)
+}
+
+impl Plan {
+    fn into_library(self) -> anyhow::Result<ComparePlan> {
+        let a = &self.args;
+        let (data_flags, eval_data_flags) = data_flags(&a.data);
+        Ok(ComparePlan {
+            exe: std::env::current_exe().context("locating the peft binary")?,
+            model: a.model.clone(),
+            model_type: self.model_type.clone(),
+            out: a.out.clone(),
+            methods: a.methods.clone(),
+            presets: self.presets.clone(),
+            sets: a.sets.clone(),
+            budget: a.budget,
+            steps: self.steps,
+            seeds: a.seeds.clone(),
+            batch_size: a.batch_size,
+            grad_accum: a.grad_accum,
+            scheduler: scheduler(a),
+            warmup_steps: a.warmup_steps,
+            device: a.device.clone(),
+            eval_limit: a.eval_limit,
+            task_metric: a.task_metric.clone(),
+            max_new_tokens: a.max_new_tokens,
+            forgetting_data: forgetting_data(a)?,
+            data_flags,
+            eval_data_flags,
+            lr_sweep: a.lr_sweep,
+            save_preset: a.save_preset.clone(),
+            resume: a.resume,
+        })
+    }
+}
+
+/// Progress on the terminal: an overall bar over the rows and one for the current run.
+struct Bars {
+    multi: MultiProgress,
+    overall: ProgressBar,
+    run: ProgressBar,
+}
+
+impl Bars {
+    fn new(rows: usize) -> Self {
+        let multi = MultiProgress::new();
+        let style = |t: &str| {
+            ProgressStyle::with_template(t).unwrap_or_else(|_| ProgressStyle::default_bar())
+        };
+        let overall = multi.add(ProgressBar::new(rows as u64));
+        overall.set_style(style(
+            "compare {bar:30} {pos}/{len} runs [{elapsed_precise}] {msg}",
+        ));
+        let run = multi.add(ProgressBar::new(0));
+        run.set_style(style(
+            "{prefix:>13} {bar:30} {pos}/{len} steps [{elapsed_precise}] {msg}",
+        ));
+        Self {
+            multi,
+            overall,
+            run,
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn start(&self, run: &str, steps: Option<usize>) {
+        self.overall.set_message(run.to_string());
+        self.run.set_prefix(run.to_string());
+        self.run.reset();
+        self.run.set_length(steps.unwrap_or(0) as u64);
+    }
+    fn step(&self, step: usize, message: &str) {
+        self.run.set_position(step as u64);
+        self.run.set_message(message.to_string());
+    }
+    fn message(&self, message: &str) {
+        self.run.set_message(message.to_string());
+    }
+    fn finished(&self, row: &MethodResult, kept: bool) {
+        let line = summary(row)
+            + if kept {
+                " (kept from the earlier run)"
+            } else {
+                ""
+            };
+        self.multi.suspend(|| eprintln!("{line}"));
+        self.overall.inc(1);
+    }
 }
 
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
@@ -278,7 +447,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let a = &plan.args;
     prepare_out(a)?;
     let _lock = peft::io::lock::lock_dir(&a.out)?;
-    let mut results = Results {
+    let results = Results {
         command: command_line(),
         machine: machine(),
         model: a.model.display().to_string(),
@@ -294,35 +463,16 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         majority_share: None,
         methods: Vec::new(),
     };
-    let (multi, overall, bar) = bars(&plan);
-    for name in std::iter::once("base").chain(a.methods.iter().map(String::as_str)) {
-        overall.set_message(name.to_string());
-        bar.set_prefix(name.to_string());
-        bar.reset();
-        let result = if name == "base" {
-            let (result, share) = run_base(&plan, &bar);
-            results.majority_share = share;
-            result
-        } else {
-            run_method(&plan, name, &bar)?
-        };
-        multi.suspend(|| eprintln!("{}", summary(&result)));
-        results.task_metric = results
-            .task_metric
-            .or_else(|| result.metrics.task_metric.clone());
-        results.methods.push(result);
-        write_outputs(&a.out, &results)?;
-        overall.inc(1);
-    }
-    overall.finish_with_message("done");
-    bar.finish_and_clear();
-    eprintln!(
-        "results in {} (results.md, results.json, loss_curves.svg, metric_vs_params.svg)",
-        a.out.display()
-    );
+    let out = a.out.clone();
+    let rows = 1 + a.methods.len() * a.seeds.len();
+    let plan = plan.into_library()?;
+    let bars = Bars::new(rows);
+    peft::compare::run::run(&plan, results, &bars)?;
+    bars.overall.finish_with_message("done");
+    bars.run.finish_and_clear();
+    eprintln!("results in {} ({})", out.display(), OUTPUT_FILES.join(", "));
     Ok(())
 }
-
 /// "`eval.jsonl` (first 24 records)" or "0.1 of the data held out".
 fn eval_description(a: &CompareArgs) -> String {
     let data = match (&a.data.eval_data, a.data.eval_split) {

@@ -1,19 +1,29 @@
-//! `peft compare`: every method trained on the same task, data order, seed, optimizer and budget,
-//! then measured the same way. This module is the pure part: the plan (budget, per-method presets
-//! and `--set` overrides), the task metrics (exact match, ROUGE-L), the results (JSON and Markdown)
-//! and hand-written SVG plots. The CLI (`src/cli/compare.rs`) runs each method as a child process of
-//! the same binary, so a failing method becomes a row with its error and peak RSS is per method.
+//! `peft compare`: every method trained on the same task, data order, seeds, optimizer and
+//! budget, then measured the same way (HF PEFT's `method_comparison` protocol at CPU scale): test
+//! accuracy with its 95% interval, train loss, time, memory (peak / mean / p99), trainable
+//! parameters, adapter size and forgetting. `run` is the loop; each method trains and is scored
+//! in a child process of the same binary (`child`, `method`, `eval`), so a failing method becomes
+//! a row with its error and memory is per method. `sweep` chooses learning rates on a validation
+//! split; the plan (budget, presets, `--set` overrides), task metrics, statistics, results (JSON
+//! and Markdown) and hand-written SVG plots are pure. `src/cli/compare*.rs` only parse.
 
+pub mod child;
+pub mod eval;
+pub mod method;
 pub mod output;
 pub mod plan;
 pub mod results;
+pub mod run;
+pub mod stats;
 pub mod svg;
+pub mod sweep;
 pub mod task;
 
 use std::path::PathBuf;
 
 pub use plan::{Budget, MethodPreset, MethodSpec, Override, Presets};
 pub use results::{MethodResult, Results, RunMetrics};
+pub use run::{ComparePlan, Progress};
 pub use task::TaskMetric;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,4 +42,13 @@ pub enum CompareError {
     },
     #[error("{0}")]
     Method(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Write(#[from] crate::error::WriteError),
+    #[error(transparent)]
+    Load(#[from] crate::error::LoadError),
 }

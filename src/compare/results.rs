@@ -7,6 +7,9 @@ use std::fmt::Write;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::stats::{mean_sd, wilson, Z95};
+use super::sweep::SweepPoint;
+
 /// Everything measured for one method (or the zero-shot base row). `None`: not measured (the
 /// method failed first, or the quantity does not apply).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -19,6 +22,11 @@ pub struct RunMetrics {
     pub adapter_bytes: Option<u64>,
     /// Peak resident memory of the training process (VmHWM), MiB.
     pub peak_rss_mib: Option<f64>,
+    /// Mean and 99th percentile of the training process' resident memory, sampled every 100 ms.
+    #[serde(default)]
+    pub mean_rss_mib: Option<f64>,
+    #[serde(default)]
+    pub p99_rss_mib: Option<f64>,
     /// Peak resident memory of the evaluation process, MiB.
     pub eval_peak_rss_mib: Option<f64>,
     pub steps: Option<usize>,
@@ -38,12 +46,21 @@ pub struct RunMetrics {
     /// The task metric over `task_examples` eval records.
     pub task_score: Option<f64>,
     pub task_examples: Option<usize>,
+    /// Mean token cross-entropy on the general-text (forgetting) set.
+    #[serde(default)]
+    pub general_ce: Option<f64>,
+    /// `general_ce` minus the base model's: how much general text the adapter made less likely.
+    #[serde(default)]
+    pub forgetting: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MethodResult {
     /// A method name of the presets, or `base` (the model zero-shot).
     pub method: String,
+    /// The training seed (`None` for the base row).
+    #[serde(default)]
+    pub seed: Option<u64>,
     /// `ok` or `error`.
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,13 +68,36 @@ pub struct MethodResult {
     /// Learning rate and the adapter_config.json trained (null for the base row).
     pub config: Value,
     pub metrics: RunMetrics,
-    /// Training loss per step: `[step, loss]`.
+    /// Training cross-entropy per step: `[step, loss]` (AdaLoRA's orthogonality term excluded).
     pub curve: Vec<(usize, f64)>,
+    /// The `--lr-sweep` rates tried for this method (empty without a sweep).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sweep: Vec<SweepPoint>,
 }
 
 impl MethodResult {
     pub fn ok(&self) -> bool {
         self.status == "ok"
+    }
+
+    /// A row that failed before anything was measured.
+    pub fn failed(method: &str, seed: Option<u64>, error: String) -> Self {
+        Self {
+            method: method.to_string(),
+            seed,
+            status: "error".into(),
+            error: Some(error),
+            config: Value::Null,
+            metrics: RunMetrics::default(),
+            curve: vec![],
+            sweep: vec![],
+        }
+    }
+
+    /// Correct answers (exact match: the score is a proportion of `task_examples`).
+    pub fn successes(&self) -> Option<(f64, usize)> {
+        let n = self.metrics.task_examples?;
+        Some(((self.metrics.task_score? * n as f64).round(), n))
     }
 }
 
@@ -79,28 +119,74 @@ pub struct Results {
     pub methods: Vec<MethodResult>,
 }
 
-/// Best first: successful rows by task metric (descending), then eval loss (ascending); failed
-/// rows last, in run order.
-pub fn ranked(methods: &[MethodResult]) -> Vec<&MethodResult> {
-    let key = |m: &MethodResult| {
+/// A method's rows, one per seed.
+pub struct Group<'a> {
+    pub method: &'a str,
+    pub rows: Vec<&'a MethodResult>,
+}
+
+impl Group<'_> {
+    fn ok_rows(&self) -> impl Iterator<Item = &MethodResult> {
+        self.rows.iter().copied().filter(|r| r.ok())
+    }
+
+    /// Mean and sd of a metric over the rows that succeeded.
+    pub fn stat(&self, f: impl Fn(&RunMetrics) -> Option<f64>) -> Option<(f64, f64)> {
+        mean_sd(self.ok_rows().filter_map(|r| f(&r.metrics)))
+    }
+
+    /// The 95% Wilson interval of the correct answers of all seeds pooled, and their count.
+    pub fn interval(&self) -> Option<(f64, f64, usize)> {
+        let (k, n) = self
+            .ok_rows()
+            .filter_map(MethodResult::successes)
+            .fold((0.0, 0), |(k, n), (a, b)| (k + a, n + b));
+        wilson(k, n, Z95).map(|(lo, hi)| (lo, hi, n))
+    }
+
+    pub fn any_ok(&self) -> bool {
+        self.ok_rows().next().is_some()
+    }
+
+    fn seeds(&self) -> usize {
+        self.ok_rows().count()
+    }
+}
+
+/// Rows grouped by method, in the order methods first appear.
+pub fn groups(methods: &[MethodResult]) -> Vec<Group<'_>> {
+    let mut out: Vec<Group> = Vec::new();
+    for m in methods {
+        match out.iter_mut().find(|g| g.method == m.method) {
+            Some(g) => g.rows.push(m),
+            None => out.push(Group {
+                method: &m.method,
+                rows: vec![m],
+            }),
+        }
+    }
+    out
+}
+
+/// Best first: methods by mean task metric (descending), then mean eval loss (ascending);
+/// methods whose every row failed last, in run order.
+pub fn ranked(methods: &[MethodResult]) -> Vec<Group<'_>> {
+    let key = |g: &Group| {
         (
-            m.metrics.task_score.unwrap_or(f64::NEG_INFINITY),
-            -m.metrics.eval_loss.unwrap_or(f64::INFINITY),
+            g.stat(|m| m.task_score).map_or(f64::NEG_INFINITY, |s| s.0),
+            -g.stat(|m| m.eval_loss).map_or(f64::INFINITY, |s| s.0),
         )
     };
-    let mut ok: Vec<&MethodResult> = methods.iter().filter(|m| m.ok()).collect();
+    let (mut ok, failed): (Vec<Group>, Vec<Group>) =
+        groups(methods).into_iter().partition(Group::any_ok);
     ok.sort_by(|a, b| {
         let (ka, kb) = (key(a), key(b));
         kb.0.partial_cmp(&ka.0)
             .unwrap_or(Ordering::Equal)
             .then(kb.1.partial_cmp(&ka.1).unwrap_or(Ordering::Equal))
     });
-    ok.extend(methods.iter().filter(|m| !m.ok()));
+    ok.extend(failed);
     ok
-}
-
-fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
-    v.map_or_else(|| "–".to_string(), f)
 }
 
 /// 2_400_000 → "2.40M".
@@ -113,54 +199,127 @@ pub fn human_count(n: u64) -> String {
     }
 }
 
-fn human_bytes(n: u64) -> String {
+fn human_bytes(n: f64) -> String {
     match n {
-        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
-        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
-        n => format!("{n} B"),
+        n if n >= (1u64 << 20) as f64 => format!("{:.1} MiB", n / (1u64 << 20) as f64),
+        n if n >= 1024.0 => format!("{:.1} KiB", n / 1024.0),
+        n => format!("{n:.0} B"),
     }
 }
 
-/// One Markdown table row per method.
-fn row(rank: usize, m: &MethodResult, metric: Option<&str>) -> String {
-    let x = &m.metrics;
-    let params = match (x.trainable_params, x.trainable_percent) {
+/// `mean` (one seed) or `mean ± sd` (several), `–` when not measured.
+fn cell(stat: Option<(f64, f64)>, seeds: usize, f: impl Fn(f64) -> String) -> String {
+    match stat {
+        None => "–".into(),
+        Some((m, _)) if seeds <= 1 => f(m),
+        // A spread has no sign, whatever the mean's format shows.
+        Some((m, sd)) => format!("{} ± {}", f(m), f(sd).trim_start_matches('+')),
+    }
+}
+
+/// The task metric with its sample size, and for exact match its 95% Wilson interval.
+fn score_cell(g: &Group, metric: Option<&str>) -> String {
+    let seeds = g.seeds();
+    let score = cell(g.stat(|m| m.task_score), seeds, |s| format!("{s:.3}"));
+    if metric.is_none() || score == "–" {
+        return "–".into();
+    }
+    match (metric, g.interval()) {
+        (Some("exact_match"), Some((lo, hi, n))) if seeds > 1 => {
+            format!("{score} [{lo:.3}, {hi:.3}] n={seeds}×{}", n / seeds.max(1))
+        }
+        (Some("exact_match"), Some((lo, hi, n))) => format!("{score} [{lo:.3}, {hi:.3}] n={n}"),
+        _ => {
+            let n = g.ok_rows().find_map(|r| r.metrics.task_examples);
+            format!("{score} n={}", n.map_or("?".into(), |n| n.to_string()))
+        }
+    }
+}
+
+/// `2e-4`, or `3e-4 (swept 6e-5…6e-4)` when `--lr-sweep` chose it.
+fn lr_cell(g: &Group) -> String {
+    let Some(first) = g.rows.first() else {
+        return "–".into();
+    };
+    let lr = first.config.get("lr").and_then(Value::as_f64);
+    let lr = opt(lr, |l| format!("{l:.0e}"));
+    let rates: Vec<f64> = first.sweep.iter().map(|p| p.lr).collect();
+    match (rates.first(), rates.last()) {
+        (Some(lo), Some(hi)) if rates.len() > 1 => format!("{lr} (swept {lo:.0e}…{hi:.0e})"),
+        _ => lr,
+    }
+}
+
+fn status_cell(g: &Group) -> String {
+    let notes: Vec<&str> = g
+        .rows
+        .first()
+        .and_then(|m| m.config.get("notes"))
+        .and_then(Value::as_array)
+        .map(|n| n.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let errors: Vec<String> = g
+        .rows
+        .iter()
+        .filter_map(|r| {
+            let e = r.error.as_ref()?;
+            let seed = r.seed.map_or(String::new(), |s| format!("seed {s}: "));
+            Some(format!(
+                "{seed}{}",
+                e.replace('|', "\\|").replace('\n', " ")
+            ))
+        })
+        .collect();
+    let status = match (errors.is_empty(), g.any_ok()) {
+        (true, _) => "ok".to_string(),
+        (false, false) => format!("error: {}", errors.join("; ")),
+        (false, true) => format!("ok ({} failed: {})", errors.len(), errors.join("; ")),
+    };
+    if notes.is_empty() {
+        status
+    } else {
+        format!("{status} ({})", notes.join("; ").replace('|', "\\|"))
+    }
+}
+
+/// One Markdown table row per method (mean ± sd over seeds).
+fn row(rank: usize, g: &Group, metric: Option<&str>) -> String {
+    let seeds = g.seeds();
+    let first = g.ok_rows().next().map(|r| &r.metrics);
+    let params = match (
+        first.and_then(|x| x.trainable_params),
+        first.and_then(|x| x.trainable_percent),
+    ) {
         (Some(n), Some(p)) => format!("{} ({p:.3}%)", human_count(n)),
         (Some(n), None) => human_count(n),
         _ => "–".into(),
     };
-    let score = match metric {
-        Some(_) => opt(x.task_score, |s| format!("{s:.3}")),
-        None => "–".into(),
-    };
-    let lr = m.config.get("lr").and_then(Value::as_f64);
-    let notes: Vec<&str> = m
-        .config
-        .get("notes")
-        .and_then(Value::as_array)
-        .map(|n| n.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let status = match (&m.error, notes.is_empty()) {
-        (Some(e), _) => format!("error: {}", e.replace('|', "\\|").replace('\n', " ")),
-        (None, true) => "ok".into(),
-        (None, false) => format!("ok ({})", notes.join("; ").replace('|', "\\|")),
-    };
+    let c = |f: fn(&RunMetrics) -> Option<f64>, fmt: fn(f64) -> String| cell(g.stat(f), seeds, fmt);
+    let memory = format!(
+        "{} / {} / {}",
+        c(|m| m.peak_rss_mib, |r| format!("{r:.0}")),
+        c(|m| m.mean_rss_mib, |r| format!("{r:.0}")),
+        c(|m| m.p99_rss_mib, |r| format!("{r:.0}"))
+    );
     format!(
-        "| {rank} | {} | {} | {score} | {} | {} | {params} | {} | {} | {} | {} | {} | {status} |",
-        m.method,
-        opt(lr, |l| format!("{l:.0e}")),
-        opt(x.eval_loss, |l| format!("{l:.4}")),
-        opt(x.eval_perplexity, |p| format!("{p:.2}")),
-        opt(x.adapter_bytes, human_bytes),
-        format!(
-            "{} / {}",
-            opt(x.peak_rss_mib, |r| format!("{r:.0}")),
-            opt(x.eval_peak_rss_mib, |r| format!("{r:.0}"))
-        ),
-        opt(x.tokens_per_s, |t| format!("{t:.1}")),
-        opt(x.steps, |s| s.to_string()),
-        opt(x.train_seconds, |s| format!("{s:.1}")),
+        "| {rank} | {} | {} | {} | {} | {} | {} | {params} | {} | {memory} | {} | {} | {} | {} | {} |",
+        g.method,
+        lr_cell(g),
+        score_cell(g, metric),
+        c(|m| m.forgetting, |f| format!("{f:+.4}")),
+        c(|m| m.eval_loss, |l| format!("{l:.4}")),
+        c(|m| m.final_train_loss, |l| format!("{l:.4}")),
+        opt(g.stat(|m| m.adapter_bytes.map(|b| b as f64)).map(|s| s.0), human_bytes),
+        c(|m| m.eval_peak_rss_mib, |r| format!("{r:.0}")),
+        c(|m| m.tokens_per_s, |t| format!("{t:.1}")),
+        c(|m| m.steps.map(|s| s as f64), |s| format!("{s:.0}")),
+        c(|m| m.train_seconds, |s| format!("{s:.1}")),
+        status_cell(g),
     )
+}
+
+fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+    v.map_or_else(|| "–".to_string(), f)
 }
 
 /// `{"seed": 42, "lr_scheduler": "constant"}` → "seed 42, lr_scheduler constant" (nulls left out).
@@ -176,6 +335,38 @@ fn shared(common: &Value) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The `--lr-sweep` section: every rate tried per method, the chosen one in bold.
+fn sweep_section(results: &Results) -> String {
+    let mut md = String::new();
+    for g in groups(&results.methods) {
+        let Some(first) = g.rows.first().filter(|r| !r.sweep.is_empty()) else {
+            continue;
+        };
+        if md.is_empty() {
+            md += "\n## Learning-rate sweep (validation split of the training data)\n\n| method | lr | val score | val loss |\n|---|---|---|---|\n";
+        }
+        let chosen = first.config.get("lr").and_then(Value::as_f64);
+        for p in &first.sweep {
+            let lr = if Some(p.lr) == chosen {
+                format!("**{:.1e}**", p.lr)
+            } else {
+                format!("{:.1e}", p.lr)
+            };
+            let score = match &p.error {
+                Some(e) => format!("error: {}", e.replace('|', "\\|")),
+                None => opt(p.val_score, |s| format!("{s:.3}")),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {lr} | {score} | {} |",
+                g.method,
+                opt(p.val_loss, |l| format!("{l:.4}"))
+            );
+        }
+    }
+    md
 }
 
 /// `results.md`: the setup, then the table sorted by the task metric.
@@ -203,14 +394,21 @@ pub fn markdown(results: &Results) -> String {
     }
     let _ = writeln!(
         md,
-        "| # | method | lr | {} | eval loss | eval ppl | trainable params | adapter file | peak RSS train / eval (MiB) | train tokens/s | steps | train time (s) | status |",
+        "Scores are mean ± sd over seeds where there are several; [lo, hi] is the 95% Wilson interval of the correct answers (seeds pooled), n the examples scored. Forgetting is the rise of mean token cross-entropy on general text over the base model's.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| # | method | lr | {} | forgetting (Δ CE) | eval loss | final train CE | trainable params | adapter file | train RSS peak / mean / p99 (MiB) | eval peak RSS (MiB) | train tokens/s | steps | train time (s) | status |",
         metric.unwrap_or("task metric")
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (i, m) in ranked(&results.methods).into_iter().enumerate() {
-        let _ = writeln!(md, "{}", row(i + 1, m, metric));
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for (i, g) in ranked(&results.methods).iter().enumerate() {
+        let _ = writeln!(md, "{}", row(i + 1, g, metric));
     }
-    md
+    md + &sweep_section(results)
 }
 
 #[cfg(test)]
@@ -220,33 +418,23 @@ mod tests {
     fn result(method: &str, score: Option<f64>, loss: Option<f64>, error: bool) -> MethodResult {
         MethodResult {
             method: method.into(),
+            seed: Some(1),
             status: if error { "error" } else { "ok" }.into(),
             error: error.then(|| "boom | bang".to_string()),
             config: serde_json::json!({"lr": 2e-4}),
             metrics: RunMetrics {
                 task_score: score,
+                task_examples: score.map(|_| 8),
                 eval_loss: loss,
                 ..Default::default()
             },
             curve: vec![],
+            sweep: vec![],
         }
     }
 
-    #[test]
-    fn ranking_puts_best_metric_first_and_failures_last() {
-        let rows = vec![
-            result("prefix", None, None, true),
-            result("base", Some(0.1), Some(3.0), false),
-            result("lora", Some(0.9), Some(0.2), false),
-            result("ia3", Some(0.9), Some(0.1), false),
-        ];
-        let names: Vec<&str> = ranked(&rows).iter().map(|m| m.method.as_str()).collect();
-        assert_eq!(names, ["ia3", "lora", "base", "prefix"]);
-    }
-
-    #[test]
-    fn the_markdown_table_has_one_row_per_method_and_escapes_errors() {
-        let results = Results {
+    fn results(methods: Vec<MethodResult>) -> Results {
+        Results {
             command: "peft compare".into(),
             machine: "test".into(),
             model: "m".into(),
@@ -256,23 +444,62 @@ mod tests {
             common: serde_json::json!({}),
             task_metric: Some("exact_match".into()),
             majority_share: Some(0.625),
-            methods: vec![
-                result("lora", Some(0.5), Some(1.0), false),
-                result("x", None, None, true),
-            ],
-        };
-        let md = markdown(&results);
+            methods,
+        }
+    }
+
+    #[test]
+    fn ranking_puts_best_metric_first_and_failures_last() {
+        let rows = vec![
+            result("prefix", None, None, true),
+            result("base", Some(0.125), Some(3.0), false),
+            result("lora", Some(0.875), Some(0.2), false),
+            result("ia3", Some(0.875), Some(0.1), false),
+        ];
+        let names: Vec<&str> = ranked(&rows).iter().map(|g| g.method).collect();
+        assert_eq!(names, ["ia3", "lora", "base", "prefix"]);
+    }
+
+    #[test]
+    fn the_markdown_table_has_one_row_per_method_with_its_interval_and_escapes_errors() {
+        let md = markdown(&results(vec![
+            result("lora", Some(0.5), Some(1.0), false),
+            result("x", None, None, true),
+        ]));
         assert_eq!(md.lines().filter(|l| l.starts_with("| ")).count(), 3);
-        assert!(md.contains("| 1 | lora | 2e-4 | 0.500 | 1.0000 |"));
-        assert!(md.contains("error: boom \\| bang"));
+        // 4 of 8: Wilson [0.215, 0.785].
+        assert!(
+            md.contains("| 1 | lora | 2e-4 | 0.500 [0.215, 0.785] n=8 | – | 1.0000 |"),
+            "{md}"
+        );
+        assert!(md.contains("error: seed 1: boom \\| bang"), "{md}");
         assert!(md.contains("would score 0.625"));
+    }
+
+    #[test]
+    fn seeds_of_a_method_share_one_row_with_mean_and_sd() {
+        let mut rows = vec![
+            result("lora", Some(0.5), Some(1.0), false),
+            result("lora", Some(0.75), Some(3.0), false),
+        ];
+        rows[1].seed = Some(2);
+        let md = markdown(&results(rows));
+        // 10 of 16 pooled: Wilson [0.386, 0.815].
+        assert!(
+            md.contains(
+                "| lora | 2e-4 | 0.625 ± 0.177 [0.386, 0.815] n=2×8 | – | 2.0000 ± 1.4142 |"
+            ),
+            "{md}"
+        );
     }
 
     #[test]
     fn a_clamped_preset_is_an_ok_row_with_its_note() {
         let mut m = result("llama-adapter", Some(0.5), Some(1.0), false);
         m.config = serde_json::json!({"lr": 9e-3, "notes": ["adapter_layers 30 clamped to the model's 2 layers"]});
-        assert!(row(1, &m, Some("exact_match"))
+        let rows = [m];
+        let g = &groups(&rows)[0];
+        assert!(row(1, g, Some("exact_match"))
             .ends_with("| ok (adapter_layers 30 clamped to the model's 2 layers) |"));
     }
 

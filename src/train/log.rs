@@ -17,6 +17,8 @@ pub struct StepLine {
     pub step: usize,
     pub epoch: f64,
     pub loss: f64,
+    /// The cross-entropy alone, where `loss` holds a method's extra term (AdaLoRA).
+    pub ce: Option<f64>,
     pub lr: f64,
     pub grad_norm: f64,
     pub tokens: usize,

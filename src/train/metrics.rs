@@ -82,7 +82,10 @@ impl Metrics {
     /// Logs a training step; returns its HF `log_history` entry (`loss`, `learning_rate`,
     /// `grad_norm`, `epoch`, `step`, as transformers' `Trainer._maybe_log_save_evaluate`).
     pub fn train_step(&mut self, l: &StepLine) -> Value {
-        let entry = json!({"step": l.step, "epoch": l.epoch, "loss": l.loss, "lr": l.lr, "grad_norm": l.grad_norm, "tokens": l.tokens, "tokens_per_s": l.tokens_per_s});
+        let mut entry = json!({"step": l.step, "epoch": l.epoch, "loss": l.loss, "lr": l.lr, "grad_norm": l.grad_norm, "tokens": l.tokens, "tokens_per_s": l.tokens_per_s});
+        if let Some(ce) = l.ce {
+            entry["ce"] = json!(ce);
+        }
         self.log(&entry);
         self.console.step_line(l, &self.status);
         json!({"epoch": l.epoch, "grad_norm": l.grad_norm, "learning_rate": l.lr, "loss": l.loss, "step": l.step})

@@ -120,24 +120,29 @@ fn non_finite_weights(e: &TrainError) -> bool {
 #[derive(Debug, Default)]
 struct Window {
     loss_sum: f64,
+    extra_sum: f64,
     steps: usize,
     tokens: usize,
     seconds: f64,
 }
 
 impl Window {
-    fn add(&mut self, loss: f64, tokens: usize, seconds: f64) {
+    fn add(&mut self, loss: f64, extra: f64, tokens: usize, seconds: f64) {
         self.loss_sum += loss;
+        self.extra_sum += extra;
         self.steps += 1;
         self.tokens += tokens;
         self.seconds += seconds;
     }
 
-    /// `(mean loss, tokens, tokens/s)` of the window, which starts again empty.
-    fn take(&mut self) -> (f64, usize, f64) {
+    /// `(mean loss, mean cross-entropy if the loss holds an extra term, tokens, tokens/s)` of
+    /// the window, which starts again empty.
+    fn take(&mut self) -> (f64, Option<f64>, usize, f64) {
         let w = std::mem::take(self);
+        let steps = w.steps.max(1) as f64;
         (
-            w.loss_sum / w.steps.max(1) as f64,
+            w.loss_sum / steps,
+            (w.extra_sum != 0.0).then(|| (w.loss_sum - w.extra_sum) / steps),
             w.tokens,
             w.tokens as f64 / w.seconds.max(1e-9),
         )
@@ -299,17 +304,23 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
         state.tokens_seen += stats.tokens;
         tokens_total += stats.tokens;
         losses.push(stats.loss);
-        window.add(stats.loss, stats.tokens, t.elapsed().as_secs_f64());
+        window.add(
+            stats.loss,
+            stats.extra_loss,
+            stats.tokens,
+            t.elapsed().as_secs_f64(),
+        );
         let step = state.global_step;
         if let Some(status) = run.hook.status() {
             metrics.set_status(status);
         }
         if step % c.logging_steps.max(1) == 0 || step == total {
-            let (loss, tokens, tokens_per_s) = window.take();
+            let (loss, ce, tokens, tokens_per_s) = window.take();
             let entry = metrics.train_step(&StepLine {
                 step,
                 epoch: state.epoch_progress,
                 loss,
+                ce,
                 lr,
                 grad_norm: stats.grad_norm,
                 tokens,

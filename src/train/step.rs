@@ -47,6 +47,9 @@ pub struct StepStats {
     pub grad_norm: f64,
     pub tokens: usize,
     pub targets: usize,
+    /// The method's extra term inside `loss` (AdaLoRA's orthogonality penalty; 0 for others), so
+    /// the cross-entropy alone is `loss - extra_loss`.
+    pub extra_loss: f64,
 }
 
 /// Runs one optimizer step over `micro_batches` and returns the updated model.
@@ -82,13 +85,16 @@ pub fn train_step_with(
     let targets: usize = micro_batches.iter().map(|b| b.targets_for(lead)).sum();
     let denom = targets.max(1) as f64;
     let mut accumulator = GradientsAccumulator::<CausalLm>::new();
-    let mut loss_sum = 0.0;
+    let (mut loss_sum, mut extra_sum) = (0.0, 0.0);
     for (k, batch) in micro_batches.iter().enumerate() {
         let extra = if k == 0 {
             hook.extra_loss(&model)
         } else {
             None
         };
+        if let Some(e) = &extra {
+            extra_sum += e.clone().into_scalar::<f32>() as f64;
+        }
         // A micro-batch with no learned token adds no loss and no gradient (its loss would be a
         // constant: backward on it has nothing to differentiate).
         let loss = if batch.targets_for(lead) > 0 {
@@ -123,6 +129,7 @@ pub fn train_step_with(
             grad_norm,
             tokens,
             targets,
+            extra_loss: extra_sum,
         },
     )
 }
