@@ -47,6 +47,15 @@ impl Linear {
         }
     }
 
+    /// Weights held in `quant` that `Module::num_params` does not see (it counts the `[1, 1]`
+    /// placeholder): `in × out − 1` for a quantized layer, 0 otherwise.
+    pub fn params_outside_module(&self) -> usize {
+        match &self.quant {
+            Some(q) => (q.0.rows * q.0.cols).saturating_sub(1),
+            None => 0,
+        }
+    }
+
     pub fn in_features(&self) -> usize {
         if let Some(q) = &self.quant {
             return q.0.cols;

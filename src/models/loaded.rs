@@ -584,6 +584,17 @@ impl CausalLm {
         }
     }
 
+    /// The base model's parameter count: the module's, plus the quantized weights held beside it
+    /// (`Linear::quant`, which `Module::num_params` sees as `[1, 1]` placeholders).
+    pub fn base_params(&mut self) -> usize {
+        let outside: usize = self
+            .linears_mut()
+            .iter()
+            .map(|(_, l)| l.params_outside_module())
+            .sum();
+        burn::module::Module::num_params(self) + outside
+    }
+
     /// Every linear layer with its module path, in checkpoint order.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         match self {

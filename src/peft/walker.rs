@@ -4,7 +4,6 @@
 
 use std::fmt;
 
-use burn::module::Module;
 
 use crate::error::AdapterError;
 use crate::models::CausalLm;
@@ -278,7 +277,7 @@ pub fn attach(
         adapter_parameters(targets).and_then(|n| n.checked_mul(16)),
     )
     .map_err(crate::error::LoadError::from)?;
-    let base_params = model.num_params();
+    let base_params = model.base_params();
     let mut trainable = 0;
     let mut by_path: std::collections::HashMap<&str, &Target> =
         targets.iter().map(|t| (t.path.as_str(), t)).collect();

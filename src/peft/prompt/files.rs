@@ -9,7 +9,6 @@
 
 use std::path::Path;
 
-use burn::module::Module;
 use burn::tensor::Device;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -242,7 +241,7 @@ fn build_chatglm(
     })
 }
 
-fn report(model: &CausalLm, encoder: &PromptEncoder) -> InjectionReport {
+fn report(model: &mut CausalLm, encoder: &PromptEncoder) -> InjectionReport {
     let trainable = encoder.num_params();
     let matched = match encoder {
         PromptEncoder::Adaption(a) => (a.first_layer..a.num_layers)
@@ -254,7 +253,7 @@ fn report(model: &CausalLm, encoder: &PromptEncoder) -> InjectionReport {
     InjectionReport {
         matched,
         trainable,
-        total: model.num_params() + trainable,
+        total: model.base_params() + trainable,
     }
 }
 
