@@ -365,3 +365,16 @@ fn an_nf4_base_with_lora_gives_peft_and_bitsandbytes_qlora_logits() {
         "nf4 + LoRA vs PEFT on bitsandbytes' CPU kernel: {diff}"
     );
 }
+
+/// The "all params" a run reports counts the quantized weights, which live beside burn's module
+/// tree (`Linear::quant`), as the f32 base's.
+#[test]
+fn a_quantized_base_counts_the_parameters_of_the_f32_base() {
+    let dir = ModelDir::open(&fixture("llama-tiny")).unwrap();
+    let f32_params = dir.load(&device()).unwrap().base_params();
+    for q in [BaseQuant::Int8, BaseQuant::Int4, BaseQuant::Nf4] {
+        let mut quantized = load_quantized("llama-tiny", q);
+        assert!(quantized.linears_mut().iter().any(|(_, l)| l.quant.is_some()));
+        assert_eq!(quantized.base_params(), f32_params, "{q:?}");
+    }
+}
