@@ -4,7 +4,6 @@
 
 use std::fmt;
 
-
 use crate::error::AdapterError;
 use crate::models::CausalLm;
 use crate::peft::adapter::LinearAdapter;

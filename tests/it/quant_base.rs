@@ -374,7 +374,10 @@ fn a_quantized_base_counts_the_parameters_of_the_f32_base() {
     let f32_params = dir.load(&device()).unwrap().base_params();
     for q in [BaseQuant::Int8, BaseQuant::Int4, BaseQuant::Nf4] {
         let mut quantized = load_quantized("llama-tiny", q);
-        assert!(quantized.linears_mut().iter().any(|(_, l)| l.quant.is_some()));
+        assert!(quantized
+            .linears_mut()
+            .iter()
+            .any(|(_, l)| l.quant.is_some()));
         assert_eq!(quantized.base_params(), f32_params, "{q:?}");
     }
 }
