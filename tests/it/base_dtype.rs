@@ -153,13 +153,7 @@ fn train_losses(out: &Path, base_dtype: &str) -> Vec<f64> {
         base_dtype,
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("split").is_none())
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect()
+    crate::common::train_losses(out)
 }
 
 /// The same LoRA run with an f32 and a bf16 base: the bf16 losses fall and follow the f32 ones

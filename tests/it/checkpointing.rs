@@ -190,13 +190,7 @@ fn cli_train(model: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
 }
 
 fn cli_losses(out: &Path) -> Vec<f64> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("split").is_none())
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect()
+    crate::common::train_losses(out)
 }
 
 /// From the CLI, on both families: the same losses with and without the flag, and the memory

@@ -120,3 +120,21 @@ pub fn stdout(o: &Output) -> String {
 pub fn path_str(p: &std::path::Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// The training lines of a run's `metrics.jsonl` (eval lines carry a `split`), in order.
+pub fn train_metrics(out: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("split").is_none())
+        .collect()
+}
+
+/// The training losses of a run, step by step.
+pub fn train_losses(out: &std::path::Path) -> Vec<f64> {
+    train_metrics(out)
+        .iter()
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect()
+}

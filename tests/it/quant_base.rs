@@ -212,13 +212,7 @@ fn train(out: &Path, scheme: &str, extra: &[&str]) -> Vec<f64> {
     args.extend_from_slice(extra);
     let o = run_peft(&args);
     assert!(o.status.success(), "{scheme} {extra:?}: {}", stderr(&o));
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("split").is_none())
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect()
+    crate::common::train_losses(out)
 }
 
 /// LoRA, DoRA and IA3 train from the CLI on each quantized base: the loss falls, the adapter is a

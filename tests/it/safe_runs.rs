@@ -90,11 +90,8 @@ fn a_killed_merge_s_temporary_folder_is_removed_by_the_next_merge() {
 }
 
 fn steps(out: &Path) -> Vec<u64> {
-    fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("split").is_none())
+    crate::common::train_metrics(out)
+        .iter()
         .map(|v| v["step"].as_u64().unwrap())
         .collect()
 }

@@ -39,13 +39,7 @@ fn train(out: &Path, extra: &[&str]) -> std::process::Output {
 }
 
 fn losses(out: &Path) -> Vec<f64> {
-    fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("split").is_none())
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect()
+    crate::common::train_losses(out)
 }
 
 #[test]
