@@ -96,10 +96,16 @@ fn weight(scheme: BaseQuant, out: usize, inp: usize) -> QuantWeight {
 #[test]
 fn the_quantized_linear_kernel_equals_the_dequantized_composition_in_value_and_input_gradient() {
     let device = device().autodiff();
+    // SmolLM2's shapes too ([out, in]: k/v, gate/up, down), whose panels split rows and columns
+    // into many pieces.
+    let shapes = [(96, 256), (192, 576), (1536, 576), (576, 1536)];
     for scheme in SCHEMES {
-        for rows in [1, 3, 70] {
-            let w = weight(scheme, 96, 256);
-            let x = Tensor::<3>::random([2, rows, 256], Distribution::Uniform(-1.0, 1.0), &device)
+        for (rows, (out, inp)) in [1, 3, 70]
+            .into_iter()
+            .flat_map(|r| shapes.into_iter().map(move |s| (r, s)))
+        {
+            let w = weight(scheme, out, inp);
+            let x = Tensor::<3>::random([2, rows, inp], Distribution::Uniform(-1.0, 1.0), &device)
                 .require_grad();
             let want = composition(x.clone(), &w);
             let got = quant_linear(x.clone(), &w);
@@ -107,13 +113,19 @@ fn the_quantized_linear_kernel_equals_the_dequantized_composition_in_value_and_i
                 .abs()
                 .max()
                 .into_scalar::<f32>();
-            assert!(diff < 1e-5, "{scheme:?} rows {rows}: value {diff}");
-            let dy = Tensor::<3>::random([2, rows, 96], Distribution::Uniform(-1.0, 1.0), &device);
+            assert!(
+                diff < 1e-5,
+                "{scheme:?} rows {rows} {out}×{inp}: value {diff}"
+            );
+            let dy = Tensor::<3>::random([2, rows, out], Distribution::Uniform(-1.0, 1.0), &device);
             let gw = (want * dy.clone()).sum().backward();
             let gg = (got * dy).sum().backward();
             let (a, b) = (x.grad(&gw).unwrap(), x.grad(&gg).unwrap());
             let diff = (a - b).abs().max().into_scalar::<f32>();
-            assert!(diff < 1e-5, "{scheme:?} rows {rows}: gradient {diff}");
+            assert!(
+                diff < 1e-5,
+                "{scheme:?} rows {rows} {out}×{inp}: gradient {diff}"
+            );
         }
     }
 }
