@@ -6,11 +6,13 @@
 #
 #   examples/main_job.sh            # STEPS=80 optimizer steps of 4 reviews (override: STEPS=N);
 #                                   # all 200 held-out reviews (EVAL_LIMIT=N: the first N)
+#                                   # LoRA's constant learning rate (LR=..., default 3e-4)
 #
 # The peft binary is $PEFT_BIN, else `cargo run --quiet --`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS="${STEPS:-80}"
+LR="${LR:-3e-4}"
 MODEL="${PEFT_CACHE:-/var/tmp/peft-cache}/SmolLM2-135M-Instruct"
 OUT=runs/main-job
 [ -f "$MODEL/model.safetensors" ] || examples/get_smollm2.sh
@@ -20,7 +22,7 @@ LIMIT=()
 start=$(date +%s)
 "${PEFT[@]}" compare --model "$MODEL" \
     --data datasets/sentiment_zh/train.jsonl --eval-data datasets/sentiment_zh/eval.jsonl \
-    --methods lora --set lora.lr=3e-4 --budget "steps=$STEPS" --batch-size 4 --max-len 256 \
+    --methods lora --set "lora.lr=$LR" --budget "steps=$STEPS" --batch-size 4 --max-len 256 \
     --lr-scheduler constant --no-forgetting --out "$OUT" --overwrite "${LIMIT[@]}"
 python3 - "$OUT" <<'PY'
 import json, sys
