@@ -539,6 +539,22 @@ mod tests {
         (y, grads)
     }
 
+    /// x, A and B get the same gradients from both runs (relative 1e-5 each).
+    fn assert_same_gradients(
+        c: &Case,
+        g1: &burn::tensor::Gradients,
+        g2: &burn::tensor::Gradients,
+        what: &str,
+    ) {
+        let dx = rel_diff(c.x.grad(g1).unwrap(), c.x.grad(g2).unwrap());
+        let da = rel_diff(c.a.grad(g1).unwrap(), c.a.grad(g2).unwrap());
+        let db = rel_diff(c.b.grad(g1).unwrap(), c.b.grad(g2).unwrap());
+        assert!(
+            dx <= 1e-5 && da <= 1e-5 && db <= 1e-5,
+            "{what}dx {dx}, dA {da}, dB {db}"
+        );
+    }
+
     #[test]
     fn fused_lora_linear_matches_the_composition_in_values_and_every_gradient() {
         let device = Device::flex().autodiff();
@@ -547,13 +563,7 @@ mod tests {
         let (y1, g1) = run(&c, true);
         let (y2, g2) = run(&c, false);
         assert!(rel_diff(y1, y2) <= 1e-5);
-        let dx = rel_diff(c.x.grad(&g1).unwrap(), c.x.grad(&g2).unwrap());
-        let da = rel_diff(c.a.grad(&g1).unwrap(), c.a.grad(&g2).unwrap());
-        let db = rel_diff(c.b.grad(&g1).unwrap(), c.b.grad(&g2).unwrap());
-        assert!(
-            dx <= 1e-5 && da <= 1e-5 && db <= 1e-5,
-            "dx {dx}, dA {da}, dB {db}"
-        );
+        assert_same_gradients(&c, &g1, &g2, "");
         assert!(c.w.val().grad(&g1).is_none());
     }
 
@@ -571,13 +581,7 @@ mod tests {
             let (y2, g2) = run(&wide, false);
             let c = wide;
             assert!(rel_diff(y1, y2) <= 1e-5, "{dtype:?}");
-            let dx = rel_diff(c.x.grad(&g1).unwrap(), c.x.grad(&g2).unwrap());
-            let da = rel_diff(c.a.grad(&g1).unwrap(), c.a.grad(&g2).unwrap());
-            let db = rel_diff(c.b.grad(&g1).unwrap(), c.b.grad(&g2).unwrap());
-            assert!(
-                dx <= 1e-5 && da <= 1e-5 && db <= 1e-5,
-                "{dtype:?}: dx {dx}, dA {da}, dB {db}"
-            );
+            assert_same_gradients(&c, &g1, &g2, &format!("{dtype:?}: "));
         }
     }
 
@@ -626,13 +630,7 @@ mod tests {
         };
         let ((y1, g1), (y2, g2)) = (run(true), run(false));
         assert!(rel_diff(y1, y2) <= 1e-5);
-        let dx = rel_diff(c.x.grad(&g1).unwrap(), c.x.grad(&g2).unwrap());
-        let da = rel_diff(c.a.grad(&g1).unwrap(), c.a.grad(&g2).unwrap());
-        let db = rel_diff(c.b.grad(&g1).unwrap(), c.b.grad(&g2).unwrap());
-        assert!(
-            dx <= 1e-5 && da <= 1e-5 && db <= 1e-5,
-            "dx {dx}, dA {da}, dB {db}"
-        );
+        assert_same_gradients(&c, &g1, &g2, "");
     }
 
     #[test]
