@@ -10,16 +10,7 @@ use peft::io::Checkpoint;
 use crate::common::*;
 
 fn train(out: &Path, extra: &[&str]) -> std::process::Output {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/tiny_instruct.jsonl");
-    let model = fixture("llama-tiny");
     let mut args = vec![
-        "train",
-        "--model",
-        path_str(&model),
-        "--data",
-        path_str(&data),
-        "--out",
-        path_str(out),
         "--batch-size",
         "8",
         "--lr",
@@ -30,7 +21,7 @@ fn train(out: &Path, extra: &[&str]) -> std::process::Output {
         "adalora",
     ];
     args.extend_from_slice(extra);
-    run_peft(&args)
+    train_on_tiny_instruct(&fixture("llama-tiny"), out, &args)
 }
 
 const SCHEDULE: [&str; 10] = [

@@ -298,16 +298,7 @@ fn a_bf16_base_loads_in_about_half_the_memory_of_f32() {
 }
 
 fn train_adapter(out: &Path, base_dtype: &str, method: &[&str]) {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/tiny_instruct.jsonl");
-    let model = fixture("llama-tiny-bf16-sharded");
     let mut args = vec![
-        "train",
-        "--model",
-        path_str(&model),
-        "--data",
-        path_str(&data),
-        "--out",
-        path_str(out),
         "--batch-size",
         "8",
         "--seed",
@@ -322,7 +313,7 @@ fn train_adapter(out: &Path, base_dtype: &str, method: &[&str]) {
         base_dtype,
     ];
     args.extend_from_slice(method);
-    let o = run_peft(&args);
+    let o = train_on_tiny_instruct(&fixture("llama-tiny-bf16-sharded"), out, &args);
     assert!(o.status.success(), "{method:?}: {}", stderr(&o));
 }
 

@@ -167,15 +167,7 @@ fn gradients_through_checkpointed_layers_equal_the_plain_ones() {
 }
 
 fn cli_train(model: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/tiny_instruct.jsonl");
-    let mut args = vec![
-        "train",
-        "--model",
-        path_str(model),
-        "--data",
-        path_str(&data),
-        "--out",
-        path_str(out),
+    let mut flags = vec![
         "--batch-size",
         "8",
         "--max-steps",
@@ -185,12 +177,8 @@ fn cli_train(model: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
         "--seed",
         "1",
     ];
-    args.extend_from_slice(extra);
-    run_peft(&args)
-}
-
-fn cli_losses(out: &Path) -> Vec<f64> {
-    crate::common::train_losses(out)
+    flags.extend_from_slice(extra);
+    train_on_tiny_instruct(model, out, &flags)
 }
 
 /// From the CLI, on both families: the same losses with and without the flag, and the memory
@@ -214,7 +202,7 @@ fn peft_train_with_gradient_checkpointing_gives_the_same_losses(#[case] model: &
         "{}",
         stderr(&ckpt)
     );
-    let (x, y) = (cli_losses(&a), cli_losses(&b));
+    let (x, y) = (train_losses(&a), train_losses(&b));
     assert_eq!(x.len(), 3);
     for (p, q) in x.iter().zip(&y) {
         assert!((p - q).abs() <= TOL, "{x:?} vs {y:?}");

@@ -138,3 +138,24 @@ pub fn train_losses(out: &std::path::Path) -> Vec<f64> {
         .map(|v| v["loss"].as_f64().unwrap())
         .collect()
 }
+
+/// `peft train --model MODEL --data datasets/tiny_instruct.jsonl --out OUT FLAGS...`.
+pub fn train_on_tiny_instruct(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    flags: &[&str],
+) -> Output {
+    let data =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/tiny_instruct.jsonl");
+    let mut args = vec![
+        "train",
+        "--model",
+        path_str(model),
+        "--data",
+        path_str(&data),
+        "--out",
+        path_str(out),
+    ];
+    args.extend_from_slice(flags);
+    run_peft(&args)
+}

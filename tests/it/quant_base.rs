@@ -200,16 +200,7 @@ fn greedy_decoding_on_an_int8_base_gives_the_f32_tokens() {
 }
 
 fn train(out: &Path, scheme: &str, extra: &[&str]) -> Vec<f64> {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/tiny_instruct.jsonl");
-    let model = fixture("llama-tiny");
     let mut args = vec![
-        "train",
-        "--model",
-        path_str(&model),
-        "--data",
-        path_str(&data),
-        "--out",
-        path_str(out),
         "--batch-size",
         "8",
         "--seed",
@@ -222,7 +213,7 @@ fn train(out: &Path, scheme: &str, extra: &[&str]) -> Vec<f64> {
         scheme,
     ];
     args.extend_from_slice(extra);
-    let o = run_peft(&args);
+    let o = train_on_tiny_instruct(&fixture("llama-tiny"), out, &args);
     assert!(o.status.success(), "{scheme} {extra:?}: {}", stderr(&o));
     crate::common::train_losses(out)
 }
