@@ -13,7 +13,7 @@ pub enum ExportError {
     },
     #[error("{}: already exists (pass --force to replace it)", path.display())]
     OutputExists { path: PathBuf },
-    #[error("{}: architecture `{architecture}` cannot be exported to GGUF yet (supported: llama)", path.display())]
+    #[error("{}: architecture `{architecture}` cannot be exported to GGUF yet (supported: llama, chatglm)", path.display())]
     UnsupportedArchitecture { path: PathBuf, architecture: String },
     #[error("unknown --type `{0}` (supported: f32, f16, bf16, q8_0, q4_0, q4_k_m)")]
     UnsupportedType(String),

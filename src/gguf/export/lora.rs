@@ -7,12 +7,12 @@
 //! `rank_pattern`, `alpha_pattern`), so B is written as `B · s · r / alpha`, which is B itself
 //! for a plain LoRA. Tensors are F32: the adapter is small and stays exact.
 
+use super::arch::Arch;
 use super::error::ExportError;
-use super::metadata::{general_keys, Hparams};
-use super::plan::{gguf_name, permute_rows};
+use super::metadata::general_keys;
+use super::plan::permute_rows;
 use super::{check_out, io_err, model_name, modelfile, read_config, source, stream_err};
 use super::{ExportOptions, ExportReport};
-use crate::gguf::names::Rows;
 use crate::gguf::reader::Value;
 use crate::gguf::writer::{write_gguf, GgufLayout, TensorSpec};
 use crate::merge::patches::Fold;
@@ -44,7 +44,7 @@ pub fn export_lora(opts: &ExportOptions) -> Result<ExportReport, ExportError> {
     }
     check_out(opts)?;
     let (config_path, config) = read_config(&opts.model)?;
-    let h = Hparams::from_config(&config_path, &config)?;
+    let arch = Arch::from_config(&config_path, &config)?;
     let src = source::Source::open(&opts.model, &opts.adapters, &config)?;
     let adapter = &src.adapters[0];
     let alpha = match &adapter.config.method {
@@ -56,9 +56,9 @@ pub fn export_lora(opts: &ExportOptions) -> Result<ExportReport, ExportError> {
             return Err(refuse(opts, format!("a {} adapter has no GGUF LoRA form (llama.cpp applies LoRA only); export the merged model instead (without --lora-only)", adapter.config.peft_type.as_str())))
         }
     };
-    let pairs = pairs(opts, &src, &h, alpha)?;
+    let pairs = pairs(opts, &src, &arch, alpha)?;
     let mut layout = GgufLayout {
-        metadata: general_keys(&model_name(&opts.adapters[0]), "adapter", None),
+        metadata: general_keys(arch.name(), &model_name(&opts.adapters[0]), "adapter", None),
         tensors: Vec::new(),
     };
     layout.metadata.extend([
@@ -90,7 +90,7 @@ pub fn export_lora(opts: &ExportOptions) -> Result<ExportReport, ExportError> {
         out.write_all(&bytes).map_err(io_err(&opts.out))
     })
     .map_err(stream_err)?;
-    let tok = super::vocab::read(&opts.model, h.vocab, &config).ok();
+    let tok = super::vocab::read(&opts.model, &arch, &config).ok();
     let base = format!("./{}.gguf", model_name(&opts.model));
     let modelfile = modelfile::write(
         &opts.out,
@@ -113,15 +113,16 @@ pub fn export_lora(opts: &ExportOptions) -> Result<ExportReport, ExportError> {
 fn pairs(
     opts: &ExportOptions,
     src: &source::Source,
-    h: &Hparams,
+    arch: &Arch,
     alpha: f32,
 ) -> Result<Vec<Pair>, ExportError> {
     let adapter = &src.adapters[0];
     let mut pairs = Vec::new();
     for (tensor, patches) in &src.patches {
-        let (name, rows_kind) = gguf_name(tensor)
+        let (name, rows_kind) = arch
+            .gguf_name(tensor)
             .ok_or_else(|| refuse(opts, format!("`{tensor}` has no llama.cpp tensor to adapt")))?;
-        if tensor == "lm_head.weight" && h.tied {
+        if tensor == "lm_head.weight" && arch.tied() {
             // convert_lora_to_gguf.py refuses it too: the head is token_embd in the base GGUF.
             return Err(refuse(opts, "the adapter changes lm_head, which the base GGUF shares with token_embd (tied embeddings); export the merged model instead".into()));
         }
@@ -140,12 +141,7 @@ fn pairs(
             if factor != 1.0 {
                 b_vals.iter_mut().for_each(|v| *v *= factor);
             }
-            let heads = match rows_kind {
-                Rows::AsIs => None,
-                Rows::QueryHeads => Some(h.heads),
-                Rows::KvHeads => Some(h.kv_heads),
-            };
-            if let Some(heads) = heads {
+            if let Some(heads) = arch.heads(rows_kind) {
                 b_vals = permute_rows(&b_vals, rows, r, heads as usize).ok_or_else(|| {
                     refuse(
                         opts,

@@ -8,6 +8,7 @@ use serde_json::Value as Json;
 
 use super::error::ExportError;
 use crate::gguf::reader::Value;
+use crate::models::rope::RopeScaling;
 
 /// The Llama hyperparameters the export needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +24,8 @@ pub struct Hparams {
     pub rope_theta: f32,
     pub rms_eps: f32,
     pub tied: bool,
+    /// `rope_scaling` / `rope_parameters`, as our Llama model reads it.
+    pub rope_scaling: RopeScaling,
 }
 
 fn get<'a>(c: &'a Json, keys: &[&str]) -> Option<&'a Json> {
@@ -30,7 +33,8 @@ fn get<'a>(c: &'a Json, keys: &[&str]) -> Option<&'a Json> {
 }
 
 impl Hparams {
-    /// Reads `config.json`; anything but a plain Llama (rotary scaling included) is refused.
+    /// Reads `config.json`; anything but a Llama is refused, and so is a rotary scaling other than
+    /// `linear` and `llama3` (those our model runs, read by our Llama config parser).
     pub fn from_config(path: &Path, c: &Json) -> Result<Self, ExportError> {
         let bad = |message: String| ExportError::Config {
             path: path.to_path_buf(),
@@ -57,11 +61,17 @@ impl Hparams {
         let scaling = get(c, &["rope_scaling"]).or_else(|| {
             rope.filter(|r| r.get("rope_type").and_then(Json::as_str) != Some("default"))
         });
-        if let Some(s) = scaling {
-            return Err(bad(format!(
-                "rotary scaling {s} is not supported by the GGUF export yet"
-            )));
-        }
+        let rope_scaling = match scaling {
+            None => RopeScaling::None,
+            Some(s) => {
+                let map = c
+                    .as_object()
+                    .ok_or_else(|| bad("config.json is not an object".into()))?;
+                crate::models::llama::config::LlamaConfig::from_json(map, path)
+                    .map_err(|e| bad(format!("rotary scaling {s}: {e}")))?
+                    .rope_scaling
+            }
+        };
         let rope_theta = get(c, &["rope_theta"])
             .or_else(|| rope.and_then(|r| r.get("rope_theta")))
             .and_then(Json::as_f64)
@@ -94,13 +104,49 @@ impl Hparams {
                 .get("tie_word_embeddings")
                 .and_then(Json::as_bool)
                 .unwrap_or(false),
+            rope_scaling,
         })
+    }
+
+    /// Llama 3.1's `rope_freqs` tensor (`LlamaModel.generate_extra_tensors`): per frequency the
+    /// divisor llama.cpp applies (`ggml_rope_ext`'s `freq_factors`): 1 for short wavelengths,
+    /// `factor` for long ones, `1 / ((1 − smooth) / factor + smooth)` between. Computed in f32 as
+    /// the converter's torch code does. `None` without llama3 scaling.
+    pub fn rope_freqs(&self) -> Option<Vec<f32>> {
+        let RopeScaling::Llama3 {
+            factor,
+            low_freq_factor: low,
+            high_freq_factor: high,
+            original_max_position_embeddings: old,
+        } = self.rope_scaling
+        else {
+            return None;
+        };
+        let dim = self.head_dim as usize;
+        let (low_wavelen, high_wavelen) = (old / low, old / high);
+        Some(
+            (0..dim)
+                .step_by(2)
+                .map(|i| {
+                    let freq = 1.0 / self.rope_theta.powf(i as f32 / dim as f32);
+                    let wavelen = 2.0 * std::f32::consts::PI / freq;
+                    if wavelen < high_wavelen {
+                        1.0
+                    } else if wavelen > low_wavelen {
+                        factor
+                    } else {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        1.0 / ((1.0 - smooth) / factor + smooth)
+                    }
+                })
+                .collect(),
+        )
     }
 
     /// The `llama.*` keys in convert_hf_to_gguf.py's order.
     pub fn llama_keys(&self) -> Vec<(String, Value)> {
         let k = |name: &str| format!("llama.{name}");
-        vec![
+        let mut keys = vec![
             (k("block_count"), Value::U32(self.layers)),
             (k("context_length"), Value::U32(self.context)),
             (k("embedding_length"), Value::U32(self.hidden)),
@@ -116,17 +162,29 @@ impl Hparams {
             (k("attention.value_length"), Value::U32(self.head_dim)),
             (k("vocab_size"), Value::U32(self.vocab)),
             (k("rope.dimension_count"), Value::U32(self.head_dim)),
-        ]
+        ];
+        // `TextModel.set_gguf_parameters`: linear scaling is two keys; llama3 is the
+        // `rope_freqs` tensor instead ([`Self::rope_freqs`]).
+        if let RopeScaling::Linear { factor } = self.rope_scaling {
+            keys.push((k("rope.scaling.type"), Value::String("linear".into())));
+            keys.push((k("rope.scaling.factor"), Value::F32(factor)));
+        }
+        keys
     }
 }
 
 /// `general.*` keys: architecture, type (`model` or `adapter`), name, and for a model the file
 /// type (`LlamaFileType`) and `general.quantization_version = 2` (gguf-py `GGML_QUANT_VERSION`).
-pub fn general_keys(name: &str, kind: &str, file_type: Option<u32>) -> Vec<(String, Value)> {
+pub fn general_keys(
+    arch: &str,
+    name: &str,
+    kind: &str,
+    file_type: Option<u32>,
+) -> Vec<(String, Value)> {
     let mut keys = vec![
         (
             "general.architecture".to_string(),
-            Value::String("llama".into()),
+            Value::String(arch.into()),
         ),
         ("general.type".to_string(), Value::String(kind.into())),
         ("general.name".to_string(), Value::String(name.into())),
@@ -168,14 +226,41 @@ mod tests {
     }
 
     #[test]
-    fn chatglm_and_scaled_rope_are_refused_by_name() {
-        let e = Hparams::from_config(Path::new("c"), &json!({"model_type": "chatglm"}));
+    fn other_architectures_and_unknown_rope_scalings_are_refused_by_name() {
+        let e = Hparams::from_config(Path::new("c"), &json!({"model_type": "gpt2"}));
         assert!(e
             .unwrap_err()
             .to_string()
-            .contains("`chatglm` cannot be exported"));
-        let c = json!({"model_type": "llama", "rope_scaling": {"rope_type": "llama3"}});
+            .contains("`gpt2` cannot be exported"));
+        let c = json!({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 512,
+            "max_position_embeddings": 256, "rope_scaling": {"rope_type": "yarn", "factor": 2.0}});
         let e = Hparams::from_config(Path::new("c"), &c).unwrap_err();
         assert!(e.to_string().contains("rotary scaling"), "{e}");
+    }
+
+    #[test]
+    fn llama3_scaling_gives_llama_cpp_rope_factors() {
+        // Llama 3.1's values: head_dim 128, theta 500000, factor 8, 1 / 4, 8192.
+        let c = json!({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
+            "num_hidden_layers": 2, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "vocab_size": 512, "max_position_embeddings": 131072, "rope_theta": 500000.0,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}});
+        let h = Hparams::from_config(Path::new("c"), &c).unwrap();
+        let f = h.rope_freqs().unwrap();
+        assert_eq!(f.len(), 64);
+        // Short wavelengths untouched, the longest divided by the full factor, smooth between.
+        assert_eq!((f[0], f[63]), (1.0, 8.0));
+        assert!(f.windows(2).all(|w| w[0] <= w[1]));
+        assert!(f.iter().any(|&x| x > 1.0 && x < 8.0));
+        assert!(!h.llama_keys().iter().any(|(k, _)| k.contains("scaling")));
+        let mut linear = c.clone();
+        linear["rope_scaling"] = json!({"rope_type": "linear", "factor": 4.0});
+        let h = Hparams::from_config(Path::new("c"), &linear).unwrap();
+        assert!(h.rope_freqs().is_none());
+        assert!(h
+            .llama_keys()
+            .contains(&("llama.rope.scaling.factor".into(), Value::F32(4.0))));
     }
 }

@@ -1,7 +1,9 @@
 //! `peft export gguf`: a Hugging Face Llama folder (and adapters, folded in) → one GGUF file that
 //! llama.cpp and Ollama load, or a PEFT LoRA adapter → a GGUF LoRA (`--lora-only`).
 //!
+//! - [`arch`]: the architecture by `model_type`: Llama ([`metadata`]) or ChatGLM ([`chatglm`]);
 //! - [`metadata`]: `general.*` / `llama.*` keys from config.json;
+//! - [`chatglm`]: the `chatglm.*` keys and tensors;
 //! - [`vocab`]: the tokenizer and chat template;
 //! - [`plan`]: tensor names, ggml types (`--type`), the rotary row permutation, encoding;
 //! - [`source`]: base tensors with the adapters folded, one at a time (the merge's code);
@@ -11,6 +13,8 @@
 //! Everything is checked before the first byte is written; the GGUF is streamed to a hidden
 //! temporary sibling and renamed into place when complete (see [`crate::gguf::writer`]).
 
+pub mod arch;
+pub mod chatglm;
 pub mod error;
 pub mod lora;
 pub mod metadata;
@@ -26,9 +30,9 @@ use serde_json::Value as Json;
 pub use error::ExportError;
 pub use plan::ExportType;
 
-use crate::gguf::names::Rows;
 use crate::gguf::writer::{write_gguf, GgufLayout, StreamError, TensorSpec};
-use metadata::{general_keys, Hparams};
+use arch::Arch;
+use metadata::general_keys;
 
 /// What to export, as given on the command line.
 #[derive(Debug, Clone)]
@@ -104,11 +108,15 @@ pub fn export_gguf(opts: &ExportOptions) -> Result<ExportReport, ExportError> {
     }
     check_out(opts)?;
     let (config_path, config) = read_config(&opts.model)?;
-    let h = Hparams::from_config(&config_path, &config)?;
-    let vocab = vocab::read(&opts.model, h.vocab, &config)?;
+    let arch = Arch::from_config(&config_path, &config)?;
+    let vocab = vocab::read(&opts.model, &arch, &config)?;
     let source = source::Source::open(&opts.model, &opts.adapters, &config)?;
-    let planned = plan::plan(&h, opts.ty, !h.tied || source.unties());
-    let names: Vec<&str> = planned.iter().map(|p| p.hf.as_str()).collect();
+    let planned = arch.plan(opts.ty, !arch.tied() || source.unties())?;
+    let names: Vec<&str> = planned
+        .iter()
+        .filter(|p| p.made.is_none())
+        .map(|p| p.hf.as_str())
+        .collect();
     let missing = source.missing(&names);
     if !missing.is_empty() {
         return Err(ExportError::Config {
@@ -120,9 +128,22 @@ pub fn export_gguf(opts: &ExportOptions) -> Result<ExportReport, ExportError> {
             ),
         });
     }
-    let mut metadata = general_keys(&model_name(&opts.model), "model", Some(opts.ty.file_type()));
-    metadata.extend(h.llama_keys());
-    metadata.extend(vocab.keys.clone());
+    let mut metadata = general_keys(
+        arch.name(),
+        &model_name(&opts.model),
+        "model",
+        Some(opts.ty.file_type()),
+    );
+    let arch_keys = arch.keys();
+    // A key the architecture sets (ChatGLM's `add_bos_token = false`) wins over the tokenizer's.
+    metadata.extend(arch_keys.iter().cloned());
+    metadata.extend(
+        vocab
+            .keys
+            .iter()
+            .filter(|(k, _)| !arch_keys.iter().any(|(a, _)| a == k))
+            .cloned(),
+    );
     let tensors = planned
         .iter()
         .map(|p| TensorSpec {
@@ -135,13 +156,11 @@ pub fn export_gguf(opts: &ExportOptions) -> Result<ExportReport, ExportError> {
     let layout = GgufLayout { metadata, tensors };
     write_gguf(&opts.out, &layout, |i, out| {
         let p = &planned[i];
-        let mut values = source.read(&p.hf, &p.shape)?;
-        let heads = match p.rows {
-            Rows::AsIs => None,
-            Rows::QueryHeads => Some(h.heads),
-            Rows::KvHeads => Some(h.kv_heads),
+        let mut values = match &p.made {
+            Some(v) => v.clone(),
+            None => source.read(&p.hf, &p.shape)?,
         };
-        if let Some(heads) = heads {
+        if let Some(heads) = arch.heads(p.rows) {
             values = plan::permute_rows(&values, p.shape[0], p.shape[1], heads as usize)
                 .ok_or_else(|| ExportError::Tensor {
                     tensor: p.hf.clone(),

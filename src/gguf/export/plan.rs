@@ -74,6 +74,8 @@ pub struct Planned {
     pub shape: Vec<usize>,
     pub rows: Rows,
     pub ty: GgmlType,
+    /// A tensor the converter makes rather than reads (Llama 3's `rope_freqs`).
+    pub made: Option<Vec<f32>>,
 }
 
 impl Planned {
@@ -138,9 +140,15 @@ fn fallback(ty: GgmlType, cols: usize) -> GgmlType {
     }
 }
 
-/// The ggml type of tensor `gguf` (PyTorch shape `shape`) in a file of type `t`. `tied`: the
-/// token embedding also serves as the output head.
-pub fn choose_type(t: ExportType, gguf: &str, shape: &[usize], h: &Hparams) -> GgmlType {
+/// The ggml type of tensor `gguf` (PyTorch shape `shape`) in a file of type `t` of a model with
+/// `layers` blocks. `tied`: the token embedding also serves as the output head.
+pub fn choose_type(
+    t: ExportType,
+    gguf: &str,
+    shape: &[usize],
+    layers: u32,
+    tied: bool,
+) -> GgmlType {
     let cols = shape.last().copied().unwrap_or(0);
     if shape.len() < 2 || gguf.ends_with("_norm.weight") {
         return GgmlType::F32;
@@ -150,7 +158,7 @@ pub fn choose_type(t: ExportType, gguf: &str, shape: &[usize], h: &Hparams) -> G
         .and_then(|r| r.split('.').next())
         .and_then(|l| l.parse::<u32>().ok())
         .unwrap_or(0);
-    let is_output = gguf == "output.weight" || (h.tied && gguf == "token_embd.weight");
+    let is_output = gguf == "output.weight" || (tied && gguf == "token_embd.weight");
     match t {
         ExportType::F32 => GgmlType::F32,
         ExportType::F16 => GgmlType::F16,
@@ -169,7 +177,7 @@ pub fn choose_type(t: ExportType, gguf: &str, shape: &[usize], h: &Hparams) -> G
         ExportType::Q4_0 => fallback(GgmlType::Q4_0, cols),
         ExportType::Q4KM => {
             let more = (gguf.ends_with(".attn_v.weight") || gguf.ends_with(".ffn_down.weight"))
-                && use_more_bits(layer, h.layers);
+                && use_more_bits(layer, layers);
             fallback(if more { GgmlType::Q6K } else { GgmlType::Q4K }, cols)
         }
     }
@@ -247,29 +255,44 @@ pub fn plan(h: &Hparams, t: ExportType, write_output: bool) -> Vec<Planned> {
     if write_output {
         keys.push(("lm_head.weight".into(), vec![vocab, hid]));
     }
-    let untied = Hparams {
-        tied: h.tied && !write_output,
-        ..h.clone()
-    };
-    keys.into_iter()
+    let tied = h.tied && !write_output;
+    let mut planned: Vec<Planned> = keys
+        .into_iter()
         .filter_map(|(hf, shape)| {
             let (gguf, rows) = gguf_name(&hf)?;
-            let ty = choose_type(t, &gguf, &shape, &untied);
+            let ty = choose_type(t, &gguf, &shape, h.layers, tied);
             Some(Planned {
                 gguf,
                 hf,
                 shape,
                 rows,
                 ty,
+                made: None,
             })
         })
-        .collect()
+        .collect();
+    if let Some(factors) = h.rope_freqs() {
+        // convert_hf_to_gguf.py yields it before the checkpoint's tensors (F32, 1-D).
+        planned.insert(
+            0,
+            Planned {
+                gguf: "rope_freqs.weight".into(),
+                hf: "rope_freqs.weight".into(),
+                shape: vec![factors.len()],
+                rows: Rows::AsIs,
+                ty: GgmlType::F32,
+                made: Some(factors),
+            },
+        );
+    }
+    planned
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::gguf::names::{hf_name, unpermute_rows};
+    use crate::models::rope::RopeScaling;
 
     fn smollm2() -> Hparams {
         Hparams {
@@ -284,6 +307,7 @@ mod tests {
             rope_theta: 1e5,
             rms_eps: 1e-5,
             tied: true,
+            rope_scaling: RopeScaling::None,
         }
     }
 
@@ -323,28 +347,28 @@ mod tests {
         let t = ExportType::Q4KM;
         // 576 columns: Q4_K -> Q5_0, the tied output (token_embd) Q6_K -> Q8_0.
         assert_eq!(
-            choose_type(t, "blk.3.attn_q.weight", &[576, 576], &h),
+            choose_type(t, "blk.3.attn_q.weight", &[576, 576], 30, true),
             GgmlType::Q5_0
         );
         assert_eq!(
-            choose_type(t, "token_embd.weight", &[49152, 576], &h),
+            choose_type(t, "token_embd.weight", &[49152, 576], 30, true),
             GgmlType::Q8_0
         );
         // 1536 columns: whole super-blocks.
         assert_eq!(
-            choose_type(t, "blk.0.ffn_down.weight", &[576, 1536], &h),
+            choose_type(t, "blk.0.ffn_down.weight", &[576, 1536], 30, true),
             GgmlType::Q6K
         );
         assert_eq!(
-            choose_type(t, "blk.3.ffn_down.weight", &[576, 1536], &h),
+            choose_type(t, "blk.3.ffn_down.weight", &[576, 1536], 30, true),
             GgmlType::Q4K
         );
         assert_eq!(
-            choose_type(t, "blk.3.attn_norm.weight", &[576], &h),
+            choose_type(t, "blk.3.attn_norm.weight", &[576], 30, true),
             GgmlType::F32
         );
         assert_eq!(
-            choose_type(ExportType::F16, "blk.3.attn_norm.weight", &[576], &h),
+            choose_type(ExportType::F16, "blk.3.attn_norm.weight", &[576], 30, true),
             GgmlType::F32
         );
     }

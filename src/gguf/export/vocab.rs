@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde_json::Value as Json;
 
+use super::arch::Arch;
 use super::error::ExportError;
 use crate::gguf::reader::Value;
 
@@ -16,6 +17,12 @@ use crate::gguf::reader::Value;
 const NORMAL: i32 = 1;
 const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
+const UNUSED: i32 = 5;
+
+/// The split regex of Llama 3's (and GLM-4's) tokenizer.json, which llama.cpp knows as
+/// `llama-bpe` (and, for `chatglm`, `chatglm-bpe`: llama-vocab.cpp `LLAMA_VOCAB_PRE_TYPE_CHATGLM4`,
+/// the same regex with no BOS).
+const LLAMA3_SPLIT: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 /// The embedded tokenizer, and what the Modelfile needs from it.
 #[derive(Debug, Clone)]
@@ -49,7 +56,7 @@ fn token_str(v: Option<&Json>) -> Option<String> {
 
 /// The pre-tokenizer llama.cpp should use (`tokenizer.ggml.pre`). llama.cpp names them by a hash
 /// of their output (convert_hf_to_gguf_update.py); we recognise the layouts we meet by structure.
-fn pre_name(pre: Option<&Json>) -> &'static str {
+fn pre_name(pre: Option<&Json>, chatglm: bool) -> &'static str {
     let Some(pre) = pre else { return "default" };
     let ty = |v: &Json| v.get("type").and_then(Json::as_str).map(str::to_string);
     match ty(pre).as_deref() {
@@ -66,9 +73,22 @@ fn pre_name(pre: Option<&Json>) -> &'static str {
                 .and_then(|p| p.get("individual_digits"))
                 .and_then(Json::as_bool)
                 == Some(true);
+            let split_regex = parts
+                .first()
+                .and_then(|p| p.get("pattern"))
+                .and_then(|p| p.get("Regex"))
+                .and_then(Json::as_str);
             if kinds == [Some("Digits".into()), Some("ByteLevel".into())] && digits_each {
                 // SmolLM / SmolLM2: `\p{N}` split before the GPT-2 regex.
                 "smollm"
+            } else if kinds == [Some("Split".into()), Some("ByteLevel".into())]
+                && split_regex == Some(LLAMA3_SPLIT)
+            {
+                if chatglm {
+                    "chatglm-bpe"
+                } else {
+                    "llama-bpe"
+                }
             } else {
                 "default"
             }
@@ -77,8 +97,10 @@ fn pre_name(pre: Option<&Json>) -> &'static str {
     }
 }
 
-/// Reads the tokenizer of `dir`; `vocab_size` from config.json pads the token list.
-pub fn read(dir: &Path, vocab_size: u32, config: &Json) -> Result<Vocab, ExportError> {
+/// Reads the tokenizer of `dir`; the vocabulary size from config.json pads the token list.
+pub fn read(dir: &Path, arch: &Arch, config: &Json) -> Result<Vocab, ExportError> {
+    let vocab_size = arch.vocab();
+    let chatglm = matches!(arch, Arch::ChatGlm(_));
     let config_path = dir.join("tokenizer_config.json");
     let tok_config = if config_path.is_file() {
         read_json(&config_path)?
@@ -87,9 +109,9 @@ pub fn read(dir: &Path, vocab_size: u32, config: &Json) -> Result<Vocab, ExportE
     };
     let spm_path = dir.join("tokenizer.model");
     let (mut keys, ids, kind) = if spm_path.is_file() {
-        sentencepiece(&spm_path, dir, vocab_size)?
+        sentencepiece(&spm_path, dir, vocab_size, chatglm)?
     } else {
-        byte_level_bpe(&dir.join("tokenizer.json"), vocab_size)?
+        byte_level_bpe(&dir.join("tokenizer.json"), vocab_size, chatglm)?
     };
     let special = |name: &str, config_key: &str| -> Option<u32> {
         token_str(tok_config.get(name))
@@ -161,7 +183,7 @@ fn pad_tokens(tokens: &mut Vec<Option<(String, i32)>>, vocab_size: u32) {
     }
 }
 
-fn byte_level_bpe(path: &Path, vocab_size: u32) -> Result<Parts, ExportError> {
+fn byte_level_bpe(path: &Path, vocab_size: u32, chatglm: bool) -> Result<Parts, ExportError> {
     let bad = |message: String| ExportError::Tokenizer {
         path: path.to_path_buf(),
         message,
@@ -225,7 +247,7 @@ fn byte_level_bpe(path: &Path, vocab_size: u32) -> Result<Parts, ExportError> {
             ),
         })
         .collect();
-    let pre = pre_name(j.get("pre_tokenizer").filter(|p| !p.is_null()));
+    let pre = pre_name(j.get("pre_tokenizer").filter(|p| !p.is_null()), chatglm);
     let (keys, ids) = token_keys("gpt2", pre, tokens.into_iter().flatten().collect(), None);
     let mut keys = keys;
     keys.push(("tokenizer.ggml.merges".into(), Value::Array(merges)));
@@ -275,7 +297,17 @@ fn token_keys(
 
 /// SentencePiece pieces keep their scores; sentencepiece's piece types (NORMAL 1, UNKNOWN 2,
 /// CONTROL 3, USER_DEFINED 4, UNUSED 5, BYTE 6) are gguf-py's `TokenType` values.
-fn sentencepiece(path: &Path, dir: &Path, vocab_size: u32) -> Result<Parts, ExportError> {
+///
+/// ChatGLM3 (`chatglm` with no tokenizer.json, as our tokenizer reads it): the converter's
+/// `set_vocab_chatglm3`: pieces 0/1/2 renamed `<unk>`/`<bos>`/`<eos>`, THUDM's specials
+/// (`[MASK] [gMASK] … <|observation|>`) after the model as CONTROL with score 0, the padding as
+/// `[PAD{id}]` UNUSED with score 0, `tokenizer.ggml.pre = chatglm-spm`.
+fn sentencepiece(
+    path: &Path,
+    dir: &Path,
+    vocab_size: u32,
+    chatglm: bool,
+) -> Result<Parts, ExportError> {
     let bytes = std::fs::read(path).map_err(|cause| ExportError::Io {
         path: path.to_path_buf(),
         cause,
@@ -292,6 +324,9 @@ fn sentencepiece(path: &Path, dir: &Path, vocab_size: u32) -> Result<Parts, Expo
         .collect();
     let mut scores: Vec<f32> = model.pieces.iter().map(|p| p.score).collect();
     let added = dir.join("tokenizer.json");
+    if chatglm && !added.is_file() {
+        return chatglm3(&model, vocab_size);
+    }
     if added.is_file() {
         for t in read_json(&added)?["added_tokens"]
             .as_array()
@@ -325,6 +360,38 @@ fn sentencepiece(path: &Path, dir: &Path, vocab_size: u32) -> Result<Parts, Expo
     Ok((keys, ids, "llama/default".into()))
 }
 
+fn chatglm3(model: &crate::tokenizer_spm::SpModel, vocab_size: u32) -> Result<Parts, ExportError> {
+    let mut tokens: Vec<(String, i32)> = model
+        .pieces
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let name = match i {
+                0 => "<unk>".to_string(),
+                1 => "<bos>".to_string(),
+                2 => "<eos>".to_string(),
+                _ => p.piece.clone(),
+            };
+            (name, p.kind as i32)
+        })
+        .collect();
+    let mut scores: Vec<f32> = model.pieces.iter().map(|p| p.score).collect();
+    for s in crate::tokenizer_spm::CHATGLM_SPECIALS {
+        tokens.push((s.to_string(), CONTROL));
+        scores.push(0.0);
+    }
+    for i in tokens.len()..vocab_size as usize {
+        tokens.push((format!("[PAD{i}]"), UNUSED));
+        scores.push(0.0);
+    }
+    let (mut keys, ids) = token_keys("llama", "chatglm-spm", tokens, Some(scores));
+    keys.push((
+        "tokenizer.ggml.add_space_prefix".into(),
+        Value::Bool(model.add_dummy_prefix),
+    ));
+    Ok((keys, ids, "llama/chatglm-spm".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,8 +402,16 @@ mod tests {
         let smol = json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true},
             {"type": "ByteLevel", "add_prefix_space": false}]});
-        assert_eq!(pre_name(Some(&smol)), "smollm");
-        assert_eq!(pre_name(Some(&json!({"type": "ByteLevel"}))), "gpt-2");
-        assert_eq!(pre_name(Some(&json!({"type": "Whitespace"}))), "default");
+        assert_eq!(pre_name(Some(&smol), false), "smollm");
+        assert_eq!(pre_name(Some(&json!({"type": "ByteLevel"})), true), "gpt-2");
+        assert_eq!(
+            pre_name(Some(&json!({"type": "Whitespace"})), false),
+            "default"
+        );
+        let llama3 = json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated"},
+            {"type": "ByteLevel", "add_prefix_space": false, "use_regex": false}]});
+        assert_eq!(pre_name(Some(&llama3), false), "llama-bpe");
+        assert_eq!(pre_name(Some(&llama3), true), "chatglm-bpe");
     }
 }
