@@ -51,6 +51,11 @@ pub enum ExportCommand {
         /// Writes OUT (JSON: ids, vocab) and OUT.f32 (logits, little-endian, text by text).
         #[arg(long)]
         out: PathBuf,
+        /// Round the inputs of every product as llama.cpp's CPU backend does for the weight's
+        /// type (f16 for F16 weights, Q8_0 blocks for Q8_0/Q4_0): the logits a GGUF file defines
+        /// when llama.cpp runs it (`models::ggml_activations`; a comparison mode only).
+        #[arg(long)]
+        ggml_activations: bool,
     },
 }
 
@@ -97,7 +102,11 @@ pub fn run(cmd: ExportCommand) -> anyhow::Result<()> {
             text,
             ids,
             out,
-        } => logits(model, &text, &ids, &out),
+            ggml_activations,
+        } => {
+            peft::models::ggml_activations::set(ggml_activations);
+            logits(model, &text, &ids, &out)
+        }
     }
 }
 

@@ -85,6 +85,7 @@ impl Linear {
     pub fn base_forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let bias = self.bias.as_ref().map(|b| b.val());
         if let Some(q) = &self.quant {
+            let x = crate::models::ggml_activations::for_quant(x, q);
             let y = crate::kernels::quant_linear::quant_linear(x, q);
             return match bias {
                 Some(b) => y + b.unsqueeze::<D>(),
@@ -92,6 +93,7 @@ impl Linear {
             };
         }
         let weight = self.weight.val();
+        let x = crate::models::ggml_activations::for_dense(x, weight.dtype());
         // Decoding: a few rows against every weight, split over all threads.
         if let Some(y) = crate::kernels::gemv::few_rows_linear(&x, &weight) {
             return match bias {

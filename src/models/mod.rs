@@ -6,6 +6,7 @@ pub mod cache;
 pub mod chatglm;
 pub mod checkpointing;
 pub mod config_fields;
+pub mod ggml_activations;
 pub mod layers;
 pub mod linear;
 pub mod llama;
