@@ -172,13 +172,20 @@ def main():
     report["q8_0_greedy_steps_equal_vs_ours_f32"], report["q8_0_greedy_mismatches_vs_ours_f32"] = greedy_check(a, q8, base_ids)
     # The same comparison against ours computed from the q8_0 file itself: `--model FILE.gguf`
     # keeps its Q8_0 blocks, and --ggml-activations rounds each product's input to Q8_0 as
-    # llama.cpp does. Our GGUF reader takes Llama files only; for ChatGLM, ours is
-    # --quantize-base int8 (the same Q8_0 blocks for every linear layer; the token embedding
-    # stays f32 there while the file holds it in Q8_0).
-    same = ["--model", w("base-q8_0.gguf")] if report["model_type"] != "chatglm" else ["--quantize-base", "int8"]
+    # llama.cpp does. Our GGUF reader takes plain Llama files only (no ChatGLM, no rope_freqs);
+    # otherwise ours is --quantize-base int8 (the same Q8_0 blocks for every linear layer; the
+    # token embedding and the output head stay f32 there while the file holds them in Q8_0).
+    cfg = json.load(open(os.path.join(a.model, "config.json")))
+    scaled = (cfg.get("rope_scaling") or {}) or (cfg.get("rope_parameters") or {}).get("rope_type", "default") != "default"
+    plain_llama = report["model_type"] == "llama" and not scaled
+    same = ["--model", w("base-q8_0.gguf")] if plain_llama else ["--quantize-base", "int8"]
     report["q8_0_ours_from"] = " ".join(same + ["--ggml-activations"])
     report["q8_0_greedy_steps_equal"], report["q8_0_greedy_mismatches"] = greedy_check(a, q8, base_ids, same + ["--ggml-activations"])
-    ok &= report["q8_0_greedy_steps_equal"] == f"{16 * len(base_ids)}/{16 * len(base_ids)}"
+    if plain_llama:
+        ok &= report["q8_0_greedy_steps_equal"] == f"{16 * len(base_ids)}/{16 * len(base_ids)}"
+    else:
+        # Not the same file on our side (f32 embedding and head): a flip may only be a near-tie.
+        ok &= all(m["our_top2_margin"] < NEAR_TIE and m["llama_cpp_pick_is_our_second"] for m in report["q8_0_greedy_mismatches"])
     del q8
 
     model_type = report["model_type"]

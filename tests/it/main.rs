@@ -16,6 +16,7 @@ mod data;
 mod gguf;
 mod gguf_base;
 mod gguf_export;
+mod gguf_export_chatglm;
 mod kernels_attention;
 mod llama;
 mod matcher;

@@ -1,0 +1,323 @@
+//! `peft export gguf` of ChatGLM (llama.cpp's `chatglm` architecture) and of a Llama 3.1-style
+//! rotary scaling (`rope_freqs`): the file's keys, names and values read back by our own GGUF
+//! reader (always), and llama.cpp itself loading and running them (examples/
+//! check_gguf_llama_cpp.py) when llama-cpp-python is installed.
+
+use std::path::{Path, PathBuf};
+
+use peft::gguf::dequant::{dequantize, GgmlType};
+use peft::gguf::reader::Value;
+use peft::io::Checkpoint;
+
+use super::common::{fixture, path_str, stderr};
+use super::gguf_export::{export, f32s, listing, llama_python, ok, parse};
+
+fn u32_key(g: &peft::gguf::reader::Gguf, key: &str) -> Option<u32> {
+    match g.get(key)? {
+        Value::U32(v) => Some(*v),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_chatglm_export_has_llama_cpp_chatglm_keys_and_its_fused_tensors_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("glm.gguf");
+    ok(export(&fixture("chatglm-tiny"), &out, "f32", &[]));
+    let (bytes, g) = parse(&out);
+    assert_eq!(
+        g.get("general.architecture"),
+        Some(&Value::String("chatglm".into()))
+    );
+    // config.json: hidden 64, 4 heads of 16, 2 KV groups, ffn 112, 2 layers, seq_length 256.
+    for (key, want) in [
+        ("chatglm.embedding_length", 64),
+        ("chatglm.block_count", 2),
+        ("chatglm.feed_forward_length", 112),
+        ("chatglm.attention.head_count", 4),
+        ("chatglm.attention.head_count_kv", 2),
+        ("chatglm.context_length", 256),
+        ("chatglm.rope.dimension_count", 8),
+    ] {
+        assert_eq!(u32_key(&g, key), Some(want), "{key}");
+    }
+    assert_eq!(g.get("chatglm.rope.freq_base"), Some(&Value::F32(10000.0)));
+    assert_eq!(
+        g.get("tokenizer.ggml.add_bos_token"),
+        Some(&Value::Bool(false))
+    );
+    assert_eq!(
+        g.get("tokenizer.ggml.pre"),
+        Some(&Value::String("gpt-2".into()))
+    );
+    assert!(g.get("llama.block_count").is_none());
+    // Every tensor comes back exactly, under llama.cpp's names, in PyTorch's layout.
+    let ckpt = Checkpoint::open_dir(&fixture("chatglm-tiny")).unwrap();
+    let pairs = [
+        (
+            "token_embd.weight",
+            "transformer.embedding.word_embeddings.weight",
+        ),
+        ("output.weight", "transformer.output_layer.weight"),
+        (
+            "output_norm.weight",
+            "transformer.encoder.final_layernorm.weight",
+        ),
+        (
+            "blk.1.attn_qkv.weight",
+            "transformer.encoder.layers.1.self_attention.query_key_value.weight",
+        ),
+        (
+            "blk.1.attn_qkv.bias",
+            "transformer.encoder.layers.1.self_attention.query_key_value.bias",
+        ),
+        (
+            "blk.1.attn_output.weight",
+            "transformer.encoder.layers.1.self_attention.dense.weight",
+        ),
+        (
+            "blk.0.ffn_up.weight",
+            "transformer.encoder.layers.0.mlp.dense_h_to_4h.weight",
+        ),
+        (
+            "blk.0.ffn_down.weight",
+            "transformer.encoder.layers.0.mlp.dense_4h_to_h.weight",
+        ),
+        (
+            "blk.0.attn_norm.weight",
+            "transformer.encoder.layers.0.input_layernorm.weight",
+        ),
+        (
+            "blk.0.ffn_norm.weight",
+            "transformer.encoder.layers.0.post_attention_layernorm.weight",
+        ),
+    ];
+    assert_eq!(g.tensors.len(), 3 + 2 * 7);
+    for (gguf, hf) in pairs {
+        let info = g.tensors.iter().find(|t| t.name == gguf).unwrap();
+        let (want, shape) = ckpt.read_f32(hf).unwrap();
+        let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
+        assert_eq!(info.dims, dims, "{gguf}");
+        assert_eq!(info.ggml_type, 0, "{gguf}");
+        let got = f32s(g.tensor_data(&bytes, info, 4 * want.len() as u64).unwrap());
+        assert_eq!(got, want, "{gguf}");
+    }
+    // The fused gate/up: [2·112, 64] in PyTorch, ggml ne = [64, 224].
+    let up = g.tensors.iter().find(|t| t.name == "blk.0.ffn_up.weight");
+    assert_eq!(up.unwrap().dims, vec![64, 224]);
+}
+
+#[test]
+fn a_chatglm_q8_0_export_keeps_norms_and_bias_f32_and_its_blocks_dequantize_within_the_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("glm.gguf");
+    ok(export(&fixture("chatglm-tiny"), &out, "q8_0", &[]));
+    let (bytes, g) = parse(&out);
+    let ckpt = Checkpoint::open_dir(&fixture("chatglm-tiny")).unwrap();
+    let qkv = "transformer.encoder.layers.0.self_attention.query_key_value";
+    for (gguf, hf, ty) in [
+        (
+            "blk.0.attn_qkv.weight",
+            format!("{qkv}.weight"),
+            GgmlType::Q8_0,
+        ),
+        ("blk.0.attn_qkv.bias", format!("{qkv}.bias"), GgmlType::F32),
+        (
+            "blk.0.attn_norm.weight",
+            "transformer.encoder.layers.0.input_layernorm.weight".into(),
+            GgmlType::F32,
+        ),
+    ] {
+        let info = g.tensors.iter().find(|t| t.name == gguf).unwrap();
+        let (want, _) = ckpt.read_f32(&hf).unwrap();
+        let n_bytes = ty.n_bytes(want.len() as u64).unwrap();
+        let raw = g.tensor_data(&bytes, info, n_bytes).unwrap();
+        let mut got = Vec::new();
+        dequantize(ty, raw, &mut got);
+        for (block, back) in want.chunks(32).zip(got.chunks(32)) {
+            // Q8_0: half a step of absmax / 127, plus up to 127 steps times the f16 scale's
+            // relative rounding (2^-11).
+            let step = block.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            let bound = 0.5 * step + 127.0 * step / 2048.0 + 1e-7;
+            for (a, b) in block.iter().zip(back) {
+                assert!((a - b).abs() <= bound, "{gguf}: {a} vs {b} (step {step})");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_chatglm_lora_only_export_adapts_attn_qkv_and_ffn_up_with_b_unpermuted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("adapter.gguf");
+    let adapter = fixture("chatglm-tiny-lora");
+    ok(export(
+        &fixture("chatglm-tiny"),
+        &out,
+        "f32",
+        &["--adapter", path_str(&adapter), "--lora-only"],
+    ));
+    let (bytes, g) = parse(&out);
+    assert_eq!(
+        g.get("general.architecture"),
+        Some(&Value::String("chatglm".into()))
+    );
+    assert_eq!(g.get("adapter.lora.alpha"), Some(&Value::F32(8.0)));
+    let w = Checkpoint::open_files(&[adapter.join("adapter_model.safetensors")]).unwrap();
+    let key = |m: &str, p: &str| {
+        format!("base_model.model.transformer.encoder.layers.1.{m}.lora_{p}.weight")
+    };
+    for (module, gguf) in [
+        ("self_attention.query_key_value", "attn_qkv"),
+        ("mlp.dense_h_to_4h", "ffn_up"),
+    ] {
+        for (part, suffix) in [("A", "lora_a"), ("B", "lora_b")] {
+            let (want, shape) = w.read_f32(&key(module, part)).unwrap();
+            let name = format!("blk.1.{gguf}.weight.{suffix}");
+            let info = g.tensors.iter().find(|t| t.name == name).unwrap();
+            assert_eq!(info.dims, vec![shape[1] as u64, shape[0] as u64], "{name}");
+            let got = f32s(g.tensor_data(&bytes, info, 4 * want.len() as u64).unwrap());
+            assert_eq!(got, want, "{name}");
+        }
+    }
+    assert_eq!(g.tensors.len(), 2 * 2 * 2);
+}
+
+/// A copy of the tiny Llama with `model_type` or rotary scaling changed.
+fn llama_variant(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let model = dir.join("model");
+    std::fs::create_dir(&model).unwrap();
+    for e in std::fs::read_dir(fixture("llama-tiny")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    let path = model.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    model
+}
+
+/// Llama 3.1 scaling with short wavelengths: head_dim 16, theta 10000, an original context of
+/// 256 (so the 8 frequencies fall in all three regions), factor 32.
+fn llama3_config(c: &mut serde_json::Value) {
+    c["rope_parameters"] = serde_json::json!({"rope_theta": 10000.0, "rope_type": "llama3",
+        "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 256});
+}
+
+#[test]
+fn a_llama3_scaled_model_exports_the_rope_freqs_tensor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = llama_variant(tmp.path(), llama3_config);
+    let out = tmp.path().join("l3.gguf");
+    ok(export(&model, &out, "q8_0", &[]));
+    let (bytes, g) = parse(&out);
+    let info = g
+        .tensors
+        .iter()
+        .find(|t| t.name == "rope_freqs.weight")
+        .unwrap();
+    assert_eq!((info.dims.clone(), info.ggml_type), (vec![8], 0));
+    let got = f32s(g.tensor_data(&bytes, info, 32).unwrap());
+    // wavelengths 2π·10000^(i/8): 6.3, 19.9, 62.8 (< 256/4: kept), 198.7 (smoothed), then
+    // > 256 (divided by 32).
+    assert_eq!(&got[..3], &[1.0, 1.0, 1.0]);
+    let smooth = (256.0f32 / (2.0 * std::f32::consts::PI * 10000f32.powf(6.0 / 16.0)) - 1.0) / 3.0;
+    assert!(
+        (got[3] - 1.0 / ((1.0 - smooth) / 32.0 + smooth)).abs() < 1e-5,
+        "{got:?}"
+    );
+    assert_eq!(&got[4..], &[32.0; 4]);
+}
+
+#[test]
+fn an_unsupported_architecture_is_refused_by_name_with_nothing_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = llama_variant(tmp.path(), |c| c["model_type"] = "gpt2".into());
+    let outs = tmp.path().join("out");
+    std::fs::create_dir(&outs).unwrap();
+    let o = export(&model, &outs.join("m.gguf"), "f16", &[]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(
+            "architecture `gpt2` cannot be exported to GGUF yet (supported: llama, chatglm)"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    assert!(listing(&outs).is_empty(), "{:?}", listing(&outs));
+    // A ChatGLM whose graph llama.cpp cannot build is refused too, by its config key.
+    let glm = tmp.path().join("glm");
+    std::fs::create_dir(&glm).unwrap();
+    for e in std::fs::read_dir(fixture("chatglm-tiny")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), glm.join(e.file_name())).unwrap();
+    }
+    let path = glm.join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("\"add_bias_linear\": false", "\"add_bias_linear\": true"),
+    )
+    .unwrap();
+    let o = export(&glm, &outs.join("g.gguf"), "f16", &[]);
+    assert!(stderr(&o).contains("add_bias_linear"), "{}", stderr(&o));
+    assert!(listing(&outs).is_empty(), "{:?}", listing(&outs));
+}
+
+fn check_with_llama_cpp(python: &str, model: &Path, adapter: &Path, work: &Path) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/check_gguf_llama_cpp.py");
+    let o = std::process::Command::new(python)
+        .arg(script)
+        .args(["--peft", env!("CARGO_BIN_EXE_peft")])
+        .args(["--model", path_str(model)])
+        .args(["--adapter", path_str(adapter)])
+        .args(["--work", path_str(work)])
+        .args(["--json", path_str(&work.join("report.json"))])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+}
+
+/// llama.cpp loads the tiny ChatGLM (base f32/f16/q8_0, merged with chatglm-tiny-lora, base +
+/// GGUF LoRA) and agrees with our logits (f32 within 1e-3), tokenizer ids and greedy ids.
+#[test]
+fn llama_cpp_loads_our_chatglm_exports_and_agrees_with_our_logits() {
+    let Some(python) =
+        llama_python("llama_cpp_loads_our_chatglm_exports_and_agrees_with_our_logits")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    check_with_llama_cpp(
+        &python,
+        &fixture("chatglm-tiny"),
+        &fixture("chatglm-tiny-lora"),
+        &tmp.path().join("work"),
+    );
+}
+
+/// llama.cpp applies our `rope_freqs` as transformers' llama3 scaling: its logits on the
+/// llama3-scaled tiny Llama equal ours (which differ from the unscaled model's).
+#[test]
+fn llama_cpp_runs_our_llama3_scaled_export_like_our_model() {
+    let Some(python) = llama_python("llama_cpp_runs_our_llama3_scaled_export_like_our_model")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = llama_variant(tmp.path(), llama3_config);
+    check_with_llama_cpp(
+        &python,
+        &model,
+        &fixture("adapters/lora"),
+        &tmp.path().join("work"),
+    );
+}
