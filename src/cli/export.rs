@@ -105,9 +105,33 @@ pub fn run(cmd: ExportCommand) -> anyhow::Result<()> {
             ggml_activations,
         } => {
             peft::models::ggml_activations::set(ggml_activations);
+            if ggml_activations {
+                peft::models::ggml_activations::set_tied_head_q8_0(tied_head_takes_q8_0(
+                    &model.model,
+                ));
+            }
             logits(model, &text, &ids, &out)
         }
     }
+}
+
+/// Whether `path` is a GGUF file without `output.weight` whose `token_embd` (the tied head) is
+/// Q8_0 or Q4_0, products llama.cpp computes on Q8_0 activations.
+fn tied_head_takes_q8_0(path: &std::path::Path) -> bool {
+    use peft::gguf::reader::Gguf;
+    if !peft::gguf::base::is_gguf_file(path) {
+        return false;
+    }
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    let Ok(g) = Gguf::parse(path, &bytes) else {
+        return false;
+    };
+    let has_output = g.tensors.iter().any(|t| t.name == "output.weight");
+    let embd = g.tensors.iter().find(|t| t.name == "token_embd.weight");
+    // ggml type ids: Q4_0 = 2, Q8_0 = 8.
+    !has_output && embd.is_some_and(|t| matches!(t.ggml_type, 2 | 8))
 }
 
 fn logits(

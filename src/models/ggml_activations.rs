@@ -17,6 +17,9 @@ use crate::gguf::dequant::GgmlType;
 use crate::quant::{QFormat, QuantWeight};
 
 static ON: AtomicBool = AtomicBool::new(false);
+/// The tied output head's type in the GGUF file the model was read from, when it is Q8_0 or
+/// Q4_0: `--model file.gguf` widens embeddings to f32, so the head product cannot see it.
+static TIED_HEAD_Q8_0: AtomicBool = AtomicBool::new(false);
 
 /// Switches the emulation on or off for this process.
 pub fn set(on: bool) {
@@ -25,6 +28,20 @@ pub fn set(on: bool) {
 
 pub fn is_on() -> bool {
     ON.load(Ordering::Relaxed)
+}
+
+/// Declares the tied head (`token_embd` as the output) of the file being compared as stored in
+/// a block type whose products take Q8_0 activations.
+pub fn set_tied_head_q8_0(on: bool) {
+    TIED_HEAD_Q8_0.store(on, Ordering::Relaxed);
+}
+
+/// `x` as ggml feeds it to the tied output head (the token embedding, stored as `dtype`).
+pub fn for_tied_head<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if is_on() && TIED_HEAD_Q8_0.load(Ordering::Relaxed) {
+        return q8_0_rows(x);
+    }
+    for_dense(x, dtype)
 }
 
 /// `x` as ggml feeds it to a product with a weight stored as `dtype` (plain tensor weights).

@@ -293,7 +293,7 @@ impl LlamaForCausalLm {
                 // would reshape (on flex: copy) the whole [vocab, hidden] matrix every call.
                 let [b, s, h] = hidden.dims();
                 let weight = self.model.embed_tokens.weight.val();
-                let hidden = crate::models::ggml_activations::for_dense(hidden, weight.dtype());
+                let hidden = crate::models::ggml_activations::for_tied_head(hidden, weight.dtype());
                 if let Some(logits) = crate::kernels::gemv::few_rows_linear_t(&hidden, &weight) {
                     return logits;
                 }
