@@ -12,7 +12,7 @@ use peft::gguf::export::{export_gguf, ExportOptions, ExportType};
 pub enum ExportCommand {
     /// Write a GGUF file that llama.cpp, Ollama and LM Studio load: the model with the adapters
     /// folded in (or, with --lora-only, the adapter as a GGUF LoRA), tokenizer and chat template
-    /// embedded, and an Ollama NAME.Modelfile beside it. Llama architecture.
+    /// embedded, and an Ollama NAME.Modelfile beside it. Llama or ChatGLM2/3 architecture.
     Gguf {
         /// Hugging Face model folder (required; for --lora-only, the base the adapter was
         /// trained on).

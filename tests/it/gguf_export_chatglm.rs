@@ -321,3 +321,98 @@ fn llama_cpp_runs_our_llama3_scaled_export_like_our_model() {
         &tmp.path().join("work"),
     );
 }
+
+/// ChatGLM3's SentencePiece tokenizer (chatglm-tiny with spm-tiny's BPE model as its
+/// `tokenizer.model`, no tokenizer.json): written as `set_vocab_chatglm3` does, and, with the
+/// venv, llama.cpp's ids on our file equal our tokenizer's on spm-tiny's texts.
+#[test]
+fn a_chatglm3_sentencepiece_tokenizer_exports_as_chatglm_spm_with_thudm_specials() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("glm3");
+    std::fs::create_dir(&model).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer_config.json"] {
+        std::fs::copy(fixture("chatglm-tiny").join(f), model.join(f)).unwrap();
+    }
+    std::fs::copy(fixture("spm-tiny/bpe.model"), model.join("tokenizer.model")).unwrap();
+    let out = tmp.path().join("glm3.gguf");
+    ok(export(&model, &out, "f32", &[]));
+    let (_, g) = parse(&out);
+    assert_eq!(
+        g.get("tokenizer.ggml.pre"),
+        Some(&Value::String("chatglm-spm".into()))
+    );
+    let tokens = g.get_array("tokenizer.ggml.tokens").unwrap().unwrap();
+    let types = g.get_array("tokenizer.ggml.token_type").unwrap().unwrap();
+    assert_eq!(tokens.len(), 512);
+    let s = |i: usize| match &tokens[i] {
+        Value::String(s) => s.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        (s(0), s(1), s(2)),
+        ("<unk>".into(), "<bos>".into(), "<eos>".into())
+    );
+    // spm-tiny's BPE model has 420 pieces; THUDM's nine specials follow, then padding.
+    assert_eq!(s(421), "[gMASK]");
+    assert_eq!(s(428), "<|observation|>");
+    assert_eq!(types[421], Value::I32(3));
+    assert_eq!(
+        (s(429), types[429].clone()),
+        ("[PAD429]".into(), Value::I32(5))
+    );
+    let Some(python) = llama_python(
+        "a_chatglm3_sentencepiece_tokenizer_exports_as_chatglm_spm_with_thudm_specials",
+    ) else {
+        return;
+    };
+    let cases = std::fs::read_to_string(fixture("spm-tiny/expected.json")).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&cases).unwrap();
+    let texts: Vec<String> = cases["bpe"]["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap().to_string())
+        .collect();
+    let ours = tmp.path().join("ours.json");
+    let mut args = vec![
+        "export".to_string(),
+        "logits".into(),
+        "--model".into(),
+        path_str(&model).into(),
+        "--out".into(),
+        path_str(&ours).into(),
+    ];
+    for t in &texts {
+        args.extend(["--text".to_string(), t.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(super::common::run_peft(&args));
+    let script = r#"
+import json, sys, llama_cpp
+texts = json.load(open(sys.argv[2]))
+ours = json.load(open(sys.argv[3]))["ids"]
+llm = llama_cpp.Llama(model_path=sys.argv[1], vocab_only=True, verbose=False)
+bad = [(t, llm.tokenize(t.encode(), add_bos=False, special=True), o) for t, o in zip(texts, ours)
+       if llm.tokenize(t.encode(), add_bos=False, special=True) != o]
+print(len(texts), "texts; differ:", bad)
+sys.exit(1 if bad else 0)
+"#;
+    let texts_path = tmp.path().join("texts.json");
+    std::fs::write(&texts_path, serde_json::to_vec(&texts).unwrap()).unwrap();
+    let o = std::process::Command::new(python)
+        .args([
+            "-c",
+            script,
+            path_str(&out),
+            path_str(&texts_path),
+            path_str(&ours),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+}
