@@ -18,6 +18,7 @@
 //! Inference only (no autodiff): training and prefill keep burn's linear.
 
 use burn::backend::flex::FlexTensor;
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch, Flex};
 use burn::tensor::{DType, Tensor};
@@ -28,6 +29,13 @@ use super::flex::{tensor, F32};
 
 /// Rows up to which the column-split kernel beats gemm (one decoding step per sequence).
 pub const MAX_ROWS: usize = 8;
+
+/// Rows up to which the dot products take a bf16 weight (a generation prompt of up to 32 tokens,
+/// as `bench_forward`'s 16): the alternative widens every weight to an f32 copy for gemm, 6 bytes
+/// of memory traffic per weight on top of gemm's own reads, where the dots read its 2 bytes once
+/// and widen four rows at a time into an L1 buffer shared by all input rows. Beyond
+/// `MAX_ROWS`, a bf16 weight in the `[K, N]` layout still takes that widened product.
+pub const MAX_DOT_ROWS: usize = 32;
 
 /// Columns (or weight rows) per task at most: a multiple of the SIMD width.
 const BLOCK: usize = 128;
@@ -124,6 +132,10 @@ fn few_rows_flex(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
     if let Some((off, n, _)) = row_major_storage(&weight, true).filter(|_| !weight.is_contiguous())
     {
         return dots_flex(&x, &weight, off, n);
+    }
+    if x.dims()[0] > MAX_ROWS {
+        // A bf16 [K, N] weight with more rows than the column blocks suit (see `MAX_DOT_ROWS`).
+        return Flex::float_matmul(x.into_inner(), super::narrow_linear::widen(weight));
     }
     let weight = weight.to_contiguous();
     let off = weight.layout().start_offset();
@@ -321,7 +333,35 @@ mod avx512 {
     }
 
     dots!(dots_f32, f32);
-    dots!(dots_bf16, bf16);
+    dots!(dots_bf16_one, bf16);
+
+    /// As `super::dot_body` for a bf16 weight. With several input rows, each group of four
+    /// weight rows is widened once into an f32 buffer (4·K values, in L1 for the model sizes
+    /// here) and every input row takes its dot products from there.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, BW and VL.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn dots_bf16(x: &[f32], w: &[bf16], k: usize, j0: usize, out: &mut [f32]) {
+        let rows = x.len() / k;
+        if rows == 1 {
+            // SAFETY: same features.
+            return unsafe { dots_bf16_one(x, w, k, j0, out) };
+        }
+        let width = out.len() / rows;
+        let mut wide = vec![0f32; 4 * k];
+        let mut j = 0;
+        while j < width {
+            let n = 4.min(width - j);
+            let src = &w[(j0 + j) * k..(j0 + j + n) * k];
+            for (d, s) in wide.iter_mut().zip(src) {
+                *d = s.f32();
+            }
+            // SAFETY: same features; `wide` holds the n rows.
+            unsafe { dots_f32(x, &wide[..n * k], k, 0, &mut out[j * rows..(j + n) * rows]) };
+            j += n;
+        }
+    }
 
     /// A weight type with its AVX-512 dot kernel.
     pub trait Dots: Weight {
@@ -461,13 +501,17 @@ impl FewRowsLinearOps for Flex {
 }
 
 /// Whether the few-row kernels take `x` against `weight`: flex, no autodiff, f32 input, f32 or
-/// bf16 weight, at most `MAX_ROWS` rows.
+/// bf16 weight, at most `MAX_ROWS` rows (`MAX_DOT_ROWS` for a bf16 weight).
 fn applies<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>) -> Option<usize> {
     let dims = x.dims();
     let rows: usize = dims[..D - 1].iter().product();
     let weight_ok = matches!(weight.dtype(), DType::F32 | DType::BF16);
+    let max_rows = match weight.dtype() {
+        DType::BF16 => MAX_DOT_ROWS,
+        _ => MAX_ROWS,
+    };
     let ok = rows > 0
-        && rows <= MAX_ROWS
+        && rows <= max_rows
         && !x.is_autodiff()
         && !weight.is_autodiff()
         && weight_ok
@@ -560,6 +604,29 @@ mod tests {
                 assert!(diff < 1e-4, "{dtype:?} ({m}, {k}, {n}): {diff}");
             }
         }
+    }
+
+    #[test]
+    fn a_prompt_of_up_to_32_rows_against_a_bf16_weight_equals_the_widened_product() {
+        let device = Device::flex();
+        for (m, k, n) in [(16, 576, 130), (32, 37, 9), (9, 64, 64)] {
+            let x = Tensor::<2>::random([m, k], Distribution::Uniform(-1.0, 1.0), &device);
+            let rows = Tensor::<2>::random([n, k], Distribution::Uniform(-1.0, 1.0), &device)
+                .cast(DType::BF16);
+            let want = x.clone().matmul(rows.clone().cast(DType::F32).transpose());
+            // The [out, in] storage seen as [in, out] (dots) and a contiguous [in, out] copy.
+            let contiguous = rows.clone().cast(DType::F32).transpose();
+            let contiguous =
+                Tensor::<2>::from_data(contiguous.into_data(), &device).cast(DType::BF16);
+            for w in [rows.transpose(), contiguous] {
+                let got = few_rows_linear(&x, &w).expect("a bf16 weight takes up to 32 rows");
+                let diff = (want.clone() - got).abs().max().into_scalar::<f32>();
+                assert!(diff < 1e-4, "({m}, {k}, {n}): {diff}");
+            }
+        }
+        let x = Tensor::<2>::zeros([MAX_DOT_ROWS + 1, 4], &device);
+        let w = Tensor::<2>::zeros([4, 4], &device).cast(DType::BF16);
+        assert!(few_rows_linear(&x, &w).is_none());
     }
 
     #[test]
