@@ -6,11 +6,16 @@
 //!     cargo run --example profile_forward -- generate-bf16 256 [repeats]
 //!     cargo run --example profile_forward -- ops-prefill 8 | ops-generate 256 | ops-generate-bf16 256
 //!
-//! The `ops-` modes run the Llama forward op by op (the composition of `LlamaForCausalLm`,
-//! checked against `forward_last`) and print the wall time per op summed over the run.
+//!     cargo run --example profile_forward -- gemv-ab 300     # few-row kernels, both layouts
+//!     cargo run --example profile_forward -- linear-ab 8 9   # 3-D linear vs 2-D matmul
+//!     cargo run --example profile_forward -- handoff 20000   # a parallel op from outside the pool
 //!
-//! Prints wall and process CPU seconds per repeat (CPU time is what a shared machine cannot
-//! inflate by much; wall time shows thread idling).
+//! The `ops-` modes run the Llama forward op by op (the composition of `LlamaForCausalLm`,
+//! checked against `forward_last`) and print the wall and CPU time per op (every thread of the
+//! process, `CLOCK_PROCESS_CPUTIME_ID`) per token.
+//!
+//! Prints wall and process CPU seconds per repeat (CPU time is what a shared machine inflates
+//! least; wall time shows thread idling). Set `THREADS` (default 2).
 
 use std::time::Instant;
 
