@@ -99,6 +99,15 @@ fn sample(logits: &[f32], cfg: &SamplingConfig, rng: &mut StdRng) -> u32 {
     order[order.len() - 1] as u32
 }
 
+/// Runs `f` on a thread of rayon's pool and waits for it. A decoding step runs ~8 parallel ops
+/// per layer (the few-row products, attention); entered from outside the pool, each one hands
+/// its work over (rayon injects a job, wakes a worker and blocks the caller): 14 µs of CPU and
+/// 40 µs of wall time per op measured under load, against well under 1 µs for the same op
+/// started on a pool thread. One handover per step instead of 240.
+fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` for each new id.
 /// A prompt longer than the model's context is an error; generation stops (with a warning) when
 /// the context is full.
@@ -132,7 +141,7 @@ pub fn generate(
             break;
         }
         let inputs = Inputs::new(step.clone(), 1, step.len());
-        let mut logits = to_vec(model.forward_last(&inputs, Some(&mut cache)));
+        let mut logits = in_pool(|| to_vec(model.forward_last(&inputs, Some(&mut cache))));
         apply_repetition_penalty(&mut logits, &seen, cfg.repetition_penalty);
         let next = if cfg.greedy {
             argmax(&logits)

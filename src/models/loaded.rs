@@ -509,6 +509,11 @@ impl CausalLm {
     /// bytes each generated token reads; every product still computes in f32). Norms and adapter
     /// tensors keep f32, and so do DoRA-adapted layers (their weight norm is computed from the
     /// weight). Inference only: call it after the adapters are loaded.
+    ///
+    /// A linear's narrow copy is stored `[out, in]` (PyTorch's orientation) and kept as its
+    /// `[in, out]` transposed view: a decoding step's few-row product then reads each output's
+    /// weights as one contiguous row (`kernels::gemv`), and every other product sees the usual
+    /// `[in, out]` tensor.
     pub fn cast_decode_weights(&mut self, dtype: DType) {
         fn cast<const D: usize>(param: &mut Param<Tensor<D>>, dtype: DType) {
             let device = param.val().device();
@@ -516,11 +521,23 @@ impl CausalLm {
             let old = std::mem::replace(param, placeholder);
             *param = old.map(|t| t.cast(dtype));
         }
+        fn cast_rows_out(param: &mut Param<Tensor<2>>, dtype: DType) {
+            let device = param.val().device();
+            let placeholder = Param::from_tensor(Tensor::zeros([1, 1], &device));
+            let old = std::mem::replace(param, placeholder);
+            *param = old.map(|t| {
+                // Through host data: a contiguous [out, in] whatever the backend does with views.
+                let rows_out = t.transpose().cast(dtype).into_data();
+                let options =
+                    burn::tensor::TensorCreationOptions::new(device.clone()).with_dtype(dtype);
+                Tensor::<2>::from_data(rows_out, options).transpose()
+            });
+        }
         for (_, linear) in self.linears_mut() {
             let dora =
                 matches!(&linear.adapter, Some(LinearAdapter::Lora(l)) if l.magnitude.is_some());
-            if !dora {
-                cast(&mut linear.weight, dtype);
+            if !dora && linear.quant.is_none() {
+                cast_rows_out(&mut linear.weight, dtype);
             }
         }
         match self {
