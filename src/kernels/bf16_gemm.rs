@@ -118,6 +118,8 @@ impl<'a> Bf16View<'a> {
 }
 
 /// B `[k, n]` packed: panel p holds columns `p·NR ..`, as `[k2][NR][2]` (k2 = ⌈k/2⌉), zero-padded.
+/// Row-major B (the forward's W) interleaves two rows; column-major B (the backward's Wᵀ) already
+/// holds each pair side by side and is transposed pair-wise.
 fn pack_b(b: &Bf16View) -> Vec<u16> {
     let (k, n) = (b.rows, b.cols);
     let k2 = k.div_ceil(2);
@@ -129,12 +131,39 @@ fn pack_b(b: &Bf16View) -> Vec<u16> {
         .for_each(|(p, out)| {
             let j0 = p * NR;
             let width = NR.min(n - j0);
-            for kp in 0..k2 {
-                let row = &mut out[kp * NR * 2..][..width * 2];
-                let (k0, k1) = (2 * kp, 2 * kp + 1);
-                for (j, pair) in row.chunks_exact_mut(2).enumerate() {
-                    pair[0] = b.at(k0, j0 + j);
-                    pair[1] = if k1 < k { b.at(k1, j0 + j) } else { 0 };
+            if b.cs == 1 {
+                for (kp, dst) in out.chunks_exact_mut(NR * 2).enumerate() {
+                    let r0 = &b.data[2 * kp * b.rs + j0..][..width];
+                    let dst = &mut dst[..width * 2];
+                    if 2 * kp + 1 < k {
+                        let r1 = &b.data[(2 * kp + 1) * b.rs + j0..][..width];
+                        for ((pair, &u), &v) in dst.chunks_exact_mut(2).zip(r0).zip(r1) {
+                            pair[0] = u;
+                            pair[1] = v;
+                        }
+                    } else {
+                        for (pair, &u) in dst.chunks_exact_mut(2).zip(r0) {
+                            pair[0] = u;
+                        }
+                    }
+                }
+            } else if b.rs == 1 {
+                for j in 0..width {
+                    let col = &b.data[(j0 + j) * b.cs..][..k];
+                    for (kp, pair) in col.chunks(2).enumerate() {
+                        let at = kp * NR * 2 + 2 * j;
+                        out[at] = pair[0];
+                        out[at + 1] = pair.get(1).copied().unwrap_or(0);
+                    }
+                }
+            } else {
+                for kp in 0..k2 {
+                    let row = &mut out[kp * NR * 2..][..width * 2];
+                    let (k0, k1) = (2 * kp, 2 * kp + 1);
+                    for (j, pair) in row.chunks_exact_mut(2).enumerate() {
+                        pair[0] = b.at(k0, j0 + j);
+                        pair[1] = if k1 < k { b.at(k1, j0 + j) } else { 0 };
+                    }
                 }
             }
         });
@@ -317,12 +346,12 @@ unsafe fn micro<const R: usize>(
 
 /// A bf16 flex tensor's bit patterns and `[rows, cols]` strides (copied to contiguous only for
 /// a negative or broadcast stride).
-struct Bf16Tensor {
+pub(crate) struct Bf16Tensor {
     tensor: FlexTensor,
 }
 
 impl Bf16Tensor {
-    fn new(tensor: FlexTensor) -> Self {
+    pub(crate) fn new(tensor: FlexTensor) -> Self {
         assert_eq!(tensor.dtype(), DType::BF16, "bf16_linear takes a bf16 weight");
         let plain = |t: &FlexTensor| t.layout().strides().iter().all(|&s| s > 0);
         let tensor = if plain(&tensor) {
@@ -333,7 +362,7 @@ impl Bf16Tensor {
         Self { tensor }
     }
 
-    fn view(&self) -> Bf16View<'_> {
+    pub(crate) fn view(&self) -> Bf16View<'_> {
         let l = self.tensor.layout();
         let [rows, cols] = l.shape().dims::<2>();
         let values = &self.tensor.storage::<half::bf16>()[l.start_offset()..];
