@@ -39,7 +39,9 @@ fn main() {
         "threads {}; rows {rows}; best of {reps}",
         rayon::current_num_threads()
     );
-    println!("| product | shape | f32 weight ms | widen ms (GFLOP/s) | bf16 ms (GFLOP/s) | speed-up |");
+    println!(
+        "| product | shape | f32 weight ms | widen ms (GFLOP/s) | bf16 ms (GFLOP/s) | speed-up |"
+    );
     println!("|---|---|---|---|---|---|");
     let mut totals = [0f64; 3];
     // q/o, k/v, gate/up, down: [in, out] in burn orientation.

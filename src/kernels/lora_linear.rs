@@ -391,7 +391,9 @@ fn tracked<C: CheckpointStrategy>(
         OpsKind::Tracked(prep) => {
             let (y, xa) = forward(&mx, &ml, &mw, bias.as_ref(), &ma, &mb, s);
             prep.finish(
-                (ml.tensor, xa, w_stored, ma.tensor, mb.tensor, s, split, bf16),
+                (
+                    ml.tensor, xa, w_stored, ma.tensor, mb.tensor, s, split, bf16,
+                ),
                 y,
             )
         }
@@ -413,10 +415,7 @@ fn forward(
 ) -> (FlexTensor, FlexTensor) {
     let (n, inp, r, out) = (x.rows, x.cols, a.cols, b.cols);
     assert!(
-        w.dims() == (inp, out)
-            && a.rows == inp
-            && b.rows == r
-            && (xl.rows, xl.cols) == (n, inp),
+        w.dims() == (inp, out) && a.rows == inp && b.rows == r && (xl.rows, xl.cols) == (n, inp),
         "lora_linear: shapes"
     );
     let mut xa = vec![0f32; n * r];
