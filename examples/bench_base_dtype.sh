@@ -13,9 +13,12 @@ STEPS="${STEPS:-4}" THREADS="${THREADS:-2}"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); avx512: $(grep -qm1 avx512f /proc/cpuinfo && echo yes || echo no); threads $THREADS; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '| base | peak RSS (MiB) | tok/s |\n|---|---|---|\n'
-for base in f32 bf16 int8 int4 nf4; do
+for base in ${BASES:-f32 bf16 bf16c int8 int4 nf4}; do
   case $base in
     f32|bf16) flags=(--base-dtype "$base") ;;
+    bf16c)
+      if ! grep -qm1 avx512_bf16 /proc/cpuinfo; then echo "| ours, bf16c | (no avx512_bf16) | |"; continue; fi
+      flags=(--compute-dtype bf16) ;;
     *) flags=(--quantize-base "$base") ;;
   esac
   /usr/bin/time -v "$BIN" --threads "$THREADS" train --model "$M" --data datasets/general_text.jsonl \
@@ -26,8 +29,9 @@ for base in f32 bf16 int8 int4 nf4; do
   echo "| ours, $base | $rss | $tps |"
 done
 if [ -n "${REF_PYTHON:-}" ]; then
-  for dtype in f32 bf16; do
-    (cd examples/bench && DTYPE=$dtype THREADS=$THREADS STEPS=$STEPS "$REF_PYTHON" torch_train_base_dtype.py) \
+  for spec in f32:0 bf16:0 f32:1; do
+    dtype=${spec%:*} autocast=${spec#*:}
+    (cd examples/bench && DTYPE=$dtype AUTOCAST=$autocast THREADS=$THREADS STEPS=$STEPS "$REF_PYTHON" torch_train_base_dtype.py) \
       | "$REF_PYTHON" -c 'import json,sys; j=json.loads(sys.stdin.read()); print("| PyTorch + PEFT, %s | %.0f | %s |" % (j["base_dtype"], j["peak_rss_mib"], j["tokens_per_s"]))'
   done
 fi

@@ -1,7 +1,10 @@
 """PyTorch + PEFT LoRA training step with the frozen base in f32 or bf16 (issue 17's reference row),
 on a SmolLM2-135M-shaped Llama, CPU. The model is built directly in the base dtype (no f32 copy in
 the peak RSS); PEFT keeps the LoRA weights in f32 (`autocast_adapter_dtype`, its default), as ours.
-Usage: DTYPE=bf16 python3 torch_train_base_dtype.py   env: B (4), T (256), STEPS (3), THREADS (2), R (8)"""
+AUTOCAST=1 runs the step under `torch.autocast("cpu", dtype=torch.bfloat16)` (with DTYPE=f32: an f32
+base whose matmuls autocast computes in bf16, through oneDNN's AVX512-BF16/AMX kernels where the CPU
+has them), the comparison for our `--compute-dtype bf16`.
+Usage: DTYPE=bf16 python3 torch_train_base_dtype.py   env: B (4), T (256), STEPS (3), THREADS (2), R (8), AUTOCAST (0)"""
 import os, torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaForCausalLM
@@ -19,10 +22,13 @@ params = [p for p in m.parameters() if p.requires_grad]
 opt = torch.optim.AdamW(params, lr=1e-4)
 ids = torch.randint(0, 49152, (B, T))
 m.train()
+autocast = os.environ.get("AUTOCAST", "0") == "1"
 def step():
     opt.zero_grad(set_to_none=True)
-    m(input_ids=ids, labels=ids).loss.backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = m(input_ids=ids, labels=ids).loss
+    loss.backward()
     opt.step()
 s = timed(step, steps)
-emit(bench="train_step_base_dtype", base_dtype=os.environ.get("DTYPE", "bf16"), batch=B, seq=T, rank=r,
+emit(bench="train_step_base_dtype", base_dtype=os.environ.get("DTYPE", "bf16") + (" + bf16 autocast" if autocast else ""), batch=B, seq=T, rank=r,
      adapter_dtype=str(params[0].dtype), step_s=round(s, 4), tokens_per_s=round(B * T / s, 1))

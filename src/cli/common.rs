@@ -33,6 +33,52 @@ pub struct ModelArgs {
     /// Embeddings keep --base-dtype; norms and adapters stay f32.
     #[arg(long, value_enum)]
     pub quantize_base: Option<QuantizeBase>,
+    /// Arithmetic of the frozen-weight products: f32 (default), or bf16 (x rounded to bf16 and
+    /// multiplied by the bf16 weights with AVX512-BF16, accumulated in f32, as PyTorch's CPU bf16
+    /// autocast: faster, less exact). bf16 implies --base-dtype bf16 and needs a CPU with
+    /// avx512_bf16.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub compute_dtype: ComputeDtypeArg,
+}
+
+/// `--compute-dtype`: what the frozen-weight products compute in.
+#[derive(
+    clap::ValueEnum, serde::Serialize, serde::Deserialize, Clone, Copy, Debug, Default, PartialEq,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDtypeArg {
+    #[default]
+    F32,
+    Bf16,
+}
+
+/// Checks `--compute-dtype` against the other base options, the device and this CPU, and gives
+/// the base dtype to load (bf16 compute implies a bf16 base) with the compute dtype to set.
+pub fn resolve_compute(
+    compute: ComputeDtypeArg,
+    base: BaseDtype,
+    quantize: Option<QuantizeBase>,
+    device: &str,
+) -> anyhow::Result<(BaseDtype, peft::models::linear::ComputeDtype)> {
+    use peft::models::linear::ComputeDtype;
+    match compute {
+        ComputeDtypeArg::F32 => Ok((base, ComputeDtype::F32)),
+        ComputeDtypeArg::Bf16 => {
+            if quantize.is_some() {
+                anyhow::bail!("--compute-dtype bf16 multiplies bf16-stored weights; it does not combine with --quantize-base (drop one of them)");
+            }
+            if matches!(base, BaseDtype::F16) {
+                anyhow::bail!("--compute-dtype bf16 needs bf16-stored weights; it does not combine with --base-dtype f16 (use --base-dtype bf16, which it implies)");
+            }
+            if !peft::kernels::is_flex(&peft::device::parse_device(device)?) {
+                anyhow::bail!("--compute-dtype bf16 runs on the CPU backend only (--device cpu or flex), not --device {device}");
+            }
+            if !peft::kernels::bf16_gemm::supported() {
+                anyhow::bail!("--compute-dtype bf16 needs a CPU with AVX512-BF16 (avx512_bf16 in /proc/cpuinfo), which this one lacks; keep the default --compute-dtype f32 (--base-dtype bf16 still halves the base's memory)");
+            }
+            Ok((BaseDtype::Bf16, ComputeDtype::Bf16))
+        }
+    }
 }
 
 /// `--quantize-base`: the block scheme of a quantized frozen base.
@@ -83,12 +129,18 @@ pub struct Loaded {
 impl ModelArgs {
     /// Loads the model (inference only: no autodiff) and its adapters.
     pub fn load(&self) -> anyhow::Result<Loaded> {
+        let (base_dtype, compute) = resolve_compute(
+            self.compute_dtype,
+            self.base_dtype,
+            self.quantize_base,
+            &self.device,
+        )?;
         let device = peft::device::parse_device(&self.device)?;
         let dir = ModelDir::open(&self.model)?;
         let mut model = dir
             .load_base(
                 &device,
-                self.base_dtype.dtype(),
+                base_dtype.dtype(),
                 self.quantize_base.map(QuantizeBase::scheme),
             )
             .with_context(|| format!("loading {}", self.model.display()))?;
@@ -103,6 +155,7 @@ impl ModelArgs {
                 .with_context(|| format!("loading adapter {}", path.display()))?;
             adapters.push((path.clone(), config, report));
         }
+        model.set_compute_dtype(compute);
         Ok(Loaded {
             dir,
             model,

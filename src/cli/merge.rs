@@ -68,6 +68,7 @@ fn verify(
         device: "cpu".into(),
         base_dtype: super::common::BaseDtype::F32,
         quantize_base: None,
+        compute_dtype: super::common::ComputeDtypeArg::F32,
     }
     .load()?;
     let merged = ModelDir::open(out)?.load(&peft::device::parse_device("cpu")?)?;

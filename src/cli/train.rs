@@ -54,6 +54,12 @@ pub struct TrainOptions {
     /// saved as a plain PEFT adapter (default: none, the base as stored).
     #[arg(long, value_enum)]
     pub quantize_base: Option<super::common::QuantizeBase>,
+    /// Arithmetic of the frozen-weight products: f32 (default), or bf16 (inputs and gradients
+    /// rounded to bf16 and multiplied by the bf16 weights with AVX512-BF16, accumulated in f32,
+    /// as PyTorch's CPU bf16 autocast: faster, less exact; adapters, norms and the optimizer stay
+    /// f32). bf16 implies --base-dtype bf16 and needs a CPU with avx512_bf16.
+    #[arg(long, value_enum)]
+    pub compute_dtype: Option<super::common::ComputeDtypeArg>,
     #[command(flatten)]
     #[serde(flatten)]
     pub data: DataOptions,
@@ -265,9 +271,19 @@ fn resolve_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
-    let o = merge(&args.options, args.config.as_deref())?;
+    let mut o = merge(&args.options, args.config.as_deref())?;
     // Every option is checked before the first file is read (ripgrep's args -> plan).
     super::validate::train_options(&o)?;
+    let (base, compute) = super::common::resolve_compute(
+        o.compute_dtype.unwrap_or_default(),
+        o.base_dtype.unwrap_or_default(),
+        o.quantize_base,
+        o.device.as_deref().unwrap_or("cpu"),
+    )?;
+    if compute != peft::models::linear::ComputeDtype::F32 {
+        // bf16 compute implies a bf16 base: the memory estimate and run.toml say so too.
+        o.base_dtype = Some(base);
+    }
     let model_path = o.model.clone().context("--model is required")?;
     let out = o.out.clone().context("--out is required")?;
     let config = run_config(&o)?;
@@ -323,6 +339,7 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         None => inject_new(&mut model, dir.model_type(), &adapter, config.seed, &device)?,
     };
     eprintln!("{report}");
+    model.set_compute_dtype(compute);
     let batch_config = BatchConfig {
         batch_size,
         seed: config.seed,

@@ -27,7 +27,9 @@ use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
 use burn::tensor::module::linear;
 use burn::tensor::{DType, Tensor};
 
+use super::bf16_gemm::{gemm_bf16, Bf16Tensor};
 use super::flex::F32;
+use crate::models::linear::ComputeDtype;
 
 /// `x·W + bias + s·(x·A)·B`. x: [.., in], W: [in, out], bias: [out], A: [in, r], B: [r, out].
 /// Fused on flex when W and bias are frozen; otherwise (or elsewhere) the composition.
@@ -39,7 +41,24 @@ pub fn lora_linear<const D: usize>(
     b: Tensor<2>,
     scale: f64,
 ) -> Tensor<D> {
-    call(x, None, weight, bias, a, b, scale)
+    call(x, None, weight, bias, a, b, scale, ComputeDtype::F32)
+}
+
+/// [`lora_linear`] (`x_low` None) or [`lora_linear_dropout`] (`x_low` = dropout(x)) with the
+/// frozen product `x·W` computed in `compute`: bf16 (`--compute-dtype bf16`) multiplies a bf16
+/// W by bf16-rounded x and dY with `kernels::bf16_gemm` where that kernel runs (else f32).
+#[allow(clippy::too_many_arguments)]
+pub fn lora_linear_in<const D: usize>(
+    x: Tensor<D>,
+    x_low: Option<Tensor<D>>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+    a: Tensor<2>,
+    b: Tensor<2>,
+    scale: f64,
+    compute: ComputeDtype,
+) -> Tensor<D> {
+    call(x, x_low, weight, bias, a, b, scale, compute)
 }
 
 /// `x·W + bias + s·(x_low·A)·B` with `x_low = dropout(x)` computed by the caller (PEFT applies
@@ -54,9 +73,10 @@ pub fn lora_linear_dropout<const D: usize>(
     b: Tensor<2>,
     scale: f64,
 ) -> Tensor<D> {
-    call(x, Some(x_low), weight, bias, a, b, scale)
+    call(x, Some(x_low), weight, bias, a, b, scale, ComputeDtype::F32)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn call<const D: usize>(
     x: Tensor<D>,
     x_low: Option<Tensor<D>>,
@@ -65,6 +85,7 @@ fn call<const D: usize>(
     a: Tensor<2>,
     b: Tensor<2>,
     scale: f64,
+    compute: ComputeDtype,
 ) -> Tensor<D> {
     let dims = x.dims();
     let [inp, out] = weight.dims();
@@ -91,6 +112,9 @@ fn call<const D: usize>(
     }
     let rows: usize = dims[..D - 1].iter().product();
     let split = x_low.is_some();
+    let bf16 = compute == ComputeDtype::Bf16
+        && weight.dtype() == DType::BF16
+        && super::bf16_gemm::supported();
     let x = x.reshape([rows, inp]);
     // Without dropout x_low must be the very node of x (the backward puts the whole gradient
     // there), so it is the reshaped x itself, not a second reshape.
@@ -112,8 +136,11 @@ fn call<const D: usize>(
             b,
             scale,
             split,
+            bf16,
         ),
-        None => <Dispatch as LoraLinearOps>::lora_linear(x, x_low, weight, a, b, scale, split),
+        None => {
+            <Dispatch as LoraLinearOps>::lora_linear(x, x_low, weight, a, b, scale, split, bf16)
+        }
     };
     let mut out_dims = dims;
     out_dims[D - 1] = out;
@@ -143,7 +170,8 @@ pub fn reference<const D: usize>(
 #[backend_extension(Flex, Autodiff)]
 pub trait LoraLinearOps: Backend {
     /// x, x_low: [N, in] (`split` false: x_low is x), weight: [in, out] (a constant),
-    /// a: [in, r], b: [r, out] -> [N, out]
+    /// a: [in, r], b: [r, out] -> [N, out]; `bf16`: x·W and dY·Wᵀ by `kernels::bf16_gemm`
+    /// (a bf16 weight, a CPU with avx512bf16)
     #[allow(clippy::too_many_arguments)]
     fn lora_linear(
         x: FloatTensor<Self>,
@@ -153,6 +181,7 @@ pub trait LoraLinearOps: Backend {
         b: FloatTensor<Self>,
         scale: f64,
         split: bool,
+        bf16: bool,
     ) -> FloatTensor<Self>;
     /// The same plus bias: [out] (a constant).
     #[allow(clippy::too_many_arguments)]
@@ -165,6 +194,7 @@ pub trait LoraLinearOps: Backend {
         b: FloatTensor<Self>,
         scale: f64,
         split: bool,
+        bf16: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -177,8 +207,9 @@ impl LoraLinearOps for Flex {
         b: FlexTensor,
         scale: f64,
         _split: bool,
+        bf16: bool,
     ) -> FlexTensor {
-        plain(x, x_low, weight, None, a, b, scale)
+        plain(x, x_low, weight, None, a, b, scale, bf16)
     }
 
     fn lora_linear_bias(
@@ -190,11 +221,13 @@ impl LoraLinearOps for Flex {
         b: FlexTensor,
         scale: f64,
         _split: bool,
+        bf16: bool,
     ) -> FlexTensor {
-        plain(x, x_low, weight, Some(bias), a, b, scale)
+        plain(x, x_low, weight, Some(bias), a, b, scale, bf16)
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn plain(
     x: FlexTensor,
     x_low: FlexTensor,
@@ -203,9 +236,10 @@ fn plain(
     a: FlexTensor,
     b: FlexTensor,
     scale: f64,
+    bf16: bool,
 ) -> FlexTensor {
     let (x, xl) = (Mat::new(x), Mat::new(x_low));
-    let w = Mat::new(super::narrow_linear::widen(weight));
+    let w = Frozen::new(weight, bf16);
     let (a, b) = (Mat::new(a), Mat::new(b));
     forward(
         &x,
@@ -228,8 +262,9 @@ impl<C: CheckpointStrategy> LoraLinearOps for Autodiff<Flex, C> {
         b: FloatTensor<Self>,
         scale: f64,
         split: bool,
+        bf16: bool,
     ) -> FloatTensor<Self> {
-        tracked::<C>([x, x_low, a, b], weight, None, scale, split)
+        tracked::<C>([x, x_low, a, b], weight, None, scale, split, bf16)
     }
 
     fn lora_linear_bias(
@@ -241,8 +276,9 @@ impl<C: CheckpointStrategy> LoraLinearOps for Autodiff<Flex, C> {
         b: FloatTensor<Self>,
         scale: f64,
         split: bool,
+        bf16: bool,
     ) -> FloatTensor<Self> {
-        tracked::<C>([x, x_low, a, b], weight, Some(bias), scale, split)
+        tracked::<C>([x, x_low, a, b], weight, Some(bias), scale, split, bf16)
     }
 }
 
@@ -251,7 +287,7 @@ type AdTensor<C> = FloatTensor<Autodiff<Flex, C>>;
 #[derive(Debug)]
 struct LoraLinearBackward;
 
-/// x_low, xa = x_low·A, W (in its storage dtype), A, B, s, split
+/// x_low, xa = x_low·A, W (in its storage dtype), A, B, s, split, bf16
 type LoraState = (
     FlexTensor,
     FlexTensor,
@@ -259,6 +295,7 @@ type LoraState = (
     FlexTensor,
     FlexTensor,
     f32,
+    bool,
     bool,
 );
 
@@ -275,11 +312,11 @@ impl Backward<Flex, 4> for LoraLinearBackward {
         // node_x in one buffer.
         let [node_x, node_low, node_a, node_b] = ops.parents;
         let dy = Mat::new(grads.consume::<Flex>(&ops.node));
-        let (xl, xa, w, a, b, s, split) = ops.state;
+        let (xl, xa, w, a, b, s, split, bf16) = ops.state;
         let (xl, xa, w, a, b) = (
             Mat::new(xl),
             Mat::new(xa),
-            Mat::new(super::narrow_linear::widen(w)),
+            Frozen::new(w, bf16),
             Mat::new(a),
             Mat::new(b),
         );
@@ -304,7 +341,13 @@ impl Backward<Flex, 4> for LoraLinearBackward {
         if let Some(node) = node_x {
             // dx = dY·Wᵀ, then (no dropout) dx += s·t·Aᵀ in place [N, in]
             let mut dx = vec![0f32; n * inp];
-            gemm_into(&mut dx, n, inp, out, &dy, &w.t(), false, 1.0);
+            match &w {
+                Frozen::F32(w) => gemm_into(&mut dx, n, inp, out, &dy, &w.t(), false, 1.0),
+                Frozen::Bf16(w) => {
+                    let dy = F32::new(dy.tensor.clone());
+                    gemm_bf16(&mut dx, dy.as_slice(), n, out, &w.view().t(), false);
+                }
+            }
             if low_into_x {
                 gemm_into(&mut dx, n, inp, r, &t, &a.t(), true, s);
             }
@@ -325,11 +368,13 @@ fn tracked<C: CheckpointStrategy>(
     bias: Option<AdTensor<C>>,
     scale: f64,
     split: bool,
+    bf16: bool,
 ) -> AdTensor<C> {
     // W and bias are frozen (checked by `lora_linear`): constants, no graph edge. W is kept in
-    // its storage dtype for the backward; `mw` is its f32 view for the forward only.
+    // its storage dtype for the backward; `mw` is its f32 view (or bf16 as stored, for the
+    // bf16 gemm) for the forward only.
     let w_stored = weight.into_primitive();
-    let mw = Mat::new(super::narrow_linear::widen(w_stored.clone()));
+    let mw = Frozen::new(w_stored.clone(), bf16);
     let bias = bias.map(|b| F32::new(b.into_primitive()));
     let s = scale as f32;
     let nodes = [x.node(), x_low.node(), a.node(), b.node()];
@@ -345,7 +390,12 @@ fn tracked<C: CheckpointStrategy>(
     {
         OpsKind::Tracked(prep) => {
             let (y, xa) = forward(&mx, &ml, &mw, bias.as_ref(), &ma, &mb, s);
-            prep.finish((ml.tensor, xa, w_stored, ma.tensor, mb.tensor, s, split), y)
+            prep.finish(
+                (
+                    ml.tensor, xa, w_stored, ma.tensor, mb.tensor, s, split, bf16,
+                ),
+                y,
+            )
         }
         OpsKind::UnTracked(prep) => {
             prep.finish(forward(&mx, &ml, &mw, bias.as_ref(), &ma, &mb, s).0)
@@ -357,7 +407,7 @@ fn tracked<C: CheckpointStrategy>(
 fn forward(
     x: &Mat,
     xl: &Mat,
-    w: &Mat,
+    w: &Frozen,
     bias: Option<&F32>,
     a: &Mat,
     b: &Mat,
@@ -365,11 +415,7 @@ fn forward(
 ) -> (FlexTensor, FlexTensor) {
     let (n, inp, r, out) = (x.rows, x.cols, a.cols, b.cols);
     assert!(
-        w.rows == inp
-            && w.cols == out
-            && a.rows == inp
-            && b.rows == r
-            && (xl.rows, xl.cols) == (n, inp),
+        w.dims() == (inp, out) && a.rows == inp && b.rows == r && (xl.rows, xl.cols) == (n, inp),
         "lora_linear: shapes"
     );
     let mut xa = vec![0f32; n * r];
@@ -385,10 +431,44 @@ fn forward(
         }
         None => false,
     };
-    gemm_into(&mut y, n, out, inp, x, w, has_bias, 1.0);
+    match w {
+        Frozen::F32(w) => gemm_into(&mut y, n, out, inp, x, w, has_bias, 1.0),
+        Frozen::Bf16(w) => {
+            let x = F32::new(x.tensor.clone());
+            gemm_bf16(&mut y, x.as_slice(), n, inp, &w.view(), has_bias);
+        }
+    }
     let xa = Mat::from_vec(xa, n, r);
     gemm_into(&mut y, n, out, r, &xa, b, true, s);
     (super::flex::tensor(y, [n, out]), xa.tensor)
+}
+
+/// The frozen weight [in, out] as the products read it: f32 (widened when stored narrow), or
+/// bf16 as stored for `kernels::bf16_gemm` (`--compute-dtype bf16`).
+enum Frozen {
+    F32(Mat),
+    Bf16(Bf16Tensor),
+}
+
+impl Frozen {
+    fn new(weight: FlexTensor, bf16: bool) -> Self {
+        if bf16 && weight.dtype() == DType::BF16 {
+            Self::Bf16(Bf16Tensor::new(weight))
+        } else {
+            Self::F32(Mat::new(super::narrow_linear::widen(weight)))
+        }
+    }
+
+    /// (rows, cols)
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            Self::F32(w) => (w.rows, w.cols),
+            Self::Bf16(w) => {
+                let v = w.view();
+                (v.rows, v.cols)
+            }
+        }
+    }
 }
 
 /// A 2-D f32 flex tensor read through its strides (copied only for a negative or broadcast one).

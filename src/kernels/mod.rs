@@ -11,6 +11,7 @@ use burn::backend::DispatchDevice;
 use burn::tensor::{DType, Device, Tensor};
 
 pub mod attention;
+pub mod bf16_gemm;
 pub mod cross_entropy;
 pub mod flex;
 pub mod gemv;

@@ -19,6 +19,21 @@ pub struct Linear {
     /// `weight` is a `[1, 1]` placeholder (`Linear::quantized`).
     #[module(skip)]
     pub quant: Option<QuantWeight>,
+    /// What the frozen bf16 weight's products compute in (`--compute-dtype`, set on the whole
+    /// model by `CausalLm::set_compute_dtype`).
+    #[module(skip)]
+    pub compute: ComputeDtype,
+}
+
+/// The arithmetic of the frozen-weight products (`--compute-dtype`): f32 (a bf16/f16 weight is
+/// widened, `kernels::narrow_linear`), or bf16 (a bf16 weight and the rounded input multiplied
+/// by AVX512-BF16, f32 accumulation, `kernels::bf16_gemm`; as PyTorch's CPU bf16 autocast).
+/// Bf16 applies only to bf16 weights on flex on a CPU with avx512bf16; elsewhere products stay f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ComputeDtype {
+    #[default]
+    F32,
+    Bf16,
 }
 
 impl Linear {
@@ -28,6 +43,7 @@ impl Linear {
             bias,
             adapter: None,
             quant: None,
+            compute: ComputeDtype::F32,
         }
     }
 
@@ -44,6 +60,7 @@ impl Linear {
             bias,
             adapter: None,
             quant: Some(quant),
+            compute: ComputeDtype::F32,
         }
     }
 
@@ -96,6 +113,12 @@ impl Linear {
         let x = crate::models::ggml_activations::for_dense(x, weight.dtype());
         // Decoding: a few rows against every weight, split over all threads.
         if let Some(y) = crate::kernels::gemv::few_rows_linear(&x, &weight) {
+            return match bias {
+                Some(b) => y + b.unsqueeze::<D>(),
+                None => y,
+            };
+        }
+        if let Some(y) = bf16_product(self.compute, &x, &weight) {
             return match bias {
                 Some(b) => y + b.unsqueeze::<D>(),
                 None => y,
@@ -154,6 +177,25 @@ pub fn frozen_product<const D: usize>(x: Tensor<D>, weight: &Tensor<2>) -> Tenso
 pub fn frozen_product_of<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
     match &linear.quant {
         Some(q) => crate::kernels::quant_linear::quant_linear(x, q),
-        None => frozen_product(x, &linear.weight.val()),
+        None => {
+            let weight = linear.weight.val();
+            match bf16_product(linear.compute, &x, &weight) {
+                Some(y) => y,
+                None => frozen_product(x, &weight),
+            }
+        }
+    }
+}
+
+/// `bf16(x) · W` by `kernels::bf16_gemm` when `compute` is bf16 and the kernel takes this case
+/// (a frozen bf16 weight on flex, a CPU with avx512bf16); `None` otherwise.
+fn bf16_product<const D: usize>(
+    compute: ComputeDtype,
+    x: &Tensor<D>,
+    weight: &Tensor<2>,
+) -> Option<Tensor<D>> {
+    match compute {
+        ComputeDtype::F32 => None,
+        ComputeDtype::Bf16 => crate::kernels::bf16_gemm::bf16_linear(x, weight),
     }
 }

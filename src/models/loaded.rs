@@ -13,7 +13,7 @@ use crate::io::Checkpoint;
 use crate::kernels::cross_entropy::linear_cross_entropy;
 use crate::models::cache::KvCache;
 use crate::models::chatglm::{self, ChatGlmConfig, ChatGlmForConditionalGeneration};
-use crate::models::linear::Linear;
+use crate::models::linear::{ComputeDtype, Linear};
 use crate::models::llama::{self, LlamaConfig, LlamaForCausalLm};
 use crate::models::mask::Inputs;
 use crate::models::prompt::PromptState;
@@ -502,6 +502,15 @@ impl CausalLm {
         match self {
             Self::Llama(m) => m.gradient_checkpointing = on,
             Self::ChatGlm(m) => m.gradient_checkpointing = on,
+        }
+    }
+
+    /// Sets what every linear's frozen-weight products compute in (`--compute-dtype`): bf16
+    /// takes effect for bf16-stored weights (`--base-dtype bf16`) on flex on a CPU with
+    /// avx512bf16 (`kernels::bf16_gemm::supported`); the caller checks those.
+    pub fn set_compute_dtype(&mut self, compute: ComputeDtype) {
+        for (_, linear) in self.linears_mut() {
+            linear.compute = compute;
         }
     }
 

@@ -43,12 +43,16 @@ impl Lora {
             // there is one, applies to the low-rank input only, as PEFT's.
             let (weight, bias) = (base.weight.val(), base.bias.as_ref().map(|b| b.val()));
             let (a, b) = (self.lora_a.val(), self.lora_b.val());
-            if self.dropout.prob == 0.0 {
-                return crate::kernels::lora_linear::lora_linear(x, weight, bias, a, b, self.scale);
-            }
-            let x_low = self.dropout.forward(x.clone());
-            return crate::kernels::lora_linear::lora_linear_dropout(
-                x, x_low, weight, bias, a, b, self.scale,
+            let x_low = (self.dropout.prob != 0.0).then(|| self.dropout.forward(x.clone()));
+            return crate::kernels::lora_linear::lora_linear_in(
+                x,
+                x_low,
+                weight,
+                bias,
+                a,
+                b,
+                self.scale,
+                base.compute,
             );
         }
         let low = linear(

@@ -12,6 +12,7 @@ mod chatglm_tokenizer;
 mod checkpointing;
 mod compare;
 mod compare_protocol;
+mod compute_dtype;
 mod data;
 mod gguf;
 mod gguf_base;
