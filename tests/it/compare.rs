@@ -355,6 +355,7 @@ fn cut_label_answers_score_as_greedy_generation_and_say_so() {
                 .unwrap()
         })
         .collect();
+    assert!(marks.iter().any(|&m| m), "nothing cut: {cut:?}");
     let generated = scores(tmp.path(), &adapter, &["--generate"]);
     let score = |v: &[(f64, String)]| v.iter().map(|(s, _)| *s).collect::<Vec<_>>();
     assert_eq!(score(&cut), score(&generated));
