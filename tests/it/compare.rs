@@ -371,3 +371,39 @@ fn cut_label_answers_score_as_greedy_generation_and_say_so() {
     let lines = std::fs::read_to_string(tmp.path().join("predictions.jsonl")).unwrap();
     assert!(!lines.contains("\"cut\":true"), "{lines}");
 }
+
+#[test]
+fn no_shuffle_trains_every_method_on_the_file_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_task(tmp.path());
+    let run_toml = |extra: &[&str]| {
+        let out = tmp.path().join("out");
+        let run = peft_bin()
+            .args(["compare", "--model", path_str(&fixture("llama-tiny"))])
+            .args(["--data", path_str(&tmp.path().join("train.jsonl"))])
+            .args(["--eval-data", path_str(&tmp.path().join("eval.jsonl"))])
+            .args([
+                "--methods",
+                "lora",
+                "--budget",
+                "steps=2",
+                "--batch-size",
+                "2",
+            ])
+            .args(["--no-forgetting", "--overwrite", "--out", path_str(&out)])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", stderr(&run));
+        let results = read_results(&out);
+        let shuffle = results["common"]["shuffle"].clone();
+        let toml = std::fs::read_to_string(out.join("runs/lora/run.toml")).unwrap();
+        (toml, shuffle)
+    };
+    let (toml, shuffle) = run_toml(&["--no-shuffle"]);
+    assert!(toml.contains("no-shuffle = true"), "{toml}");
+    assert_eq!(shuffle, Value::Bool(false));
+    let (toml, shuffle) = run_toml(&[]);
+    assert!(toml.contains("no-shuffle = false"), "{toml}");
+    assert_eq!(shuffle, Value::Bool(true));
+}
