@@ -40,6 +40,25 @@ pub struct TextTokenizer {
     vocab_limit: Option<usize>,
 }
 
+/// GPT-2's `bytes_to_unicode` inverted: the character a byte-level BPE vocabulary writes for
+/// each byte (printable Latin-1 bytes stand for themselves, the others for U+0100 onwards, in
+/// byte order), back to the byte.
+fn byte_level_chars() -> std::collections::HashMap<char, u8> {
+    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+    let mut next = 256u32;
+    (0..=255u8)
+        .map(|b| {
+            if printable(b) {
+                (char::from(b), b)
+            } else {
+                let c = char::from_u32(next).unwrap_or(char::REPLACEMENT_CHARACTER);
+                next += 1;
+                (c, b)
+            }
+        })
+        .collect()
+}
+
 /// The model's embedding rows from `dir/config.json`, when there is one.
 fn vocab_limit(dir: &Path) -> Option<usize> {
     let config: serde_json::Map<String, Value> =
@@ -171,6 +190,38 @@ impl TextTokenizer {
         self.inner
             .decode(ids, skip_special)
             .map_err(|e| self.err(e))
+    }
+
+    /// The bytes [`Self::decode`] turns into text with its lossy UTF-8 step, when the decoder is
+    /// byte-level (GPT-2, Llama 3, SmolLM2): tokenizers' `ByteLevel::decode_chain` maps each
+    /// token's characters back through GPT-2's byte table (a token with a character outside it,
+    /// an added token, as its own UTF-8) and concatenates. Tokens are looked up and special ones
+    /// skipped as `Tokenizer::decode` does. `None` for other decoders, whose text need not be a
+    /// concatenation of per-token bytes; unknown ids are skipped, as `decode` skips them.
+    pub fn decode_bytes(&self, ids: &[u32], skip_special: bool) -> Option<Vec<u8>> {
+        if !matches!(
+            self.inner.get_decoder(),
+            Some(tokenizers::decoders::DecoderWrapper::ByteLevel(_))
+        ) {
+            return None;
+        }
+        let special: std::collections::HashSet<String> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_values()
+            .filter(|t| t.special)
+            .map(|t| t.content)
+            .collect();
+        let table = byte_level_chars();
+        let mut out = Vec::new();
+        for token in ids.iter().filter_map(|&id| self.inner.id_to_token(id)) {
+            if skip_special && special.contains(&token) {
+                continue;
+            }
+            let mapped: Option<Vec<u8>> = token.chars().map(|c| table.get(&c).copied()).collect();
+            out.extend(mapped.unwrap_or_else(|| token.as_bytes().to_vec()));
+        }
+        Some(out)
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {

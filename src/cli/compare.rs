@@ -86,6 +86,10 @@ pub struct CompareArgs {
     /// Linear warm-up steps.
     #[arg(long, default_value_t = 0)]
     pub warmup_steps: usize,
+    /// Train every method on the file's order (as `peft train --no-shuffle`), e.g. a file whose
+    /// batches hold both labels alike (default: shuffle every epoch).
+    #[arg(long)]
+    pub no_shuffle: bool,
     /// Score only the first N held-out records; generation is the slow part on a CPU
     /// (default: all).
     #[arg(long)]
@@ -211,7 +215,7 @@ fn steps_for_tokens(args: &CompareArgs, tokens: usize) -> anyhow::Result<usize> 
     let batch_config = BatchConfig {
         batch_size: args.batch_size,
         seed: args.seed,
-        shuffle: true,
+        shuffle: !args.no_shuffle,
         group_by_length: args.data.group_by_length,
         pack: args.data.pack,
         pad_id: prepared.pad_id,
@@ -243,7 +247,7 @@ fn common(plan: &Plan) -> Value {
         .map(|v| v.get_name().to_string());
     json!({"seeds": a.seeds, "batch_size": a.batch_size, "grad_accum": a.grad_accum,
         "steps": plan.steps, "optimizer": "AdamW (betas 0.9, 0.999; eps 1e-8; no weight decay), gradient norm clipped at 1.0",
-        "lr_scheduler": name, "warmup_steps": a.warmup_steps, "max_len": a.data.max_len.unwrap_or(1024),
+        "lr_scheduler": name, "warmup_steps": a.warmup_steps, "shuffle": !a.no_shuffle, "max_len": a.data.max_len.unwrap_or(1024),
         "eval_limit": a.eval_limit, "lr_sweep": a.lr_sweep, "device": a.device,
         "forgetting_data": forgetting_data(a).ok().flatten().map(|p| p.display().to_string())})
 }
@@ -373,6 +377,7 @@ impl Plan {
             grad_accum: a.grad_accum,
             scheduler: scheduler(a),
             warmup_steps: a.warmup_steps,
+            shuffle: !a.no_shuffle,
             device: a.device.clone(),
             eval_limit: a.eval_limit,
             task_metric: a.task_metric.clone(),

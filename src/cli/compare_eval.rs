@@ -40,6 +40,11 @@ pub struct CompareEvalArgs {
     /// the same scores, which a test checks).
     #[arg(long)]
     pub generate: bool,
+    /// Wrong label answers that cannot match, generated in full all the same for
+    /// predictions.jsonl (the first N; the others stop at their first wrong token, marked
+    /// `"cut": true`).
+    #[arg(long, default_value_t = 5)]
+    pub shown_answers: usize,
     /// Write one JSON line per example: prompt, reference, prediction, score.
     #[arg(long)]
     pub predictions: Option<PathBuf>,
@@ -101,6 +106,7 @@ pub fn run(args: CompareEvalArgs) -> anyhow::Result<()> {
         metric: args.task_metric.clone(),
         max_new_tokens: args.max_new_tokens,
         generate: args.generate,
+        shown_answers: args.shown_answers,
     };
     let mut eos = loaded.dir.eos_token_ids();
     eos.extend(tokenizer.eos_id());
@@ -114,7 +120,7 @@ pub fn run(args: CompareEvalArgs) -> anyhow::Result<()> {
         let mut lines = String::new();
         for e in &report.examples {
             let prompt = tokenizer.decode(&e.prompt, false)?;
-            let line = json!({"prompt": prompt, "reference": e.reference, "prediction": e.prediction, "score": e.score});
+            let line = json!({"prompt": prompt, "reference": e.reference, "prediction": e.prediction, "score": e.score, "cut": e.cut});
             let _ = writeln!(lines, "{line}");
         }
         if let Some(path) = &args.predictions {

@@ -202,6 +202,9 @@ fn train_args(plan: &ComparePlan, job: &TrainJob) -> Vec<OsString> {
     ] {
         flag(&mut args, name, v);
     }
+    if !plan.shuffle {
+        args.push("--no-shuffle".into());
+    }
     args.extend(job.adapter.iter().cloned());
     args
 }

@@ -44,6 +44,9 @@ pub struct ComparePlan {
     pub grad_accum: usize,
     pub scheduler: ScheduleKind,
     pub warmup_steps: usize,
+    /// Shuffle the training data every epoch (`false`: `--no-shuffle`, the file's order, e.g.
+    /// one whose batches alternate the labels).
+    pub shuffle: bool,
     pub device: String,
     pub eval_limit: Option<usize>,
     pub task_metric: String,

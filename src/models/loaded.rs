@@ -465,6 +465,25 @@ impl CausalLm {
         }
     }
 
+    /// The hidden states [`Self::forward_for_loss`] puts through the output head:
+    /// [batch, lead + seq, hidden] with `lead` = [`Self::loss_lead`]. With
+    /// [`Self::logits_of`] on a few of its rows, an evaluation pays the [vocab × hidden] head
+    /// only where a label is read (`compare::eval::forward_pass`).
+    pub fn hidden_for_loss(&self, inputs: &Inputs) -> Tensor<3> {
+        match self {
+            Self::Llama(m) => m.hidden_states_keeping(inputs, None, None, self.loss_lead()),
+            Self::ChatGlm(m) => m.hidden_states(inputs, None, None),
+        }
+    }
+
+    /// The output head on hidden states: [batch, seq, hidden] -> [batch, seq, vocab].
+    pub fn logits_of(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match self {
+            Self::Llama(m) => m.logits(hidden),
+            Self::ChatGlm(m) => m.logits(hidden),
+        }
+    }
+
     /// The summed loss of `labels` [batch, seq] (shifted, −100 ignored, the first label
     /// counted after virtual tokens as [`Self::loss_lead`] says) of one forward: the output head
     /// fused with the cross-entropy (`kernels::cross_entropy`) when it is a frozen plain linear

@@ -330,3 +330,80 @@ fn label_answers_read_off_the_teacher_forced_pass_score_as_greedy_generation() {
         "nothing learned: {forced:?}"
     );
 }
+
+#[test]
+fn cut_label_answers_score_as_greedy_generation_and_say_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_task(tmp.path());
+    // Barely trained: most answers are wrong, so most are cut with no answer shown in full.
+    let adapter = tmp.path().join("adapter");
+    let train = peft_bin()
+        .args(["train", "--model", path_str(&fixture("llama-tiny"))])
+        .args(["--data", path_str(&tmp.path().join("train.jsonl"))])
+        .args(["--template", "alpaca", "--out", path_str(&adapter)])
+        .args(["--max-steps", "2"])
+        .output()
+        .unwrap();
+    assert!(train.status.success(), "{}", stderr(&train));
+    let cut = scores(tmp.path(), &adapter, &["--shown-answers", "0"]);
+    let lines = std::fs::read_to_string(tmp.path().join("predictions.jsonl")).unwrap();
+    let marks: Vec<bool> = lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["cut"]
+                .as_bool()
+                .unwrap()
+        })
+        .collect();
+    assert!(marks.iter().any(|&m| m), "nothing cut: {cut:?}");
+    let generated = scores(tmp.path(), &adapter, &["--generate"]);
+    let score = |v: &[(f64, String)]| v.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+    assert_eq!(score(&cut), score(&generated));
+    for ((cut, mark), whole) in cut.iter().zip(&marks).zip(&generated) {
+        if *mark {
+            assert_eq!(cut.0, 0.0);
+        } else {
+            assert_eq!(cut, whole, "an answer not cut is the generated one");
+        }
+    }
+    // Shown in full (the default: the first five, and the task has four), nothing is cut.
+    scores(tmp.path(), &adapter, &[]);
+    let lines = std::fs::read_to_string(tmp.path().join("predictions.jsonl")).unwrap();
+    assert!(!lines.contains("\"cut\":true"), "{lines}");
+}
+
+#[test]
+fn no_shuffle_trains_every_method_on_the_file_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_task(tmp.path());
+    let run_toml = |extra: &[&str]| {
+        let out = tmp.path().join("out");
+        let run = peft_bin()
+            .args(["compare", "--model", path_str(&fixture("llama-tiny"))])
+            .args(["--data", path_str(&tmp.path().join("train.jsonl"))])
+            .args(["--eval-data", path_str(&tmp.path().join("eval.jsonl"))])
+            .args([
+                "--methods",
+                "lora",
+                "--budget",
+                "steps=2",
+                "--batch-size",
+                "2",
+            ])
+            .args(["--no-forgetting", "--overwrite", "--out", path_str(&out)])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{}", stderr(&run));
+        let results = read_results(&out);
+        let shuffle = results["common"]["shuffle"].clone();
+        let toml = std::fs::read_to_string(out.join("runs/lora/run.toml")).unwrap();
+        (toml, shuffle)
+    };
+    let (toml, shuffle) = run_toml(&["--no-shuffle"]);
+    assert!(toml.contains("no-shuffle = true"), "{toml}");
+    assert_eq!(shuffle, Value::Bool(false));
+    let (toml, shuffle) = run_toml(&[]);
+    assert!(toml.contains("no-shuffle = false"), "{toml}");
+    assert_eq!(shuffle, Value::Bool(true));
+}

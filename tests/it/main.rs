@@ -11,6 +11,7 @@ mod chatglm;
 mod chatglm_tokenizer;
 mod checkpointing;
 mod compare;
+mod compare_eval;
 mod compare_protocol;
 mod compute_dtype;
 mod data;
