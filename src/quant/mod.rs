@@ -4,7 +4,8 @@
 //!
 //! The layouts are the published ones, so the numbers match their reference implementations:
 //! - `int8` is ggml's Q8_0 (32 values, absmax/127 f16 scale; `gguf::quantize::quantize_q8_0`);
-//! - `int4` is ggml's Q4_0 (32 values, signed-absmax/-8 f16 scale; `quantize_q4_0`);
+//! - `int4` is ggml's Q4_0 block layout (32 values, f16 scale, `d · (q − 8)`), its scale found by
+//!   llama.cpp's error-minimising search ([`search`]) rather than gguf-py's `max / −8`;
 //! - `nf4` is bitsandbytes' NF4 (64 values, f32 absmax, its 16-value codebook; [`nf4`]), so an
 //!   adapter trained with PEFT on a `load_in_4bit` base sees the same base weights here;
 //! - a GGUF tensor keeps its own type (Q8_0, Q4_0, Q4_1, Q2_K…Q6_K), decoded by `gguf::dequant`.
@@ -15,6 +16,7 @@
 //! one contiguous byte range and a column range of a row is a run of whole blocks.
 
 pub mod nf4;
+pub mod search;
 
 use std::sync::Arc;
 
@@ -85,7 +87,7 @@ impl QMatrix {
             ),
             BaseQuant::Int4 => (
                 QFormat::Ggml(GgmlType::Q4_0),
-                crate::gguf::quantize::quantize_q4_0(values),
+                search::quantize_q4_0_search(values),
                 Vec::new(),
             ),
             BaseQuant::Nf4 => {
