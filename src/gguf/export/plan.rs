@@ -343,7 +343,6 @@ mod tests {
 
     #[test]
     fn q4_k_m_on_smollm2_falls_back_where_rows_are_not_whole_super_blocks() {
-        let h = smollm2();
         let t = ExportType::Q4KM;
         // 576 columns: Q4_K -> Q5_0, the tied output (token_embd) Q6_K -> Q8_0.
         assert_eq!(
