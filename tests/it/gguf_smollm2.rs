@@ -156,3 +156,49 @@ fn smollm2_chat_answer_names_paris() {
     let answer = String::from_utf8_lossy(&run.stdout);
     assert!(answer.contains("Paris"), "answer was {answer:?}");
 }
+
+/// With llama.cpp's BLAS backend (f32 activations for every product of ≥ 32 tokens), our f16 and
+/// q8_0 exports of SmolLM2 give our logits within 1e-3 and our greedy ids
+/// (examples/check_gguf_llama_cpp_blas.py). Runs when `$PEFT_LLAMA_BLAS_PYTHON`, else the cached
+/// `/var/tmp/peft-cache/llama-blas-venv`, imports llama_cpp.
+#[test]
+fn llama_cpp_with_blas_gives_our_logits_for_the_f16_and_q8_0_exports_of_smollm2() {
+    let test = "llama_cpp_with_blas_gives_our_logits_for_the_f16_and_q8_0_exports_of_smollm2";
+    let Some(dir) = smollm2_dir(test) else {
+        return;
+    };
+    let python = std::env::var("PEFT_LLAMA_BLAS_PYTHON")
+        .unwrap_or_else(|_| "/var/tmp/peft-cache/llama-blas-venv/bin/python".into());
+    let imports = std::process::Command::new(&python)
+        .args(["-c", "import llama_cpp, numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !imports {
+        let message = format!(
+            "\n*** {test}: SKIPPED: `{python} -c 'import llama_cpp'` fails (build llama-cpp-python with CMAKE_ARGS=\"-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS\" into that venv, or set PEFT_LLAMA_BLAS_PYTHON) ***\n"
+        );
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), message.as_bytes());
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/check_gguf_llama_cpp_blas.py");
+    let o = std::process::Command::new(python)
+        .arg(script)
+        .args(["--peft", env!("CARGO_BIN_EXE_peft")])
+        .arg("--model")
+        .arg(&dir)
+        .arg("--work")
+        .arg(tmp.path().join("work"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report: Json = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["q8_0_greedy_equal"], "48/48");
+    assert!(report["f16_max_abs_diff"].as_f64().unwrap() <= 1e-3);
+}
