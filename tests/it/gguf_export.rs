@@ -320,8 +320,23 @@ fn quantizers_match_gguf_py_and_llama_cpp_byte_for_byte() {
 
 /// `$PEFT_LLAMA_PYTHON`, else the cached venv, if it imports llama_cpp.
 pub(super) fn llama_python(test: &str) -> Option<String> {
-    let python = std::env::var("PEFT_LLAMA_PYTHON")
-        .unwrap_or_else(|_| "/var/tmp/peft-cache/llama-venv/bin/python".into());
+    python_with_llama_cpp(
+        test,
+        "PEFT_LLAMA_PYTHON",
+        "/var/tmp/peft-cache/llama-venv/bin/python",
+        "pip install llama-cpp-python into that venv",
+    )
+}
+
+/// `$env_var`, else `default`, if that Python imports llama_cpp and numpy; otherwise the test
+/// says loudly that it is skipped (`how`: how to make such a venv).
+pub(super) fn python_with_llama_cpp(
+    test: &str,
+    env_var: &str,
+    default: &str,
+    how: &str,
+) -> Option<String> {
+    let python = std::env::var(env_var).unwrap_or_else(|_| default.into());
     let works = std::process::Command::new(&python)
         .args(["-c", "import llama_cpp, numpy"])
         .output()
@@ -330,10 +345,30 @@ pub(super) fn llama_python(test: &str) -> Option<String> {
         return Some(python);
     }
     let message = format!(
-        "\n*** {test}: SKIPPED: `{python} -c 'import llama_cpp'` fails (pip install llama-cpp-python into that venv, or set PEFT_LLAMA_PYTHON) ***\n"
+        "\n*** {test}: SKIPPED: `{python} -c 'import llama_cpp'` fails ({how}, or set {env_var}) ***\n"
     );
     let _ = std::io::Write::write_all(&mut std::io::stderr(), message.as_bytes());
     None
+}
+
+/// Runs examples/check_gguf_llama_cpp.py on `model` and `adapter`; it must pass.
+pub(super) fn check_with_llama_cpp(python: &str, model: &Path, adapter: &Path, work: &Path) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/check_gguf_llama_cpp.py");
+    let o = std::process::Command::new(python)
+        .arg(script)
+        .args(["--peft", env!("CARGO_BIN_EXE_peft")])
+        .args(["--model", path_str(model)])
+        .args(["--adapter", path_str(adapter)])
+        .args(["--work", path_str(work)])
+        .args(["--json", path_str(&work.join("report.json"))])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
 }
 
 /// llama.cpp loads every exported variant of the tiny Llama (base f32/f16/q8_0/q4_k_m, merged,
@@ -345,22 +380,11 @@ fn llama_cpp_loads_our_exports_and_agrees_with_our_logits() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let report = tmp.path().join("report.json");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/check_gguf_llama_cpp.py");
-    let o = std::process::Command::new(python)
-        .arg(script)
-        .args(["--peft", env!("CARGO_BIN_EXE_peft")])
-        .args(["--model", path_str(&fixture("llama-tiny"))])
-        .args(["--adapter", path_str(&fixture("adapters/lora"))])
-        .args(["--work", path_str(&tmp.path().join("work"))])
-        .args(["--json", path_str(&report)])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        stderr(&o)
+    check_with_llama_cpp(
+        &python,
+        &fixture("llama-tiny"),
+        &fixture("adapters/lora"),
+        &tmp.path().join("work"),
     );
 }
 

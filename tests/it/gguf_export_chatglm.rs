@@ -10,7 +10,7 @@ use peft::gguf::reader::Value;
 use peft::io::Checkpoint;
 
 use super::common::{fixture, path_str, stderr};
-use super::gguf_export::{export, f32s, listing, llama_python, ok, parse};
+use super::gguf_export::{check_with_llama_cpp, export, f32s, listing, llama_python, ok, parse};
 
 fn u32_key(g: &peft::gguf::reader::Gguf, key: &str) -> Option<u32> {
     match g.get(key)? {
@@ -265,25 +265,6 @@ fn an_unsupported_architecture_is_refused_by_name_with_nothing_written() {
     let o = export(&glm, &outs.join("g.gguf"), "f16", &[]);
     assert!(stderr(&o).contains("add_bias_linear"), "{}", stderr(&o));
     assert!(listing(&outs).is_empty(), "{:?}", listing(&outs));
-}
-
-fn check_with_llama_cpp(python: &str, model: &Path, adapter: &Path, work: &Path) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/check_gguf_llama_cpp.py");
-    let o = std::process::Command::new(python)
-        .arg(script)
-        .args(["--peft", env!("CARGO_BIN_EXE_peft")])
-        .args(["--model", path_str(model)])
-        .args(["--adapter", path_str(adapter)])
-        .args(["--work", path_str(work)])
-        .args(["--json", path_str(&work.join("report.json"))])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        stderr(&o)
-    );
 }
 
 /// llama.cpp loads the tiny ChatGLM (base f32/f16/q8_0, merged with chatglm-tiny-lora, base +

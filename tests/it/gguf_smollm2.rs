@@ -167,19 +167,14 @@ fn llama_cpp_with_blas_gives_our_logits_for_the_f16_and_q8_0_exports_of_smollm2(
     let Some(dir) = smollm2_dir(test) else {
         return;
     };
-    let python = std::env::var("PEFT_LLAMA_BLAS_PYTHON")
-        .unwrap_or_else(|_| "/var/tmp/peft-cache/llama-blas-venv/bin/python".into());
-    let imports = std::process::Command::new(&python)
-        .args(["-c", "import llama_cpp, numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !imports {
-        let message = format!(
-            "\n*** {test}: SKIPPED: `{python} -c 'import llama_cpp'` fails (build llama-cpp-python with CMAKE_ARGS=\"-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS\" into that venv, or set PEFT_LLAMA_BLAS_PYTHON) ***\n"
-        );
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), message.as_bytes());
+    let Some(python) = crate::gguf_export::python_with_llama_cpp(
+        test,
+        "PEFT_LLAMA_BLAS_PYTHON",
+        "/var/tmp/peft-cache/llama-blas-venv/bin/python",
+        "build llama-cpp-python with CMAKE_ARGS=\"-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS\" into that venv",
+    ) else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/check_gguf_llama_cpp_blas.py");
