@@ -17,6 +17,7 @@
 
 pub mod nf4;
 pub mod search;
+mod search_lanes;
 
 use std::sync::Arc;
 

@@ -21,23 +21,36 @@ use half::f16;
 use rayon::prelude::*;
 
 /// Values per Q4_0 block (ggml's `QK4_0`).
-const QK: usize = 32;
+pub(super) const QK: usize = 32;
 /// Bytes per Q4_0 block: the f16 scale and 16 bytes of nibbles.
-const BLOCK_BYTES: usize = 2 + QK / 2;
+pub(super) const BLOCK_BYTES: usize = 2 + QK / 2;
 /// Blocks per parallel task: large enough to amortise the task, small enough to spread a row.
 const BLOCKS_PER_TASK: usize = 256;
 
-/// The Q4_0 blocks of `values` (a whole number of 32-value blocks) with searched scales.
+/// The Q4_0 blocks of `values` (a whole number of 32-value blocks) with searched scales: 16
+/// blocks at a time in SIMD lanes (`search_lanes`), the same bytes as [`quantize_q4_0_search_reference`].
 pub fn quantize_q4_0_search(values: &[f32]) -> Vec<u8> {
+    quantize_with(values, super::search_lanes::quantize_run)
+}
+
+/// The scalar reference of [`quantize_q4_0_search`], one block and one candidate at a time
+/// (kept to test the lanes against and to measure them by: `examples/bench_quantize_load.rs`).
+pub fn quantize_q4_0_search_reference(values: &[f32]) -> Vec<u8> {
+    quantize_with(values, |src, dst| {
+        for (d, x) in dst.chunks_exact_mut(BLOCK_BYTES).zip(src.chunks_exact(QK)) {
+            quantize_block(x.try_into().expect("32 values"), d);
+        }
+    })
+}
+
+/// Splits `values` into tasks of whole blocks over rayon's pool; `run(src, dst)` writes the
+/// blocks of one task.
+fn quantize_with(values: &[f32], run: impl Fn(&[f32], &mut [u8]) + Sync) -> Vec<u8> {
     assert!(values.len() % QK == 0, "Q4_0 takes whole 32-value blocks");
     let mut out = vec![0u8; values.len() / QK * BLOCK_BYTES];
     out.par_chunks_mut(BLOCKS_PER_TASK * BLOCK_BYTES)
         .zip(values.par_chunks(BLOCKS_PER_TASK * QK))
-        .for_each(|(dst, src)| {
-            for (d, x) in dst.chunks_exact_mut(BLOCK_BYTES).zip(src.chunks_exact(QK)) {
-                quantize_block(x.try_into().expect("32 values"), d);
-            }
-        });
+        .for_each(|(dst, src)| run(src, dst));
     out
 }
 
@@ -79,8 +92,9 @@ pub fn search_scale(x: &[f32; QK]) -> f32 {
     best.0
 }
 
-/// Writes one 18-byte Q4_0 block for `x` into `dst`.
-fn quantize_block(x: &[f32; QK], dst: &mut [u8]) {
+/// Writes one 18-byte Q4_0 block for `x` into `dst` (the reference; `search_lanes` also sends
+/// blocks outside its range here).
+pub(super) fn quantize_block(x: &[f32; QK], dst: &mut [u8]) {
     let d = f16::from_f32(search_scale(x));
     let inv = if d.to_f32() == 0.0 {
         0.0

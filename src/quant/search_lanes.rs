@@ -1,0 +1,315 @@
+//! The scale search of [`super::search`] for 16 blocks at once, one block per f32 lane, giving
+//! the same bytes as the scalar reference (`search::quantize_block`), bit for bit.
+//!
+//! Why it is the same: every block still sums its 32 terms in order `j = 0..32` (the lanes are
+//! blocks, never values of one block, so no reduction is reordered; Rust never contracts `a·b + c`
+//! into an FMA), and the only changed operation is the rounding. The reference's
+//! `round_ties_even(t).clamp(-8, 7)` is, on baseline x86-64 (SSE2, no `roundss`), a libm call per
+//! value; here it is ggml's `nearest_int` trick (ggml-quants.c): for |t| < 2²², `t + 1.5·2²³`
+//! lands where the f32 spacing is 1, so the hardware's round-half-to-even picks the integer, and
+//! subtracting the constant again is exact. Clamping to [−8, 7] *before* rounding gives the same
+//! level (rounding is monotone and keeps −8 and 7) and keeps |t| small. A level of −0.0 becomes
+//! +0.0, which changes no sum (`x ± 0 = x`, and a sum that starts at +0 stays +0).
+//!
+//! What the trick cannot reproduce is NaN (0 · ∞ when a block's largest magnitude is so small that
+//! `8.9 / max` overflows, or non-finite inputs), and the score `(Σ x·l)²` overflowing. A block with
+//! a non-finite value, or whose largest magnitude is outside [`MIN_MAX`, `MAX_MAX`], therefore goes
+//! to the scalar reference; in that range every intermediate is finite (|x·iscale| ≤ 8.9,
+//! |Σ x·l| ≤ 256·max, its square < 7e34) and no NaN can arise. Weights live far inside it.
+//!
+//! Dispatched at run time (`is_x86_feature_detected!`, as `kernels::softmax`): AVX-512F, then
+//! AVX2, then the same code for baseline SSE2; never `target-cpu=native`.
+
+use half::f16;
+
+use super::search::{quantize_block, BLOCK_BYTES, QK};
+
+/// Blocks searched together: one AVX-512 register of f32 (two AVX2 ones).
+pub const LANES: usize = 16;
+/// A block whose largest |x| is below this goes to the scalar reference (`8.9 / max` must be
+/// finite).
+const MIN_MAX: f32 = 1e-30;
+/// A block whose largest |x| is above this goes to the scalar reference (`(256·max)²` must be
+/// finite).
+const MAX_MAX: f32 = 1e15;
+/// 1.5 · 2²³: ggml's `nearest_int` constant.
+const MAGIC: f32 = 12_582_912.0;
+
+/// `round_ties_even(t).clamp(-8, 7)` for a non-NaN `t` (see the module docs).
+#[inline(always)]
+fn level(t: f32) -> f32 {
+    let t = if t < -8.0 { -8.0 } else { t };
+    let t = if t > 7.0 { 7.0 } else { t };
+    (t + MAGIC) - MAGIC
+}
+
+/// Q4_0 blocks of `src` (whole 32-value blocks) into `dst` (18 bytes each), as the scalar
+/// reference writes them.
+pub fn quantize_run(src: &[f32], dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { run_avx512(src, dst) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { run_avx2(src, dst) };
+        }
+    }
+    run_body(src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn run_avx512(src: &[f32], dst: &mut [u8]) {
+    run_body(src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn run_avx2(src: &[f32], dst: &mut [u8]) {
+    run_body(src, dst)
+}
+
+#[inline(always)]
+fn run_body(src: &[f32], dst: &mut [u8]) {
+    for (xs, ds) in src
+        .chunks(LANES * QK)
+        .zip(dst.chunks_mut(LANES * BLOCK_BYTES))
+    {
+        // Transposed: t[j][b] is value j of block b; lanes past the last block stay zero (their
+        // results are discarded).
+        let mut t = [[0.0f32; LANES]; QK];
+        for (b, x) in xs.chunks_exact(QK).enumerate() {
+            for (j, &v) in x.iter().enumerate() {
+                t[j][b] = v;
+            }
+        }
+        let (max, scale) = search_lanes(&t);
+        for (b, (x, d)) in xs
+            .chunks_exact(QK)
+            .zip(ds.chunks_exact_mut(BLOCK_BYTES))
+            .enumerate()
+        {
+            let x: &[f32; QK] = x.try_into().expect("32 values");
+            let fast =
+                (MIN_MAX..=MAX_MAX).contains(&max[b].abs()) && x.iter().all(|v| v.is_finite());
+            if fast {
+                write_block(x, scale[b], d);
+            } else {
+                quantize_block(x, d);
+            }
+        }
+    }
+}
+
+/// Per lane: the signed value of largest magnitude (the first such) and the searched scale, as
+/// `search::search_scale` computes them (meaningful for lanes in the fast range only).
+#[inline(always)]
+fn search_lanes(t: &[[f32; LANES]; QK]) -> ([f32; LANES], [f32; LANES]) {
+    let mut max = [0.0f32; LANES];
+    for row in t {
+        for b in 0..LANES {
+            if row[b].abs() > max[b].abs() {
+                max[b] = row[b];
+            }
+        }
+    }
+    let mut best_d = [0.0f32; LANES];
+    let mut best_score = [f32::NEG_INFINITY; LANES];
+    for k in -9..=9 {
+        // The reference's `-(8.0 + 0.1 * k as f32) / max`, operation for operation.
+        let c = -(8.0 + 0.1 * k as f32);
+        let mut iscale = [0.0f32; LANES];
+        for b in 0..LANES {
+            iscale[b] = c / max[b];
+        }
+        let (mut sumlx, mut suml2) = ([0.0f32; LANES], [0.0f32; LANES]);
+        for row in t {
+            for b in 0..LANES {
+                let l = level(row[b] * iscale[b]);
+                sumlx[b] += row[b] * l;
+                suml2[b] += l * l;
+            }
+        }
+        for b in 0..LANES {
+            let (d, score) = (sumlx[b] / suml2[b], sumlx[b] * sumlx[b] / suml2[b]);
+            if suml2[b] > 0.0 && score > best_score[b] {
+                best_score[b] = score;
+                best_d[b] = d;
+            }
+        }
+    }
+    (max, best_d)
+}
+
+/// The reference's block writer for a block in the fast range, with the fast rounding: levels of
+/// `x / f16(scale)`, stored as `q = l + 8`, element j low nibble of byte j, j + 16 the high one.
+#[inline(always)]
+fn write_block(x: &[f32; QK], scale: f32, dst: &mut [u8]) {
+    let d = f16::from_f32(scale);
+    // An f16 scale of ±0 or ±∞ gives `inv` 0 or ±0, so every level is 0, as in the reference.
+    let inv = if d.to_f32() == 0.0 {
+        0.0
+    } else {
+        1.0 / d.to_f32()
+    };
+    let q = |v: f32| (level(v * inv) + 8.0) as u8;
+    dst[..2].copy_from_slice(&d.to_le_bytes());
+    for j in 0..QK / 2 {
+        dst[2 + j] = q(x[j]) | (q(x[j + QK / 2]) << 4);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::search::quantize_q4_0_search_reference;
+
+    /// xorshift64: uniform in [0, 1).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 40) as f32 / (1u64 << 24) as f32
+        }
+        fn gauss(&mut self) -> f32 {
+            (0..4).map(|_| self.next()).sum::<f32>() - 2.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            ((self.next() * n as f32) as usize).min(n - 1)
+        }
+    }
+
+    /// Blocks meant to break the lanes: zeros, ties on the levels' half points, equal magnitudes
+    /// of both signs, magnitudes across the whole f32 range (both sides of the fast range and of
+    /// the f16 scale's range), subnormals, infinities and NaN.
+    fn hard_blocks(rng: &mut Rng, blocks: usize) -> Vec<f32> {
+        let specials = [
+            0.0,
+            -0.0,
+            f32::MAX,
+            -f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-45,
+            -1e-40,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            MIN_MAX,
+            MAX_MAX,
+            65504.0 * 8.0,
+            6e-8 * 8.0,
+        ];
+        let mut out = Vec::with_capacity(blocks * QK);
+        for _ in 0..blocks {
+            let kind = rng.below(8);
+            // A power-of-two scale from 2^-130 to 2^130, so products with it are exact.
+            let p = 2f32.powi(rng.below(261) as i32 - 130);
+            let block: Vec<f32> = match kind {
+                0 => vec![0.0; QK],
+                // Half-integers times 2^e: x · (−8 / max) = −x / 2^e lands on ties when max = ±8·2^e.
+                1 => (0..QK)
+                    .map(|j| match j {
+                        0 => 8.0 * p * if rng.next() < 0.5 { 1.0 } else { -1.0 },
+                        _ => (rng.below(16) as f32 - 7.5) * p,
+                    })
+                    .collect(),
+                // Few distinct values, many zeros, equal magnitudes of both signs.
+                2 => (0..QK)
+                    .map(|_| [0.0, 1.0, -1.0, 0.5, -0.5, 3.0, -3.0][rng.below(7)] * p)
+                    .collect(),
+                // Mostly zero with one or two values.
+                3 => {
+                    let mut b = vec![0.0; QK];
+                    b[rng.below(QK)] = rng.gauss() * p;
+                    b[rng.below(QK)] = rng.gauss() * p;
+                    b
+                }
+                // A special value among Gaussians.
+                4 => {
+                    let mut b: Vec<f32> = (0..QK).map(|_| rng.gauss() * 0.02).collect();
+                    b[rng.below(QK)] = specials[rng.below(specials.len())];
+                    b
+                }
+                // Gaussians at any magnitude.
+                5 => (0..QK).map(|_| rng.gauss() * p).collect(),
+                // Only specials.
+                6 => (0..QK)
+                    .map(|_| specials[rng.below(specials.len())])
+                    .collect(),
+                // Weights as trained: Gaussian with an outlier.
+                _ => (0..QK)
+                    .map(|j| rng.gauss() * if j == 5 { 0.2 } else { 0.02 })
+                    .collect(),
+            };
+            out.extend(block);
+        }
+        out
+    }
+
+    /// Every variant this CPU can run, each against the scalar reference.
+    fn assert_all_variants_match(values: &[f32]) {
+        let want = quantize_q4_0_search_reference(values);
+        let mut got = vec![0u8; want.len()];
+        run_body(values, &mut got);
+        assert!(got == want, "portable lanes differ from the reference");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                got.fill(0);
+                // SAFETY: the CPU has AVX2.
+                unsafe { run_avx2(values, &mut got) };
+                assert!(got == want, "AVX2 lanes differ from the reference");
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                got.fill(0);
+                // SAFETY: the CPU has AVX-512F.
+                unsafe { run_avx512(values, &mut got) };
+                assert!(got == want, "AVX-512 lanes differ from the reference");
+            }
+        }
+        assert!(super::super::search::quantize_q4_0_search(values) == want);
+    }
+
+    #[test]
+    fn lanes_give_the_reference_bytes_on_zeros_ties_and_extremes() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        // 20 000 blocks, not a multiple of 16 or of a task, so the tails are exercised too.
+        let values = hard_blocks(&mut rng, 20_003);
+        assert_all_variants_match(&values);
+    }
+
+    #[test]
+    fn lanes_give_the_reference_bytes_on_a_1536_by_576_weight() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let values: Vec<f32> = (0..1536 * 576)
+            .map(|i| rng.gauss() * if i % 97 == 0 { 0.12 } else { 0.02 })
+            .collect();
+        assert_all_variants_match(&values);
+    }
+
+    #[test]
+    fn the_fast_rounding_is_round_half_to_even_clamped() {
+        let mut t = -20.0f32;
+        while t <= 20.0 {
+            assert_eq!(level(t), t.round_ties_even().clamp(-8.0, 7.0), "{t}");
+            t += 0.125;
+        }
+        for t in [
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e30,
+            -1e30,
+            4.5,
+            -7.5,
+            0.5,
+            -0.5,
+        ] {
+            assert_eq!(level(t), t.round_ties_even().clamp(-8.0, 7.0), "{t}");
+        }
+    }
+}
