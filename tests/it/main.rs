@@ -28,6 +28,7 @@ mod prompt_cli;
 mod prompt_text_loss;
 mod prompt_train;
 mod quant_base;
+mod quant_train;
 mod safe_fuzz;
 mod safe_numbers;
 mod safe_out;
