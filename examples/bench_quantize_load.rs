@@ -1,6 +1,6 @@
 //! How long `--quantize-base` takes to quantize weights at load: µs per 1M values on one thread
 //! for each quantizer (int4's searched Q4_0 scale in SIMD lanes and its scalar reference, nf4,
-//! int8 = Q8_0), then one Llama-2-7B MLP weight (4096 × 11008) on rayon's whole pool, and the
+//! int8 = Q8_0 in `quant::q8_0` and the serial `gguf::quantize` it replaced at load), then one Llama-2-7B MLP weight (4096 × 11008) on rayon's whole pool, and the
 //! estimate for the 7B model's 6.61B quantized values (32 layers of q/k/v/o 4096² and
 //! gate/up/down 4096 × 11008, plus the untied 32000 × 4096 `lm_head`). Best of `REPS` (default 3).
 //! Relative numbers only on a loaded machine; give `uptime` with them.
@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let quantizers: [Quantizer; 4] = [
+    let quantizers: [Quantizer; 5] = [
         ("int4 (searched Q4_0, lanes)", |v| {
             std::hint::black_box(search::quantize_q4_0_search(v));
         }),
@@ -59,7 +59,10 @@ fn main() -> anyhow::Result<()> {
         ("nf4", |v| {
             std::hint::black_box(nf4::quantize_nf4(v));
         }),
-        ("int8 (Q8_0)", |v| {
+        ("int8 (Q8_0, quant::q8_0)", |v| {
+            std::hint::black_box(peft::quant::q8_0::quantize_q8_0(v));
+        }),
+        ("int8 (Q8_0, gguf::quantize, as before)", |v| {
             std::hint::black_box(peft::gguf::quantize::quantize_q8_0(v));
         }),
     ];
@@ -91,12 +94,13 @@ fn main() -> anyhow::Result<()> {
             s * LLAMA2_7B_VALUES / mlp.len() as f64
         );
     }
-    let s = best_s(1, || {
-        std::hint::black_box(search::quantize_q4_0_search_reference(&mlp));
-    });
-    println!(
-        "  int4, scalar reference {s:>8.3} s   (7B estimate: {:.1} s)",
-        s * LLAMA2_7B_VALUES / mlp.len() as f64
-    );
+    let before: [Quantizer; 2] = [quantizers[1], quantizers[4]];
+    for (name, f) in before {
+        let s = best_s(1, || f(&mlp));
+        println!(
+            "  {name:<40} {s:>8.3} s   (7B estimate: {:.1} s)",
+            s * LLAMA2_7B_VALUES / mlp.len() as f64
+        );
+    }
     Ok(())
 }

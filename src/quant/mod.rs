@@ -3,7 +3,8 @@
 //! dequantized tile by tile inside the product (`kernels::quant_linear`), never as a whole.
 //!
 //! The layouts are the published ones, so the numbers match their reference implementations:
-//! - `int8` is ggml's Q8_0 (32 values, absmax/127 f16 scale; `gguf::quantize::quantize_q8_0`);
+//! - `int8` is ggml's Q8_0 (32 values, absmax/127 f16 scale; [`q8_0`], the bytes of
+//!   `gguf::quantize::quantize_q8_0`);
 //! - `int4` is ggml's Q4_0 block layout (32 values, f16 scale, `d · (q − 8)`), its scale found by
 //!   llama.cpp's error-minimising search ([`search`]) rather than gguf-py's `max / −8`;
 //! - `nf4` is bitsandbytes' NF4 (64 values, f32 absmax, its 16-value codebook; [`nf4`]), so an
@@ -16,8 +17,11 @@
 //! one contiguous byte range and a column range of a row is a run of whole blocks.
 
 pub mod nf4;
+pub mod q8_0;
 pub mod search;
 mod search_lanes;
+#[cfg(test)]
+mod test_values;
 
 use std::sync::Arc;
 
@@ -83,7 +87,7 @@ impl QMatrix {
         let (format, data, absmax) = match scheme {
             BaseQuant::Int8 => (
                 QFormat::Ggml(GgmlType::Q8_0),
-                crate::gguf::quantize::quantize_q8_0(values),
+                q8_0::quantize_q8_0(values),
                 Vec::new(),
             ),
             BaseQuant::Int4 => (

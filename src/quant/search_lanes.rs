@@ -32,6 +32,8 @@ const MIN_MAX: f32 = 1e-30;
 /// A block whose largest |x| is above this goes to the scalar reference (`(256·max)²` must be
 /// finite).
 const MAX_MAX: f32 = 1e15;
+/// Candidate scales searched together (20 = 19 and a repeat, in groups of 4).
+const GROUP: usize = 4;
 /// 1.5 · 2²³: ggml's `nearest_int` constant.
 const MAGIC: f32 = 12_582_912.0;
 
@@ -87,7 +89,8 @@ fn run_body(src: &[f32], dst: &mut [u8]) {
             }
         }
         let (max, scale) = search_lanes(&t);
-        for (b, (x, d)) in xs
+        let (d, q) = levels_lanes(&t, &scale);
+        for (b, (x, out)) in xs
             .chunks_exact(QK)
             .zip(ds.chunks_exact_mut(BLOCK_BYTES))
             .enumerate()
@@ -96,9 +99,13 @@ fn run_body(src: &[f32], dst: &mut [u8]) {
             let fast =
                 (MIN_MAX..=MAX_MAX).contains(&max[b].abs()) && x.iter().all(|v| v.is_finite());
             if fast {
-                write_block(x, scale[b], d);
+                // The reference's layout: element j in the low nibble of byte j, j + 16 high.
+                out[..2].copy_from_slice(&d[b].to_le_bytes());
+                for j in 0..QK / 2 {
+                    out[2 + j] = q[j][b] | (q[j + QK / 2][b] << 4);
+                }
             } else {
-                quantize_block(x, d);
+                quantize_block(x, out);
             }
         }
     }
@@ -116,140 +123,73 @@ fn search_lanes(t: &[[f32; LANES]; QK]) -> ([f32; LANES], [f32; LANES]) {
             }
         }
     }
+    // The 19 candidates `-(8.0 + 0.1 * k as f32)`, k = −9…9, operation for operation as the
+    // reference, searched `GROUP` at a time so that `GROUP` independent sums hide the add
+    // latency; a 20th, k = 9 again, pads the last group (an equal score never replaces the best).
+    let cands: [f32; 20] = std::array::from_fn(|i| -(8.0 + 0.1 * (i.min(18) as i32 - 9) as f32));
     let mut best_d = [0.0f32; LANES];
     let mut best_score = [f32::NEG_INFINITY; LANES];
-    for k in -9..=9 {
-        // The reference's `-(8.0 + 0.1 * k as f32) / max`, operation for operation.
-        let c = -(8.0 + 0.1 * k as f32);
-        let mut iscale = [0.0f32; LANES];
-        for b in 0..LANES {
-            iscale[b] = c / max[b];
-        }
-        let (mut sumlx, mut suml2) = ([0.0f32; LANES], [0.0f32; LANES]);
-        for row in t {
+    for group in cands.chunks_exact(GROUP) {
+        let mut iscale = [[0.0f32; LANES]; GROUP];
+        for (is, &c) in iscale.iter_mut().zip(group) {
             for b in 0..LANES {
-                let l = level(row[b] * iscale[b]);
-                sumlx[b] += row[b] * l;
-                suml2[b] += l * l;
+                is[b] = c / max[b];
             }
         }
-        for b in 0..LANES {
-            let (d, score) = (sumlx[b] / suml2[b], sumlx[b] * sumlx[b] / suml2[b]);
-            if suml2[b] > 0.0 && score > best_score[b] {
-                best_score[b] = score;
-                best_d[b] = d;
+        let (mut sumlx, mut suml2) = ([[0.0f32; LANES]; GROUP], [[0.0f32; LANES]; GROUP]);
+        for row in t {
+            for g in 0..GROUP {
+                for b in 0..LANES {
+                    let l = level(row[b] * iscale[g][b]);
+                    sumlx[g][b] += row[b] * l;
+                    suml2[g][b] += l * l;
+                }
+            }
+        }
+        // In candidate order, as the reference compares them.
+        for g in 0..GROUP {
+            for b in 0..LANES {
+                let (lx, l2) = (sumlx[g][b], suml2[g][b]);
+                let (d, score) = (lx / l2, lx * lx / l2);
+                if l2 > 0.0 && score > best_score[b] {
+                    best_score[b] = score;
+                    best_d[b] = d;
+                }
             }
         }
     }
     (max, best_d)
 }
 
-/// The reference's block writer for a block in the fast range, with the fast rounding: levels of
-/// `x / f16(scale)`, stored as `q = l + 8`, element j low nibble of byte j, j + 16 the high one.
+/// Per lane, the reference block writer's f16 scale and stored levels `q = l + 8` of
+/// `x / f16(scale)`, with the fast rounding (meaningful for lanes in the fast range only).
 #[inline(always)]
-fn write_block(x: &[f32; QK], scale: f32, dst: &mut [u8]) {
-    let d = f16::from_f32(scale);
-    // An f16 scale of ±0 or ±∞ gives `inv` 0 or ±0, so every level is 0, as in the reference.
-    let inv = if d.to_f32() == 0.0 {
-        0.0
-    } else {
-        1.0 / d.to_f32()
-    };
-    let q = |v: f32| (level(v * inv) + 8.0) as u8;
-    dst[..2].copy_from_slice(&d.to_le_bytes());
-    for j in 0..QK / 2 {
-        dst[2 + j] = q(x[j]) | (q(x[j + QK / 2]) << 4);
+fn levels_lanes(t: &[[f32; LANES]; QK], scale: &[f32; LANES]) -> ([f16; LANES], [[u8; LANES]; QK]) {
+    let d: [f16; LANES] = std::array::from_fn(|b| f16::from_f32(scale[b]));
+    // An f16 scale of ±0 gives `inv` 0 and one of ±∞ gives ±0, so every level is 0, as in the
+    // reference.
+    let inv: [f32; LANES] = std::array::from_fn(|b| {
+        let d = d[b].to_f32();
+        if d == 0.0 {
+            0.0
+        } else {
+            1.0 / d
+        }
+    });
+    let mut q = [[0u8; LANES]; QK];
+    for (qj, row) in q.iter_mut().zip(t) {
+        for b in 0..LANES {
+            qj[b] = (level(row[b] * inv[b]) + 8.0) as u8;
+        }
     }
+    (d, q)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::quant::search::quantize_q4_0_search_reference;
-
-    /// xorshift64: uniform in [0, 1).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> f32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 40) as f32 / (1u64 << 24) as f32
-        }
-        fn gauss(&mut self) -> f32 {
-            (0..4).map(|_| self.next()).sum::<f32>() - 2.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            ((self.next() * n as f32) as usize).min(n - 1)
-        }
-    }
-
-    /// Blocks meant to break the lanes: zeros, ties on the levels' half points, equal magnitudes
-    /// of both signs, magnitudes across the whole f32 range (both sides of the fast range and of
-    /// the f16 scale's range), subnormals, infinities and NaN.
-    fn hard_blocks(rng: &mut Rng, blocks: usize) -> Vec<f32> {
-        let specials = [
-            0.0,
-            -0.0,
-            f32::MAX,
-            -f32::MAX,
-            f32::MIN_POSITIVE,
-            1e-45,
-            -1e-40,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-            MIN_MAX,
-            MAX_MAX,
-            65504.0 * 8.0,
-            6e-8 * 8.0,
-        ];
-        let mut out = Vec::with_capacity(blocks * QK);
-        for _ in 0..blocks {
-            let kind = rng.below(8);
-            // A power-of-two scale from 2^-130 to 2^130, so products with it are exact.
-            let p = 2f32.powi(rng.below(261) as i32 - 130);
-            let block: Vec<f32> = match kind {
-                0 => vec![0.0; QK],
-                // Half-integers times 2^e: x · (−8 / max) = −x / 2^e lands on ties when max = ±8·2^e.
-                1 => (0..QK)
-                    .map(|j| match j {
-                        0 => 8.0 * p * if rng.next() < 0.5 { 1.0 } else { -1.0 },
-                        _ => (rng.below(16) as f32 - 7.5) * p,
-                    })
-                    .collect(),
-                // Few distinct values, many zeros, equal magnitudes of both signs.
-                2 => (0..QK)
-                    .map(|_| [0.0, 1.0, -1.0, 0.5, -0.5, 3.0, -3.0][rng.below(7)] * p)
-                    .collect(),
-                // Mostly zero with one or two values.
-                3 => {
-                    let mut b = vec![0.0; QK];
-                    b[rng.below(QK)] = rng.gauss() * p;
-                    b[rng.below(QK)] = rng.gauss() * p;
-                    b
-                }
-                // A special value among Gaussians.
-                4 => {
-                    let mut b: Vec<f32> = (0..QK).map(|_| rng.gauss() * 0.02).collect();
-                    b[rng.below(QK)] = specials[rng.below(specials.len())];
-                    b
-                }
-                // Gaussians at any magnitude.
-                5 => (0..QK).map(|_| rng.gauss() * p).collect(),
-                // Only specials.
-                6 => (0..QK)
-                    .map(|_| specials[rng.below(specials.len())])
-                    .collect(),
-                // Weights as trained: Gaussian with an outlier.
-                _ => (0..QK)
-                    .map(|j| rng.gauss() * if j == 5 { 0.2 } else { 0.02 })
-                    .collect(),
-            };
-            out.extend(block);
-        }
-        out
-    }
+    use crate::quant::test_values::{hard_blocks, Rng};
 
     /// Every variant this CPU can run, each against the scalar reference.
     fn assert_all_variants_match(values: &[f32]) {
@@ -279,7 +219,7 @@ mod tests {
     fn lanes_give_the_reference_bytes_on_zeros_ties_and_extremes() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         // 20 000 blocks, not a multiple of 16 or of a task, so the tails are exercised too.
-        let values = hard_blocks(&mut rng, 20_003);
+        let values = hard_blocks(&mut rng, 20_003, &[MIN_MAX, MAX_MAX]);
         assert_all_variants_match(&values);
     }
 
