@@ -14,6 +14,9 @@
 //! error, ggml's `rmse_type = 2`) were measured against ggml's default `x²` weights on SmolLM2
 //! (README, "Quantized base").
 //!
+//! The code here is the scalar reference, one block and one candidate at a time; the quantizer
+//! runs it in SIMD lanes (`search_lanes`: 16 blocks, 4 candidates at once), the same bytes.
+//!
 //! gguf export keeps `gguf::quantize::quantize_q4_0`, byte-identical to gguf-py; this one is for
 //! the frozen base only.
 
