@@ -25,7 +25,7 @@ use half::f16;
 use super::search::{quantize_block, BLOCK_BYTES, QK};
 
 /// Blocks searched together: one AVX-512 register of f32 (two AVX2 ones).
-pub const LANES: usize = 16;
+const LANES: usize = 16;
 /// A block whose largest |x| is below this goes to the scalar reference (`8.9 / max` must be
 /// finite).
 const MIN_MAX: f32 = 1e-30;
