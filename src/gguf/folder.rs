@@ -41,7 +41,7 @@ pub fn metadata_files(
     ];
     let pre = gguf.get("tokenizer.ggml.pre").and_then(Value::as_str);
     let tokenizer = if matches!(params, ModelParams::ChatGlm(_)) && pre == Some("chatglm-spm") {
-        let (model, n_pieces) = spm_model::chatglm3_model(gguf)?;
+        let (model, names) = spm_model::chatglm3_model(gguf)?;
         crate::tokenizer_spm::SpModel::parse(&model)
             .and_then(|m| m.tokenizer_json(true))
             .and_then(|j| {
@@ -58,7 +58,7 @@ pub fn metadata_files(
         files.push(("tokenizer.model", model));
         files.push((
             "tokenizer_config.json",
-            pretty(&chatglm3_tokenizer_config(gguf, n_pieces, params)?),
+            pretty(&chatglm3_tokenizer_config(gguf, &names, params)?),
         ));
         "llama/chatglm-spm".to_string()
     } else {
@@ -81,25 +81,15 @@ pub fn metadata_files(
 /// ours to ship), with the file's chat template and special tokens.
 fn chatglm3_tokenizer_config(
     gguf: &Gguf,
-    n_pieces: usize,
+    names: &[String],
     params: &ModelParams,
 ) -> Result<Json, GgufError> {
-    // The names `tokenizer_spm` gives these ids: pieces (with `<s>`/`</s>` restored), then specials.
+    // The names our tokenizer gives these ids (padding ids have none).
     let name = |key: &str| -> Result<Json, GgufError> {
-        let Some(id) = gguf.get_u64(key)? else {
-            return Ok(Json::Null);
-        };
-        let id = id as usize;
-        let tokens = gguf.get_array("tokenizer.ggml.tokens")?.unwrap_or(&[]);
-        Ok(match id {
-            1 => json!("<s>"),
-            2 => json!("</s>"),
-            _ if id < n_pieces + crate::tokenizer_spm::CHATGLM_SPECIALS.len() => tokens
-                .get(id)
-                .and_then(Value::as_str)
-                .map_or(Json::Null, |s| json!(s)),
-            _ => Json::Null,
-        })
+        Ok(gguf
+            .get_u64(key)?
+            .and_then(|id| names.get(id as usize))
+            .map_or(Json::Null, |s| json!(s)))
     };
     let chat_template = match gguf.get("tokenizer.chat_template") {
         Some(v) => json!(v.as_str().ok_or_else(|| tokenizer::tok_err(

@@ -22,8 +22,9 @@ const BYTE: i64 = 6;
 /// `TrainerSpec.model_type` BPE.
 const BPE: u64 = 2;
 
-/// The serialized `ModelProto` and how many pieces it holds.
-pub fn chatglm3_model(gguf: &Gguf) -> Result<(Vec<u8>, usize), GgufError> {
+/// The serialized `ModelProto`, and the names our tokenizer gives ids `0..` (the pieces as
+/// written, then THUDM's specials).
+pub fn chatglm3_model(gguf: &Gguf) -> Result<(Vec<u8>, Vec<String>), GgufError> {
     let raw = gguf
         .get_array("tokenizer.ggml.tokens")?
         .ok_or_else(|| tok_err(gguf, "no tokenizer.ggml.tokens".into()))?;
@@ -84,6 +85,7 @@ pub fn chatglm3_model(gguf: &Gguf) -> Result<(Vec<u8>, usize), GgufError> {
         .get_bool("tokenizer.ggml.add_space_prefix")?
         .unwrap_or(true);
     let mut proto = Vec::new();
+    let mut names = Vec::with_capacity(after);
     for (i, token) in tokens[..n].iter().enumerate() {
         // `set_vocab_chatglm3` renames sentencepiece's `<s>`/`</s>`; give their names back.
         let piece = match (i, token.as_str()) {
@@ -91,6 +93,7 @@ pub fn chatglm3_model(gguf: &Gguf) -> Result<(Vec<u8>, usize), GgufError> {
             (2, "<eos>") => "</s>",
             _ => token.as_str(),
         };
+        names.push(piece.to_string());
         let mut p = Vec::new();
         bytes_field(&mut p, 1, piece.as_bytes());
         fixed32_field(&mut p, 2, (scores[i] as f32).to_bits());
@@ -111,7 +114,8 @@ pub fn chatglm3_model(gguf: &Gguf) -> Result<(Vec<u8>, usize), GgufError> {
     varint_field(&mut normalizer, 4, 0);
     varint_field(&mut normalizer, 5, 1);
     bytes_field(&mut proto, 3, &normalizer);
-    Ok((proto, n))
+    names.extend(CHATGLM_SPECIALS.iter().map(|s| s.to_string()));
+    Ok((proto, names))
 }
 
 fn varint(out: &mut Vec<u8>, mut v: u64) {

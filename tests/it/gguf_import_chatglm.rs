@@ -254,9 +254,12 @@ fn a_chatglm3_sentencepiece_vocabulary_converts_back_to_its_tokenizer_model() {
         (got.model_type, got.byte_fallback, got.add_dummy_prefix),
         (want.model_type, want.byte_fallback, want.add_dummy_prefix)
     );
+    let tok_config = read_json(&back.join("tokenizer_config.json"));
+    assert_eq!(tok_config["tokenizer_class"], "ChatGLMTokenizer");
+    // config.json's eos 2 and pad 0, under sentencepiece's names.
     assert_eq!(
-        read_json(&back.join("tokenizer_config.json"))["tokenizer_class"],
-        "ChatGLMTokenizer"
+        (&tok_config["eos_token"], &tok_config["pad_token"]),
+        (&serde_json::json!("</s>"), &serde_json::json!("<unk>"))
     );
     let cases = read_json(&fixture("spm-tiny/expected.json"));
     let cases = cases["bpe"]["cases"].as_array().unwrap();
