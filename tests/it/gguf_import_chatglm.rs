@@ -401,3 +401,60 @@ fn an_unknown_gguf_architecture_is_still_refused_by_name() {
         stderr(&o)
     );
 }
+
+/// A ChatGLM file quantized by llama.cpp itself (`llama_model_quantize`, Q4_K_M, on our f32
+/// export; the tiny model's 64/112-wide rows make llama.cpp fall back to Q5_0/Q8_0/F16): it
+/// converts, its tensors lie near the source's, and read in place it gives the converted folder's
+/// logits. Skipped (loudly) without llama-cpp-python.
+#[test]
+fn a_chatglm_file_quantized_by_llama_cpp_reads_back() {
+    let test = "a_chatglm_file_quantized_by_llama_cpp_reads_back";
+    let Some(python) = super::gguf_export::llama_python(test) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let f32_file = tmp.path().join("f32.gguf");
+    ok(export(&fixture("chatglm-tiny"), &f32_file, "f32", &[]));
+    let quantized = tmp.path().join("q4_k_m.gguf");
+    let script = "import ctypes, sys, llama_cpp\n\
+        p = llama_cpp.llama_model_quantize_default_params()\n\
+        p.ftype = 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M\n\
+        sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))\n";
+    let o = std::process::Command::new(&python)
+        .args(["-c", script, path_str(&f32_file), path_str(&quantized)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "llama_model_quantize: {}", stderr(&o));
+    let back = tmp.path().join("back");
+    convert(&quantized, &back);
+    let source = Checkpoint::open_dir(&fixture("chatglm-tiny")).unwrap();
+    let got = Checkpoint::open_dir(&back).unwrap();
+    for e in source.entries() {
+        let (want, _) = source.read_f32(&e.name).unwrap();
+        let (back, _) = got.read_f32(&e.name).unwrap();
+        let err: f32 = want.iter().zip(&back).map(|(a, b)| (a - b) * (a - b)).sum();
+        let norm: f32 = want.iter().map(|a| a * a).sum();
+        let rel = (err / norm).sqrt();
+        // Q5_0 ~4.3%, Q8_0 ~0.5% here.
+        assert!(rel < 0.06, "{}: relative error {rel}", e.name);
+    }
+    let wide = ModelDir::open(&back).unwrap().load(&device()).unwrap();
+    let mut model = ModelDir::open(&quantized).unwrap().load(&device()).unwrap();
+    let kept = model
+        .linears_mut()
+        .iter()
+        .filter(|(_, l)| l.quant.is_some())
+        .count();
+    assert!(kept >= 6, "only {kept} linears kept in llama.cpp's blocks");
+    let ids: Vec<i64> = (0..24).map(|i| (i * 37 % 512) as i64).collect();
+    let inputs = peft::models::Inputs::with_mask(ids, &[1; 24], 2, 12);
+    let ours = to_vec(model.forward(&inputs, None));
+    let want = to_vec(wide.forward(&inputs, None));
+    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let diff = ours
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff <= 1e-5 * scale, "{diff} (scale {scale})");
+}
