@@ -12,7 +12,7 @@ use peft::peft::AdapterConfig;
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Hugging Face model folder: config.json, model.safetensors or shards, tokenizer.json
-    /// (required); or a Llama GGUF file, read in place (its quantized weights stay quantized).
+    /// (required); or a Llama or ChatGLM GGUF file, read in place (its quantized weights stay quantized).
     #[arg(long)]
     pub model: PathBuf,
     /// PEFT adapter folder (adapter_config.json + adapter_model.safetensors). Repeat to stack

@@ -9,8 +9,9 @@ use peft::io::dtype::parse_float_dtype;
 
 #[derive(Subcommand, Debug)]
 pub enum ConvertCommand {
-    /// Convert a llama.cpp GGUF file (Llama architecture) into a Hugging Face model folder:
-    /// config.json, model.safetensors, tokenizer.json, tokenizer_config.json.
+    /// Convert a llama.cpp GGUF file (`llama` or `chatglm` architecture) into a Hugging Face
+    /// model folder: config.json, model.safetensors, tokenizer.json (ChatGLM3's SentencePiece
+    /// vocabulary: tokenizer.model), tokenizer_config.json.
     Gguf {
         /// The .gguf file (required).
         file: PathBuf,

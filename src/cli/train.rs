@@ -26,8 +26,8 @@ use super::train_config::{adam_betas, card_settings, merge, resolved, write_run_
 #[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct TrainOptions {
-    /// Hugging Face model folder (required, here or in --config), or a Llama GGUF file trained
-    /// on in place: its Q8_0/Q4_0/Q4_1/k-quant weights stay quantized as the frozen base.
+    /// Hugging Face model folder (required, here or in --config), or a Llama or ChatGLM GGUF
+    /// file trained on in place: its Q8_0/Q4_0/Q4_1/k-quant weights stay quantized as the frozen base.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Output folder: the adapter (PEFT format), README.md, trainer_state.json, run.toml,

@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use safetensors::Dtype;
 
-use super::config::{generation_config_json, llama_config_json, LlamaParams, SpecialIds};
 use super::convert::{convert_tensor, map_file, plan_tensors, Plan};
 use super::dequant::GgmlType;
+use super::folder::metadata_files;
 use super::names::Rows;
+use super::params::ModelParams;
 use super::reader::Gguf;
-use super::tokenizer;
 use crate::error::GgufError;
 use crate::quant::QMatrix;
 
@@ -36,7 +36,7 @@ struct Entry {
 pub struct GgufBase {
     map: Mmap,
     gguf: Gguf,
-    params: LlamaParams,
+    params: ModelParams,
     entries: BTreeMap<String, Entry>,
 }
 
@@ -44,8 +44,7 @@ impl GgufBase {
     pub fn open(file: &Path) -> Result<Self, GgufError> {
         let map = map_file(file)?;
         let gguf = Gguf::parse(file, &map)?;
-        check_architecture(&gguf, file)?;
-        let params = LlamaParams::from_gguf(&gguf)?;
+        let params = ModelParams::from_gguf(&gguf, file)?;
         let entries = {
             let plans = plan_tensors(&gguf, &map, &params)?;
             plans
@@ -72,6 +71,11 @@ impl GgufBase {
             params,
             entries,
         })
+    }
+
+    /// The architecture the file was read as.
+    pub fn params(&self) -> &ModelParams {
+        &self.params
     }
 
     pub fn path(&self) -> &Path {
@@ -139,12 +143,7 @@ impl GgufBase {
             return Err(bad(format!("expected a matrix, found shape {shape:?}")));
         };
         let data = self.gguf.tensor_data(&self.map, info, e.n_bytes)?;
-        let heads = match e.rows {
-            Rows::AsIs => None,
-            Rows::QueryHeads => Some(self.params.num_attention_heads as usize),
-            Rows::KvHeads => Some(self.params.num_key_value_heads as usize),
-        };
-        let data = match heads {
+        let data = match self.params.heads(e.rows).map(|h| h as usize) {
             None => data.to_vec(),
             Some(heads) => unpermute_byte_rows(data, rows, heads).ok_or_else(|| {
                 bad(format!(
@@ -156,18 +155,6 @@ impl GgufBase {
             .map(Some)
             .ok_or_else(|| bad("rows are not whole blocks".into()))
     }
-}
-
-fn check_architecture(gguf: &Gguf, file: &Path) -> Result<(), GgufError> {
-    let architecture = gguf.get_str("general.architecture")?.to_string();
-    if architecture != "llama" {
-        return Err(GgufError::UnknownArchitecture {
-            path: file.to_path_buf(),
-            architecture,
-            supported: super::config::SUPPORTED_ARCHITECTURES,
-        });
-    }
-    Ok(())
 }
 
 /// `names::unpermute_rows` on rows of bytes (each row a whole number of blocks).
@@ -226,25 +213,13 @@ pub fn prepare_folder(file: &Path) -> Result<PathBuf, GgufError> {
     }
     let map = map_file(&abs)?;
     let gguf = Gguf::parse(&abs, &map)?;
-    check_architecture(&gguf, &abs)?;
-    let params = LlamaParams::from_gguf(&gguf)?;
-    let ids = SpecialIds::from_gguf(&gguf)?;
-    let tok = tokenizer::build(&gguf, params.max_position_embeddings)?;
-    let pretty = |v: &serde_json::Value| serde_json::to_vec_pretty(v).unwrap_or_default();
+    let params = ModelParams::from_gguf(&gguf, &abs)?;
     let marker = serde_json::json!({ "gguf": abs.to_string_lossy() });
-    let files = [
-        (
-            "config.json",
-            pretty(&llama_config_json(&params, ids, "float32")),
-        ),
-        (
-            "generation_config.json",
-            pretty(&generation_config_json(ids)),
-        ),
-        ("tokenizer.json", tok.tokenizer.to_string().into_bytes()),
-        ("tokenizer_config.json", pretty(&tok.tokenizer_config)),
-        (MARKER, pretty(&marker)),
-    ];
+    let mut files = metadata_files(&gguf, &params, "float32")?.files;
+    files.push((
+        MARKER,
+        serde_json::to_vec_pretty(&marker).unwrap_or_default(),
+    ));
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     for (name, bytes) in files {
         let path = dir.join(name);

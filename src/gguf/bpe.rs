@@ -80,7 +80,8 @@ pub fn pre_tokenizer(pre: &str) -> Json {
             {"type": "Digits", "individual_digits": true},
             byte_level(true, true),
         ]}),
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" | "dbrx" => {
+        // `chatglm-bpe` (GLM-4): llama-vocab.cpp's CHATGLM4 regex is Llama 3's.
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "smaug-bpe" | "dbrx" | "chatglm-bpe" => {
             split(LLAMA3_SPLIT)
         }
         "qwen2" | "deepseek-r1-qwen" | "megrez" => split(QWEN2_SPLIT),

@@ -8,7 +8,7 @@ use super::reader::Gguf;
 use crate::error::GgufError;
 
 /// The architectures we convert (`general.architecture`).
-pub const SUPPORTED_ARCHITECTURES: &str = "llama";
+pub const SUPPORTED_ARCHITECTURES: &str = "llama, chatglm";
 
 /// The Llama hyperparameters read from the file.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,7 +94,7 @@ fn embedding_rows(gguf: &Gguf) -> Result<u64, GgufError> {
 
 /// An f32 metadata value (eps, theta) widened to f64 prints as `9.999999747378752e-6`; print the
 /// shortest decimal that round-trips through f32 instead, as transformers' reader does.
-fn f32_json(v: f64) -> Json {
+pub(super) fn f32_json(v: f64) -> Json {
     let short: f64 = format!("{}", v as f32).parse().unwrap_or(v);
     json!(short)
 }

@@ -9,13 +9,12 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use safetensors::Dtype;
 
-use super::config::{
-    generation_config_json, llama_config_json, LlamaParams, SpecialIds, SUPPORTED_ARCHITECTURES,
-};
+use super::config::LlamaParams;
 use super::dequant::{dequantize, type_name, GgmlType};
-use super::names::{hf_name, unpermute_rows, Rows};
+use super::folder::metadata_files;
+use super::names::{unpermute_rows, Rows};
+use super::params::ModelParams;
 use super::reader::{Gguf, TensorInfo};
-use super::tokenizer;
 use crate::error::GgufError;
 use crate::io::atomic::{write_atomic, write_safetensors_atomic, OwnedTensor};
 use crate::io::dtype::from_f32;
@@ -62,27 +61,10 @@ pub fn convert_gguf(
     check_output(out, opts.force)?;
     let map = map_file(file)?;
     let gguf = Gguf::parse(file, &map)?;
-    let architecture = gguf.get_str("general.architecture")?.to_string();
-    if architecture != "llama" {
-        return Err(GgufError::UnknownArchitecture {
-            path: file.to_path_buf(),
-            architecture,
-            supported: SUPPORTED_ARCHITECTURES,
-        });
-    }
-    let params = LlamaParams::from_gguf(&gguf)?;
-    let ids = SpecialIds::from_gguf(&gguf)?;
-    let tok = tokenizer::build(&gguf, params.max_position_embeddings)?;
-    let tokenizer_json = tok.tokenizer.to_string();
-    // Loading it back catches anything the `tokenizers` crate (and so transformers) would reject.
-    tokenizers::Tokenizer::from_bytes(tokenizer_json.as_bytes()).map_err(|e| {
-        GgufError::Tokenizer {
-            path: file.to_path_buf(),
-            message: format!("the built tokenizer.json does not load: {e}"),
-        }
-    })?;
+    let params = ModelParams::from_gguf(&gguf, file)?;
+    let architecture = params.architecture().to_string();
+    let folder = metadata_files(&gguf, &params, dtype_label(opts.dtype))?;
     let plans = plan_tensors(&gguf, &map, &params)?;
-    let dtype_name = dtype_label(opts.dtype);
     let mut tensors = Vec::with_capacity(plans.len());
     let mut source_types = BTreeMap::new();
     let mut parameters = 0u64;
@@ -94,19 +76,7 @@ pub fn convert_gguf(
         parameters += tensor.shape.iter().product::<usize>() as u64;
         tensors.push((plan.key.clone(), tensor));
     }
-    let pretty = |v: &serde_json::Value| serde_json::to_vec_pretty(v).unwrap_or_default();
-    let files = [
-        (
-            "config.json",
-            pretty(&llama_config_json(&params, ids, dtype_name)),
-        ),
-        (
-            "generation_config.json",
-            pretty(&generation_config_json(ids)),
-        ),
-        ("tokenizer.json", tokenizer_json.into_bytes()),
-        ("tokenizer_config.json", pretty(&tok.tokenizer_config)),
-    ];
+    let files = folder.files;
     write_folder(out, &files, &tensors)?;
     let report = ConvertReport {
         out: out.to_path_buf(),
@@ -114,7 +84,7 @@ pub fn convert_gguf(
         tensors: tensors.len(),
         parameters,
         source_types,
-        tokenizer: tok.kind,
+        tokenizer: folder.tokenizer,
     };
     Ok(report)
 }
@@ -158,20 +128,26 @@ fn check_output(out: &Path, force: bool) -> Result<(), GgufError> {
 pub(super) fn plan_tensors<'a>(
     gguf: &'a Gguf,
     bytes: &[u8],
-    params: &LlamaParams,
+    params: &ModelParams,
 ) -> Result<Vec<Plan<'a>>, GgufError> {
     let bad = |info: &TensorInfo, message: String| GgufError::BadTensor {
         path: gguf.path.clone(),
         tensor: info.name.clone(),
         message,
     };
-    let mut expected = expected_shapes(params);
+    let mut expected = params.expected_shapes();
     let mut plans = Vec::with_capacity(gguf.tensors.len());
     for info in &gguf.tensors {
-        let (key, rows) = hf_name(&info.name).ok_or_else(|| GgufError::UnknownTensor {
-            path: gguf.path.clone(),
-            tensor: info.name.clone(),
-        })?;
+        let (key, rows) =
+            params
+                .hf_name(&info.name)
+                .ok_or_else(|| match params.unknown_reason(&info.name) {
+                    Some(why) => bad(info, why.to_string()),
+                    None => GgufError::UnknownTensor {
+                        path: gguf.path.clone(),
+                        tensor: info.name.clone(),
+                    },
+                })?;
         let ty =
             GgmlType::from_id(info.ggml_type).ok_or_else(|| GgufError::UnsupportedTensorType {
                 path: gguf.path.clone(),
@@ -210,7 +186,7 @@ pub(super) fn plan_tensors<'a>(
                 info,
                 format!(
                     "`{key}` is unexpected, twice present, or beyond {} layers",
-                    params.num_hidden_layers
+                    params.layers()
                 ),
             )
         })?;
@@ -239,7 +215,7 @@ pub(super) fn plan_tensors<'a>(
 }
 
 /// Every key a Llama checkpoint with these parameters has, with its transformers shape.
-fn expected_shapes(p: &LlamaParams) -> BTreeMap<String, Vec<u64>> {
+pub(super) fn llama_expected_shapes(p: &LlamaParams) -> BTreeMap<String, Vec<u64>> {
     let (hidden, vocab, ffn) = (p.hidden_size, p.vocab_size, p.intermediate_size);
     let (q, kv) = (
         p.num_attention_heads.saturating_mul(p.head_dim),
@@ -278,7 +254,7 @@ pub(super) fn convert_tensor(
     gguf: &Gguf,
     bytes: &[u8],
     plan: &Plan,
-    params: &LlamaParams,
+    params: &ModelParams,
     dtype: Dtype,
 ) -> Result<OwnedTensor, GgufError> {
     let bad = |message: String| GgufError::BadTensor {
@@ -290,12 +266,7 @@ pub(super) fn convert_tensor(
     let mut values = Vec::new();
     dequantize(plan.ty, data, &mut values);
     let shape = plan.info.torch_shape();
-    let heads = match plan.rows {
-        Rows::AsIs => None,
-        Rows::QueryHeads => Some(params.num_attention_heads),
-        Rows::KvHeads => Some(params.num_key_value_heads),
-    };
-    if let Some(heads) = heads {
+    if let Some(heads) = params.heads(plan.rows) {
         let [rows, cols] = shape[..] else {
             return Err(bad(format!("expected a matrix, found shape {shape:?}")));
         };

@@ -262,18 +262,27 @@ impl ModelDir {
         base_dtype: DType,
         quant: Option<crate::quant::BaseQuant>,
     ) -> Result<CausalLm, LoadError> {
-        if let (Some(file), Family::Llama(c)) = (self.gguf_file(), &self.family) {
+        if let Some(file) = self.gguf_file() {
             let base = crate::gguf::base::GgufBase::open(&file).map_err(|e| LoadError::Config {
                 path: file.clone(),
                 message: e.to_string(),
             })?;
-            return Ok(CausalLm::Llama(llama::weights::load_gguf(
-                c.clone(),
-                &base,
-                device,
-                base_dtype,
-                quant,
-            )?));
+            return match &self.family {
+                Family::Llama(c) => Ok(CausalLm::Llama(llama::weights::load_gguf(
+                    c.clone(),
+                    &base,
+                    device,
+                    base_dtype,
+                    quant,
+                )?)),
+                Family::ChatGlm(c) => Ok(CausalLm::ChatGlm(chatglm::weights::load_gguf(
+                    c.clone(),
+                    &base,
+                    device,
+                    base_dtype,
+                    quant,
+                )?)),
+            };
         }
         let checkpoint = Checkpoint::open_dir(&self.dir)?;
         // Quantized linears take a block's bytes per value (Q8_0 34/32, Q4_0 18/32, NF4 36/64);

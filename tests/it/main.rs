@@ -19,6 +19,7 @@ mod gguf;
 mod gguf_base;
 mod gguf_export;
 mod gguf_export_chatglm;
+mod gguf_import_chatglm;
 mod kernels_attention;
 mod llama;
 mod matcher;

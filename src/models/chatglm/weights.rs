@@ -6,6 +6,7 @@
 use burn::tensor::Device;
 
 use crate::error::LoadError;
+use crate::gguf::base::GgufBase;
 use crate::io::Checkpoint;
 use crate::models::layers::{Embedding, RmsNorm};
 use crate::models::llama::weights::Reader;
@@ -73,9 +74,35 @@ pub fn load_base(
     base_dtype: burn::tensor::DType,
     quant: Option<crate::quant::BaseQuant>,
 ) -> Result<ChatGlmForConditionalGeneration, LoadError> {
-    let mut r = Reader::new(checkpoint, device)
+    let r = Reader::new(checkpoint, device)
         .with_base_dtype(base_dtype)
         .with_quant(quant);
+    assemble(r, config, checkpoint)
+}
+
+/// The model from a GGUF file read in place (`--model file.gguf`, llama.cpp's `chatglm`
+/// architecture): its block-quantized linear weights stay quantized, as the Llama path keeps
+/// them; `quant` (`--quantize-base`) quantizes the ones stored as F32/F16/BF16.
+pub fn load_gguf(
+    config: ChatGlmConfig,
+    base: &GgufBase,
+    device: &Device,
+    base_dtype: burn::tensor::DType,
+    quant: Option<crate::quant::BaseQuant>,
+) -> Result<ChatGlmForConditionalGeneration, LoadError> {
+    let empty = Checkpoint::empty();
+    let r = Reader::new(&empty, device)
+        .with_base_dtype(base_dtype)
+        .with_quant(quant)
+        .with_gguf(base);
+    assemble(r, config, &empty)
+}
+
+fn assemble(
+    mut r: Reader,
+    config: ChatGlmConfig,
+    checkpoint: &Checkpoint,
+) -> Result<ChatGlmForConditionalGeneration, LoadError> {
     let word_embeddings = Embedding {
         weight: r.matrix(
             "transformer.embedding.word_embeddings.weight",
