@@ -1,9 +1,13 @@
-//! The whole GGUF → Hugging Face conversion. Everything is read, checked and dequantized in memory
-//! first; the folder is written under a temporary sibling name and renamed into place at the end,
-//! so a bad file, an unknown architecture or an unsupported tensor type writes nothing.
+//! The whole GGUF → Hugging Face conversion. Every tensor is mapped and checked (name, type,
+//! shape, extent) before anything is written; the folder is then written under a temporary
+//! sibling name and renamed into place at the end, so a bad file, an unknown architecture or an
+//! unsupported tensor type writes nothing. `model.safetensors` is streamed: its header comes from
+//! the planned shapes, then each tensor is dequantized, encoded and written in turn, so at most
+//! one tensor is held in f32 (a 7B GGUF converts in about the memory of its embedding, not 28 GB).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -15,9 +19,11 @@ use super::folder::metadata_files;
 use super::names::{unpermute_rows, Rows};
 use super::params::ModelParams;
 use super::reader::{Gguf, TensorInfo};
-use crate::error::GgufError;
-use crate::io::atomic::{write_atomic, write_safetensors_atomic, OwnedTensor};
+use crate::error::{GgufError, WriteError};
+use crate::io::atomic::{write_atomic, OwnedTensor};
 use crate::io::dtype::from_f32;
+use crate::merge::layout::{OutShard, OutTensor};
+use crate::merge::stream;
 
 /// Options of `peft convert gguf`.
 #[derive(Debug, Clone, Copy)]
@@ -65,28 +71,98 @@ pub fn convert_gguf(
     let architecture = params.architecture().to_string();
     let folder = metadata_files(&gguf, &params, dtype_label(opts.dtype))?;
     let plans = plan_tensors(&gguf, &map, &params)?;
-    let mut tensors = Vec::with_capacity(plans.len());
     let mut source_types = BTreeMap::new();
     let mut parameters = 0u64;
     for plan in &plans {
         *source_types
             .entry(type_name(plan.info.ggml_type))
             .or_insert(0) += 1;
-        let tensor = convert_tensor(&gguf, &map, plan, &params, opts.dtype)?;
-        parameters += tensor.shape.iter().product::<usize>() as u64;
-        tensors.push((plan.key.clone(), tensor));
+        parameters += plan.info.torch_shape().iter().product::<usize>() as u64;
     }
-    let files = folder.files;
-    write_folder(out, &files, &tensors)?;
+    let tensors = Tensors {
+        gguf: &gguf,
+        bytes: &map,
+        plans: &plans,
+        params: &params,
+        dtype: opts.dtype,
+    };
+    write_folder(out, &folder.files, &tensors)?;
     let report = ConvertReport {
         out: out.to_path_buf(),
         architecture,
-        tensors: tensors.len(),
+        tensors: plans.len(),
         parameters,
         source_types,
         tokenizer: folder.tokenizer,
     };
     Ok(report)
+}
+
+/// The planned tensors of one file, converted one at a time as `model.safetensors` is written.
+struct Tensors<'a> {
+    gguf: &'a Gguf,
+    bytes: &'a [u8],
+    plans: &'a [Plan<'a>],
+    params: &'a ModelParams,
+    dtype: Dtype,
+}
+
+impl Tensors<'_> {
+    /// The safetensors layout: every tensor's name, output dtype and transformers shape.
+    fn layout(&self) -> OutShard {
+        let tensors = self
+            .plans
+            .iter()
+            .map(|plan| OutTensor {
+                name: plan.key.clone(),
+                source: plan.info.name.clone(),
+                dtype: self.dtype,
+                shape: plan.info.torch_shape(),
+            })
+            .collect();
+        OutShard {
+            file: "model.safetensors".into(),
+            tensors,
+        }
+    }
+
+    /// Writes the header, then each tensor in the header's order; every tensor must come out with
+    /// the planned byte length and finite in the output dtype (as `write_safetensors_atomic`
+    /// checks for in-memory tensors), else nothing is kept.
+    fn write(&self, path: &Path) -> Result<(), GgufError> {
+        let io = |cause| GgufError::Io {
+            path: path.to_path_buf(),
+            cause,
+        };
+        let layout = self.layout();
+        let mut file = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
+        file.write_all(&stream::header(&layout)).map_err(io)?;
+        for (plan, planned) in self.plans.iter().zip(&layout.tensors) {
+            let tensor = convert_tensor(self.gguf, self.bytes, plan, self.params, self.dtype)?;
+            if tensor.bytes.len() as u64 != planned.byte_len() {
+                return Err(GgufError::BadTensor {
+                    path: self.gguf.path.clone(),
+                    tensor: plan.info.name.clone(),
+                    message: format!(
+                        "converted to {} bytes, expected {}",
+                        tensor.bytes.len(),
+                        planned.byte_len()
+                    ),
+                });
+            }
+            if !crate::io::dtype::all_finite(tensor.dtype, &tensor.bytes) {
+                return Err(WriteError::NonFinite {
+                    path: path.to_path_buf(),
+                    tensor: plan.key.clone(),
+                    dtype: format!("{:?}", tensor.dtype),
+                }
+                .into());
+            }
+            file.write_all(&tensor.bytes).map_err(io)?;
+        }
+        let file = file.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)
+    }
 }
 
 fn dtype_label(dtype: Dtype) -> &'static str {
@@ -287,11 +363,7 @@ pub(super) fn convert_tensor(
 
 /// Writes the folder as `.NAME.tmp-PID` beside `out`, then renames it into place (replacing an
 /// existing `out` only after the new one is complete).
-fn write_folder(
-    out: &Path,
-    files: &[(&str, Vec<u8>)],
-    tensors: &[(String, OwnedTensor)],
-) -> Result<(), GgufError> {
+fn write_folder(out: &Path, files: &[(&str, Vec<u8>)], tensors: &Tensors) -> Result<(), GgufError> {
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -314,7 +386,7 @@ fn write_folder(
         for (file, bytes) in files {
             write_atomic(&tmp.join(file), bytes)?;
         }
-        write_safetensors_atomic(&tmp.join("model.safetensors"), tensors, None)?;
+        tensors.write(&tmp.join("model.safetensors"))?;
         swap_into_place(&tmp, out, &parent, &name)
     })();
     if written.is_err() {
