@@ -130,6 +130,7 @@ fn fallback(ty: GgmlType, cols: usize) -> GgmlType {
     if fits(ty) {
         return ty;
     }
+    // llama.cpp also maps Q5_K to Q5_1, a type we do not write; no `--type` here picks Q5_K.
     let next = match ty {
         GgmlType::Q4K => GgmlType::Q5_0,
         GgmlType::Q6K => GgmlType::Q8_0,
