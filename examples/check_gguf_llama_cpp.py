@@ -2,7 +2,7 @@
 """Checks `peft export gguf` with llama.cpp itself (llama-cpp-python), not with our own reader.
 
 For a Llama model folder (SmolLM2-135M-Instruct) and a trained LoRA adapter it exports
-  base f32, f16, q8_0, q4_k_m; base+adapter merged (f32); the adapter alone (--lora-only),
+  base f32, f16, q8_0, q4_k_m; base+adapter merged (f32, q4_k_m); the adapter alone (--lora-only),
 loads each in llama.cpp and compares with our own forward pass (`peft export logits`):
   - tokenizer: llama.cpp's ids == ours on mixed English/Chinese/code/emoji text;
   - f32 (base, merged, base + GGUF LoRA): max |logit difference| over every position;
@@ -12,7 +12,8 @@ loads each in llama.cpp and compares with our own forward pass (`peft export log
   - greedy ids over 16 new tokens (teacher-forced against our f32 model): f32 equal at every
     step; q8_0 equal except where our top-2 logits are within 0.1 (a near-tie); q8_0 also
     against ours computed from the same q8_0 blocks with --ggml-activations, reported;
-  - q4_k_m: mean next-token loss on the texts vs ours (f32), reported.
+  - q4_k_m (base, and merged): mean next-token loss on the texts vs ours (f32), and the largest
+    |logit difference|, reported.
 Writes a JSON report (--json) and exits 1 when a check fails.
 
 Usage: check_gguf_llama_cpp.py --peft BIN --model DIR --adapter DIR --work DIR [--json OUT]
@@ -201,23 +202,23 @@ def main():
     ok &= all(m["our_top2_margin"] < NEAR_TIE and m["llama_cpp_pick_is_our_second"] for m in report["q8_0_greedy_mismatches_vs_ours_f32"])
     del q8
 
-    model_type = report["model_type"]
-    if model_type == "chatglm":
-        # Our export refuses q4_k_m for chatglm (llama-quantize's mix needs Q5_K for attn_qkv).
-        report["q4_k_m_loss"] = "not exported for chatglm"
-        q4 = None
-    else:
-        q4 = llama(export(a, w("base-q4_k_m.gguf"), "q4_k_m"))
+    q4 = llama(export(a, w("base-q4_k_m.gguf"), "q4_k_m"))
     eval_ids, eval_logits = base_ids, base_logits
     if a.eval_data:
         recs = [json.loads(line) for line in open(a.eval_data, encoding="utf-8").read().splitlines()[:8]]
         texts = ["\n".join(v for v in r.values() if isinstance(v, str)) for r in recs]
         eval_ids, eval_logits = ours(a, texts)
         eval_ids, eval_logits = base_ids + eval_ids, base_logits + eval_logits
-    if q4 is not None:
-        l_ours = np.mean([loss(l, i) for l, i in zip(eval_logits, eval_ids)])
-        l_q4 = np.mean([loss(llama_logits(q4, i), i) for i in eval_ids])
-        report["q4_k_m_loss"] = {"ours_f32": float(l_ours), "llama_cpp_q4_k_m": float(l_q4), "difference": float(l_q4 - l_ours), "texts": len(eval_ids)}
+
+    def q4_loss(llm, ref_logits):
+        theirs = [llama_logits(llm, i) for i in eval_ids]
+        l_ours = np.mean([loss(l, i) for l, i in zip(ref_logits, eval_ids)])
+        l_q4 = np.mean([loss(l, i) for l, i in zip(theirs, eval_ids)])
+        return {"ours_f32": float(l_ours), "llama_cpp_q4_k_m": float(l_q4), "difference": float(l_q4 - l_ours),
+                "max_abs_logit_diff": max(float(np.abs(t - r).max()) for t, r in zip(theirs, ref_logits)),
+                "texts": len(eval_ids)}
+
+    report["q4_k_m_loss"] = q4_loss(q4, eval_logits)
     del q4
 
     _, merged_ref = ours(a, ids=base_ids, extra=["--adapter", a.adapter])
@@ -226,6 +227,11 @@ def main():
     ok &= report["merged_f32_max_abs_logit_diff"] < 1e-3
     report["adapter_changes_logits_by"] = max(float(np.abs(m - b).max()) for m, b in zip(merged_ref, base_logits))
     del merged
+    # The merged model in q4_k_m, scored against our merged f32 logits on the same texts.
+    _, merged_eval = ours(a, ids=eval_ids, extra=["--adapter", a.adapter])
+    merged_q4 = llama(export(a, w("merged-q4_k_m.gguf"), "q4_k_m", ["--adapter", a.adapter]))
+    report["merged_q4_k_m_loss"] = q4_loss(merged_q4, merged_eval)
+    del merged_q4
 
     export(a, w("adapter.gguf"), "f32", ["--adapter", a.adapter, "--lora-only"])
     with_lora = llama(w("base-f32.gguf"), lora=w("adapter.gguf"))

@@ -5,13 +5,17 @@
 //! Q4_K tensor whose rows are not a multiple of 256 (`tensor_type_fallback` in
 //! src/llama-quant.cpp), ported from gguf-py 0.19's `Q5_0.quantize_blocks` (bit-exact with it).
 //!
+//! Q5_K (`quantize_row_q5_K_ref`: Q4_K's 6-bit scales and mins with 5-bit quants, searched with
+//! `make_qkx2_quants(nmax 31, rmin -0.5, rdelta 0.1, nstep 15)`) is ported too: llama.cpp's mixes
+//! use it (Q5_K_M, Q3_K_L, ...), though its Q4_K_M no longer does (see `plan::choose_type`).
+//!
 //! Each C expression is evaluated in the same order, one rounded f32 operation at a time (Rust
 //! never contracts into a fused multiply-add). The block layouts are those
 //! [`super::kquants`] and [`super::dequant`] decode.
 
 use half::f16;
 
-use super::kquants::{Q4_K_BYTES, Q6_K_BYTES, QK_K};
+use super::kquants::{Q4_K_BYTES, Q5_K_BYTES, Q6_K_BYTES, QK_K};
 
 /// ggml-quants.c `GROUP_MAX_EPS`.
 const GROUP_MAX_EPS: f32 = 1e-15;
@@ -31,16 +35,36 @@ fn f16_round(v: f32) -> f32 {
     f16::from_f32(v).to_f32()
 }
 
-/// Options of `make_qkx2_quants` as Q4_K calls it: `rmin = -1, rdelta = 0.1, nstep = 20`, squared
-/// error (`use_mad = false`).
-const RMIN: f32 = -1.0;
-const RDELTA: f32 = 0.1;
-const NSTEP: i32 = 20;
+/// The trial-scale options `make_qkx2_quants` is called with: `rmin, rdelta, nstep` (squared
+/// error, `use_mad = false`, in both callers).
+#[derive(Clone, Copy)]
+struct Qkx2 {
+    nmax: i32,
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+}
+
+/// `quantize_row_q4_K_ref`: `make_qkx2_quants(32, 15, ..., -1.f, 0.1f, 20, false)`.
+const Q4_K_SEARCH: Qkx2 = Qkx2 {
+    nmax: 15,
+    rmin: -1.0,
+    rdelta: 0.1,
+    nstep: 20,
+};
+
+/// `quantize_row_q5_K_ref`: `make_qkx2_quants(32, 31, ..., -0.5f, 0.1f, 15, false)`.
+const Q5_K_SEARCH: Qkx2 = Qkx2 {
+    nmax: 31,
+    rmin: -0.5,
+    rdelta: 0.1,
+    nstep: 15,
+};
 
 /// ggml-quants.c `make_qkx2_quants`: the (scale, min) of `y = scale * L - min` minimizing the
 /// weighted squared error over `nstep + 1` trial scales. Returns (scale, -min) and fills `l`.
-fn make_qkx2_quants(nmax: i32, x: &[f32], weights: &[f32], l: &mut [u8]) -> (f32, f32) {
-    let n = x.len();
+fn make_qkx2_quants(o: Qkx2, x: &[f32], weights: &[f32], l: &mut [u8]) -> (f32, f32) {
+    let (nmax, n) = (o.nmax, x.len());
     let (mut min, mut max) = (x[0], x[0]);
     let mut sum_w = weights[0];
     let mut sum_x = sum_w * x[0];
@@ -73,8 +97,9 @@ fn make_qkx2_quants(nmax: i32, x: &[f32], weights: &[f32], l: &mut [u8]) -> (f32
         best_error += weights[i] * (diff * diff);
     }
     let mut aux = [0u8; 32];
-    for is in 0..=NSTEP {
-        iscale = (RMIN + RDELTA * is as f32 + nmax_f) / (max - min);
+    for is in 0..=o.nstep {
+        // C: `rmin + rdelta*is + nmax`, left to right, the ints widened to float.
+        iscale = (o.rmin + o.rdelta * is as f32 + nmax_f) / (max - min);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
         for i in 0..n {
             let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
@@ -108,63 +133,107 @@ fn make_qkx2_quants(nmax: i32, x: &[f32], weights: &[f32], l: &mut [u8]) -> (f32
     (scale, -min)
 }
 
+/// The part Q4_K and Q5_K share (`quantize_row_q4_K_ref` / `quantize_row_q5_K_ref` up to the
+/// packing of the quants): per 32-value sub-block a (scale, min) from `make_qkx2_quants`, both
+/// quantized to 6 bits against the f16 super-block `d` / `dmin`, then every value re-quantized
+/// to `0..=nmax` against the rounded scales. Returns `d`, `dmin` (f16 bytes), the 12 packed
+/// scale bytes and the 256 quants.
+fn k_scales_mins(o: Qkx2, x: &[f32]) -> ([u8; 2], [u8; 2], [u8; 12], [u8; QK_K]) {
+    let mut l = [0u8; QK_K];
+    let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * j + 32];
+        let sum_x2 = xs.iter().fold(0f32, |s, v| s + v * v);
+        let av_x = (sum_x2 / 32.0).sqrt();
+        let weights: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
+        let (scale, min) = make_qkx2_quants(o, xs, &weights, &mut l[32 * j..32 * j + 32]);
+        (scales[j], mins[j]) = (scale, min);
+        max_scale = max_scale.max_c(scale);
+        max_min = max_min.max_c(min);
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut packed = [0u8; 12];
+    for j in 0..8 {
+        // C: `uint8_t ls = nearest_int(...)`, then MIN(63, ls).
+        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        if j < 4 {
+            packed[j] = ls;
+            packed[j + 4] = lm;
+        } else {
+            packed[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
+            packed[j - 4] |= (ls >> 4) << 6;
+            packed[j] |= (lm >> 4) << 6;
+        }
+    }
+    let (d_bits, dmin_bits) = (f16_bits(max_scale / 63.0), f16_bits(max_min / 63.0));
+    let (d16, dmin16) = (f16_round(max_scale / 63.0), f16_round(max_min / 63.0));
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, &packed);
+        let d = d16 * sc as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = dmin16 * m as f32;
+        for i in 0..32 {
+            l[32 * j + i] = nearest_int((x[32 * j + i] + dm) / d).clamp(0, o.nmax) as u8;
+        }
+    }
+    (d_bits, dmin_bits, packed, l)
+}
+
 /// Q4_K blocks `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]` (`quantize_row_q4_K_ref`).
 /// `values.len()` must be a multiple of 256.
 pub fn quantize_q4_k(values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() / QK_K * Q4_K_BYTES);
     for x in values.chunks_exact(QK_K) {
-        let mut l = [0u8; QK_K];
-        let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
-        let (mut max_scale, mut max_min) = (0f32, 0f32);
-        for j in 0..8 {
-            let xs = &x[32 * j..32 * j + 32];
-            let sum_x2 = xs.iter().fold(0f32, |s, v| s + v * v);
-            let av_x = (sum_x2 / 32.0).sqrt();
-            let weights: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
-            let (scale, min) = make_qkx2_quants(15, xs, &weights, &mut l[32 * j..32 * j + 32]);
-            (scales[j], mins[j]) = (scale, min);
-            max_scale = max_scale.max_c(scale);
-            max_min = max_min.max_c(min);
-        }
-        let inv_scale = if max_scale > 0.0 {
-            63.0 / max_scale
-        } else {
-            0.0
-        };
-        let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-        let mut packed = [0u8; 12];
-        for j in 0..8 {
-            // C: `uint8_t ls = nearest_int(...)`, then MIN(63, ls).
-            let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-            let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
-            if j < 4 {
-                packed[j] = ls;
-                packed[j + 4] = lm;
-            } else {
-                packed[j + 4] = (ls & 0x0F) | ((lm & 0x0F) << 4);
-                packed[j - 4] |= (ls >> 4) << 6;
-                packed[j] |= (lm >> 4) << 6;
-            }
-        }
-        let (d_bits, dmin_bits) = (f16_bits(max_scale / 63.0), f16_bits(max_min / 63.0));
-        let (d16, dmin16) = (f16_round(max_scale / 63.0), f16_round(max_min / 63.0));
-        for j in 0..8 {
-            let (sc, m) = scale_min_k4(j, &packed);
-            let d = d16 * sc as f32;
-            if d == 0.0 {
-                continue;
-            }
-            let dm = dmin16 * m as f32;
-            for i in 0..32 {
-                l[32 * j + i] = nearest_int((x[32 * j + i] + dm) / d).clamp(0, 15) as u8;
-            }
-        }
-        out.extend(d_bits);
-        out.extend(dmin_bits);
+        let (d, dmin, packed, l) = k_scales_mins(Q4_K_SEARCH, x);
+        out.extend(d);
+        out.extend(dmin);
         out.extend(packed);
         for j in (0..QK_K).step_by(64) {
             out.extend((0..32).map(|i| l[j + i] | (l[j + i + 32] << 4)));
         }
+    }
+    out
+}
+
+/// Q5_K blocks `d: f16, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]`
+/// (`quantize_row_q5_K_ref`): Q4_K's scales with 5-bit quants. In each 64-value chunk `c` the
+/// low nibbles pack as Q4_K (value `i` low, `i + 32` high), and their fifth bits set bits `2c`
+/// and `2c + 1` of `qh[i]`. `values.len()` must be a multiple of 256.
+pub fn quantize_q5_k(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() / QK_K * Q5_K_BYTES);
+    for x in values.chunks_exact(QK_K) {
+        let (d, dmin, packed, l) = k_scales_mins(Q5_K_SEARCH, x);
+        let (mut qh, mut ql) = ([0u8; QK_K / 8], [0u8; QK_K / 2]);
+        let (mut m1, mut m2) = (1u8, 2u8);
+        for (c, n) in (0..QK_K).step_by(64).enumerate() {
+            for j in 0..32 {
+                let (mut l1, mut l2) = (l[n + j], l[n + j + 32]);
+                if l1 > 15 {
+                    l1 -= 16;
+                    qh[j] |= m1;
+                }
+                if l2 > 15 {
+                    l2 -= 16;
+                    qh[j] |= m2;
+                }
+                ql[32 * c + j] = l1 | (l2 << 4);
+            }
+            (m1, m2) = (m1 << 2, m2 << 2);
+        }
+        out.extend(d);
+        out.extend(dmin);
+        out.extend(packed);
+        out.extend(qh);
+        out.extend(ql);
     }
     out
 }
@@ -360,6 +429,16 @@ mod tests {
     }
 
     #[test]
+    fn q5_k_round_trips_through_our_dequantizer_with_half_the_error_of_q4_k() {
+        let x = wave(1024, 7);
+        let b = quantize_q5_k(&x);
+        assert_eq!(b.len(), 4 * Q5_K_BYTES);
+        let e5 = rms_error(GgmlType::Q5K, &x, &b);
+        let e4 = rms_error(GgmlType::Q4K, &x, &quantize_q4_k(&x));
+        assert!(e5 < 0.6 * e4, "relative rms error {e5} (Q4_K: {e4})");
+    }
+
+    #[test]
     fn q6_k_round_trips_through_our_dequantizer_with_a_small_relative_error() {
         let x = wave(1024, 9);
         let b = quantize_q6_k(&x);
@@ -388,6 +467,8 @@ mod tests {
         let mut y = Vec::new();
         dequantize(GgmlType::Q4K, &quantize_q4_k(&z), &mut y);
         dequantize(GgmlType::Q6K, &quantize_q6_k(&z), &mut y);
+        dequantize(GgmlType::Q5K, &quantize_q5_k(&z), &mut y);
+        assert_eq!(y.len(), 3 * 256);
         assert!(y.iter().all(|&v| v == 0.0));
     }
 }

@@ -146,6 +146,83 @@ fn a_chatglm_q8_0_export_keeps_norms_and_bias_f32_and_its_blocks_dequantize_with
     }
 }
 
+/// `--type q4_k_m` of the tiny ChatGLM: the types llama.cpp's Q4_K_M mix picks for its shapes
+/// (no row is a whole 256-value super-block: Q4_K falls back to Q5_0, Q6_K to Q8_0, and the
+/// 112-column ffn_down to F16; examples/check_gguf_q4_k_m_mix.py finds llama.cpp's own
+/// quantization of our f32 file byte-identical), each tensor read back by our reader within
+/// its quantizer's error, merged or not.
+#[test]
+fn a_chatglm_q4_k_m_export_has_llama_cpp_types_and_comes_back_within_the_quantizers_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter = fixture("chatglm-tiny-lora");
+    let merged = Checkpoint::open_dir(&fixture("chatglm-tiny-lora-merged")).unwrap();
+    let base = Checkpoint::open_dir(&fixture("chatglm-tiny")).unwrap();
+    for (name, extra, want_ckpt) in [
+        ("base", vec![], &base),
+        ("merged", vec!["--adapter", path_str(&adapter)], &merged),
+    ] {
+        let out = tmp.path().join(format!("{name}.gguf"));
+        ok(export(&fixture("chatglm-tiny"), &out, "q4_k_m", &extra));
+        let (bytes, g) = parse(&out);
+        assert_eq!(g.get("general.file_type"), Some(&Value::U32(15)));
+        assert_eq!(g.tensors.len(), 3 + 2 * 7);
+        let types: Vec<(&str, u32)> = g
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), t.ggml_type))
+            .collect();
+        let (f32_, f16_, q5_0, q8_0) = (0, 1, 6, 8);
+        for (tensor, ty) in [
+            ("token_embd.weight", q5_0),
+            ("output.weight", q8_0),
+            ("output_norm.weight", f32_),
+            ("blk.0.attn_qkv.weight", q5_0),
+            ("blk.1.attn_qkv.weight", q8_0),
+            ("blk.1.attn_qkv.bias", f32_),
+            ("blk.0.attn_output.weight", q5_0),
+            ("blk.0.ffn_up.weight", q5_0),
+            ("blk.0.ffn_down.weight", f16_),
+            ("blk.1.ffn_down.weight", f16_),
+            ("blk.1.ffn_norm.weight", f32_),
+        ] {
+            assert!(types.contains(&(tensor, ty)), "{name} {tensor}: {types:?}");
+        }
+        // The checkpoint key of each GGUF tensor, by the export's own naming.
+        let hf_of: std::collections::HashMap<String, String> = want_ckpt
+            .entries()
+            .filter_map(|e| {
+                let (gguf, _) = peft::gguf::export::chatglm::gguf_name(&e.name)?;
+                Some((gguf, e.name.clone()))
+            })
+            .collect();
+        for info in &g.tensors {
+            let hf = &hf_of[&info.name];
+            let (want, _) = want_ckpt.read_f32(hf).unwrap();
+            let ty = GgmlType::from_id(info.ggml_type).unwrap();
+            let raw = g
+                .tensor_data(&bytes, info, ty.n_bytes(want.len() as u64).unwrap())
+                .unwrap();
+            let mut got = Vec::new();
+            dequantize(ty, raw, &mut got);
+            let err: f32 = want.iter().zip(&got).map(|(a, b)| (a - b) * (a - b)).sum();
+            let norm: f32 = want.iter().map(|a| a * a).sum();
+            let rel = (err / norm).sqrt();
+            // Relative RMS error: Q5_0 ~2-3%, Q8_0 ~0.4%, F16 ~1e-4, F32 exact.
+            let tol = match ty {
+                GgmlType::F32 => 0.0,
+                GgmlType::F16 => 1e-3,
+                GgmlType::Q8_0 => 0.01,
+                _ => 0.06,
+            };
+            assert!(
+                rel <= tol,
+                "{name} {}: {ty:?} relative error {rel}",
+                info.name
+            );
+        }
+    }
+}
+
 #[test]
 fn a_chatglm_lora_only_export_adapts_attn_qkv_and_ffn_up_with_b_unpermuted() {
     let tmp = tempfile::tempdir().unwrap();
@@ -393,6 +470,51 @@ sys.exit(1 if bad else 0)
     assert!(
         o.status.success(),
         "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+}
+
+/// llama.cpp's own Q4_K_M quantizer (`llama_model_quantize`) applied to our f32 export gives
+/// the same tensors, types and bytes as our `--type q4_k_m`: for the tiny ChatGLM and Llama
+/// (fallback types) and for a random 8-layer ChatGLM with 256-wide rows (attn_qkv / ffn_down in
+/// Q6_K or Q4_K by layer, output Q6_K), via examples/check_gguf_q4_k_m_mix.py.
+#[test]
+fn llama_cpp_quantizes_our_f32_exports_to_our_q4_k_m_bytes() {
+    let test = "llama_cpp_quantizes_our_f32_exports_to_our_q4_k_m_bytes";
+    let Some(python) = llama_python(test) else {
+        return;
+    };
+    let has_gguf = std::process::Command::new(&python)
+        .args(["-c", "import gguf"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_gguf {
+        eprintln!(
+            "\n*** {test}: SKIPPED: `{python} -c 'import gguf'` fails (pip install gguf) ***\n"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/check_gguf_q4_k_m_mix.py");
+    let (glm, llama, synthetic) = (
+        fixture("chatglm-tiny"),
+        fixture("llama-tiny"),
+        tmp.path().join("synthetic"),
+    );
+    let o = std::process::Command::new(&python)
+        .arg(script)
+        .args(["--peft", env!("CARGO_BIN_EXE_peft")])
+        .args(["--work", path_str(&tmp.path().join("work"))])
+        .args(["--model", path_str(&glm), "--model", path_str(&llama)])
+        .args(["--synthetic-chatglm", path_str(&synthetic)])
+        .args(["--tokenizer-from", path_str(&glm)])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
         String::from_utf8_lossy(&o.stdout),
         stderr(&o)
     );

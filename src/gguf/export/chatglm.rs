@@ -146,14 +146,10 @@ impl GlmHparams {
         ]
     }
 
-    /// Every tensor of the GGUF. `q4_k_m` is refused: llama-quantize's mix puts the fused
-    /// `attn_qkv` in Q5_K (Q5_1 for rows that are not whole super-blocks), which we do not write.
+    /// Every tensor of the GGUF. With `q4_k_m` the fused `attn_qkv` follows llama.cpp's attn_v
+    /// rule (see [`choose_type`]); the token embedding is not the output head here (ChatGLM has
+    /// its own `output_layer`), so it takes the default Q4_K.
     pub fn plan(&self, t: ExportType) -> Result<Vec<Planned>, ExportError> {
-        if t == ExportType::Q4KM {
-            return Err(ExportError::Option(
-                "--type q4_k_m is not available for chatglm: llama-quantize's q4_k_m mix stores the fused attn_qkv as Q5_K, which this export does not write; use q8_0 or q4_0".into(),
-            ));
-        }
         let (hid, ffn, vocab) = (self.hidden as usize, self.ffn as usize, self.vocab as usize);
         let qkv = ((self.heads + 2 * self.kv_heads) * self.head_dim) as usize;
         let q = (self.heads * self.head_dim) as usize;
@@ -266,7 +262,65 @@ mod tests {
         let up = p.iter().find(|t| t.gguf == "blk.0.ffn_up.weight").unwrap();
         assert_eq!(up.dims(), vec![64, 224]);
         assert!(p.iter().all(|t| t.rows == Rows::AsIs));
-        assert!(h.plan(ExportType::Q4KM).is_err());
+    }
+
+    fn types(h: &GlmHparams, t: ExportType) -> Vec<(String, GgmlType)> {
+        let p = h.plan(t).unwrap();
+        p.into_iter().map(|t| (t.gguf, t.ty)).collect()
+    }
+
+    /// What llama.cpp's `llama_model_quantize(.., Q4_K_M)` wrote for an 8-layer ChatGLM2 with
+    /// hidden 256 and ffn 512 (examples/check_gguf_q4_k_m_mix.py --synthetic-chatglm).
+    #[test]
+    fn q4_k_m_gives_attn_qkv_and_ffn_down_q6_k_in_the_layers_llama_cpp_picks() {
+        let mut c = tiny();
+        for (k, v) in [
+            ("num_layers", 8),
+            ("hidden_size", 256),
+            ("kv_channels", 64),
+            ("ffn_hidden_size", 512),
+        ] {
+            c[k] = json!(v);
+        }
+        let h = GlmHparams::from_config(Path::new("c"), &c).unwrap();
+        let ty = types(&h, ExportType::Q4KM);
+        let of = |name: &str| ty.iter().find(|(n, _)| n == name).map(|(_, t)| *t);
+        // use_more_bits(i, 8): i < 1, i >= 7, (i - 1) % 3 == 2.
+        for l in 0..8 {
+            let want = if [0, 3, 6, 7].contains(&l) {
+                GgmlType::Q6K
+            } else {
+                GgmlType::Q4K
+            };
+            for m in ["attn_qkv", "ffn_down"] {
+                assert_eq!(of(&format!("blk.{l}.{m}.weight")), Some(want), "{l} {m}");
+            }
+            for m in ["attn_output", "ffn_up"] {
+                assert_eq!(of(&format!("blk.{l}.{m}.weight")), Some(GgmlType::Q4K));
+            }
+            assert_eq!(of(&format!("blk.{l}.attn_qkv.bias")), Some(GgmlType::F32));
+        }
+        assert_eq!(of("output.weight"), Some(GgmlType::Q6K));
+        assert_eq!(of("token_embd.weight"), Some(GgmlType::Q4K));
+        assert_eq!(of("output_norm.weight"), Some(GgmlType::F32));
+    }
+
+    /// The tiny ChatGLM (hidden 64, ffn 112, 2 layers): no row is a whole super-block, so
+    /// Q4_K falls back to Q5_0 and Q6_K to Q8_0, and ffn_down's 112 columns (not whole 32-value
+    /// blocks either) to F16, as llama.cpp's quantizer logs for it.
+    #[test]
+    fn q4_k_m_on_the_tiny_chatglm_takes_llama_cpp_fallbacks() {
+        let h = GlmHparams::from_config(Path::new("c"), &tiny()).unwrap();
+        let ty = types(&h, ExportType::Q4KM);
+        let of = |name: &str| ty.iter().find(|(n, _)| n == name).map(|(_, t)| *t);
+        assert_eq!(of("output.weight"), Some(GgmlType::Q8_0));
+        assert_eq!(of("token_embd.weight"), Some(GgmlType::Q5_0));
+        assert_eq!(of("blk.0.attn_qkv.weight"), Some(GgmlType::Q5_0));
+        assert_eq!(of("blk.1.attn_qkv.weight"), Some(GgmlType::Q8_0));
+        assert_eq!(of("blk.0.attn_output.weight"), Some(GgmlType::Q5_0));
+        assert_eq!(of("blk.1.ffn_up.weight"), Some(GgmlType::Q5_0));
+        assert_eq!(of("blk.0.ffn_down.weight"), Some(GgmlType::F16));
+        assert_eq!(of("blk.1.ffn_down.weight"), Some(GgmlType::F16));
     }
 
     #[test]

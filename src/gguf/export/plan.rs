@@ -1,7 +1,9 @@
 //! Which tensors a Llama GGUF holds, under which names, in which ggml type, and how their rows are
 //! rearranged: the inverse of [`crate::gguf::names`], with the type rules of convert_hf_to_gguf.py
 //! (`prepare_tensors`: 1-D tensors and norms stay F32) and, for the k-quant mix, llama.cpp's
-//! `llama_tensor_get_type_impl` / `tensor_type_fallback` (src/llama-quant.cpp).
+//! `llama_tensor_get_type_impl` / `tensor_type_fallback` (src/llama-quant.cpp, as in the llama.cpp
+//! that llama-cpp-python 0.3.36 builds; examples/check_gguf_q4_k_m_mix.py compares every tensor's
+//! type and bytes with its `llama_model_quantize`).
 
 use super::error::ExportError;
 use super::metadata::Hparams;
@@ -128,6 +130,7 @@ fn fallback(ty: GgmlType, cols: usize) -> GgmlType {
     if fits(ty) {
         return ty;
     }
+    // llama.cpp also maps Q5_K to Q5_1, a type we do not write; no `--type` here picks Q5_K.
     let next = match ty {
         GgmlType::Q4K => GgmlType::Q5_0,
         GgmlType::Q6K => GgmlType::Q8_0,
@@ -176,8 +179,17 @@ pub fn choose_type(
         }
         ExportType::Q4_0 => fallback(GgmlType::Q4_0, cols),
         ExportType::Q4KM => {
-            let more = (gguf.ends_with(".attn_v.weight") || gguf.ends_with(".ffn_down.weight"))
-                && use_more_bits(layer, layers);
+            // `category_is_attn_v` covers the fused `attn_qkv` (ChatGLM) as well as `attn_v`,
+            // and that branch comes first, so a fused qkv gets attn_v's rule: Q6_K where
+            // `use_more_bits(i_attention_wv, n_attention_wv)`, else the default Q4_K. (The later
+            // `ATTENTION_QKV` branch, Q5_K for Q4_K_M, is unreachable there; older llama.cpp
+            // matched attn_qkv by name only and wrote Q5_K.) Both counters run in llama.cpp's
+            // tensor order, by layer (`weight_name_comparer`), and there is one such tensor per
+            // layer, so `i_attention_wv` is the layer and `n_attention_wv` the layer count, as
+            // for ffn_down's `i_ffn_down` / `n_layer`.
+            let attn_v = gguf.ends_with(".attn_v.weight") || gguf.ends_with(".attn_qkv.weight");
+            let more =
+                (attn_v || gguf.ends_with(".ffn_down.weight")) && use_more_bits(layer, layers);
             fallback(if more { GgmlType::Q6K } else { GgmlType::Q4K }, cols)
         }
     }
@@ -199,11 +211,10 @@ pub fn encode(ty: GgmlType, values: &[f32]) -> Vec<u8> {
         GgmlType::Q4_0 => quantize::quantize_q4_0(values),
         GgmlType::Q5_0 => kquantize::quantize_q5_0(values),
         GgmlType::Q4K => kquantize::quantize_q4_k(values),
+        GgmlType::Q5K => kquantize::quantize_q5_k(values),
         GgmlType::Q6K => kquantize::quantize_q6_k(values),
         // Never chosen by `choose_type`.
-        GgmlType::Q4_1 | GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q5K | GgmlType::Q8K => {
-            Vec::new()
-        }
+        GgmlType::Q4_1 | GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q8K => Vec::new(),
     }
 }
 
