@@ -102,18 +102,23 @@ pub fn check_checkpointing(adapter: &AdapterConfig, device: &Device) -> anyhow::
 }
 
 /// The storage of the frozen projections: `--quantize-base`'s blocks, a GGUF file's own blocks
-/// (counted as int8, the widest type kept in place, so the estimate errs high), else `--base-dtype`.
+/// (measured from the file; counted as int8, the widest type kept in place, if it cannot be read
+/// here, so the estimate errs high), else `--base-dtype`.
 pub fn linear_storage(
     dir: &ModelDir,
     base: BaseDtype,
     quant: Option<QuantizeBase>,
 ) -> WeightStorage {
-    match quant {
-        Some(QuantizeBase::Int8) => WeightStorage::Int8,
-        Some(QuantizeBase::Int4) => WeightStorage::Int4,
-        Some(QuantizeBase::Nf4) => WeightStorage::Nf4,
-        None if dir.gguf_file().is_some() => WeightStorage::Int8,
-        None => storage(base),
+    match (quant, dir.gguf_file()) {
+        (Some(QuantizeBase::Int8), _) => WeightStorage::Int8,
+        (Some(QuantizeBase::Int4), _) => WeightStorage::Int4,
+        (Some(QuantizeBase::Nf4), _) => WeightStorage::Nf4,
+        (None, Some(file)) => match peft::gguf::base::block_density(&file) {
+            Ok(Some((bytes, values))) => WeightStorage::Blocks { bytes, values },
+            Ok(None) => storage(base),
+            Err(_) => WeightStorage::Int8,
+        },
+        (None, None) => storage(base),
     }
 }
 

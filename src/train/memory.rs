@@ -36,6 +36,12 @@ pub enum WeightStorage {
     Int8,
     Int4,
     Nf4,
+    /// A GGUF file's own blocks, kept in place: `bytes` per `values` weights, summed over the
+    /// file's block-quantized matrices (a Q4_K_M mix of Q4_K and Q6_K measures as its average).
+    Blocks {
+        bytes: u64,
+        values: u64,
+    },
 }
 
 impl WeightStorage {
@@ -47,6 +53,10 @@ impl WeightStorage {
             Self::Int8 => values.div_ceil(32) * 34,
             Self::Int4 => values.div_ceil(32) * 18,
             Self::Nf4 => values.div_ceil(2) + values.div_ceil(64) * 4,
+            Self::Blocks { bytes, values: per } => {
+                let whole = u128::from(values) * u128::from(bytes);
+                u64::try_from(whole.div_ceil(u128::from(per.max(1)))).unwrap_or(u64::MAX)
+            }
         }
     }
 
@@ -58,6 +68,7 @@ impl WeightStorage {
             Self::Int8 => "int8",
             Self::Int4 => "int4",
             Self::Nf4 => "nf4",
+            Self::Blocks { .. } => "the GGUF file's blocks",
         }
     }
 }
@@ -266,6 +277,12 @@ mod tests {
         assert_eq!(WeightStorage::Nf4.bytes(128), 64 + 8);
         assert_eq!(WeightStorage::Bf16.bytes(10), 20);
         assert_eq!(WeightStorage::F32.bytes(10), 40);
+        // Q4_K_M-like: 144 bytes per 256 values on average.
+        let blocks = WeightStorage::Blocks {
+            bytes: 144,
+            values: 256,
+        };
+        assert_eq!(blocks.bytes(512), 288);
     }
 
     #[test]
