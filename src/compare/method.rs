@@ -165,8 +165,9 @@ pub struct TrainJob<'a> {
     pub extra: Vec<OsString>,
 }
 
-/// The `peft compare-train` arguments of a job; a run folder holding a checkpoint is resumed
-/// from it (`peft train --resume` restores weights, optimizer, schedule and data position).
+/// The `peft compare-train` arguments of a job; under `--resume` a run folder holding a
+/// checkpoint is resumed from it (`peft train --resume` restores weights, optimizer, schedule and
+/// data position).
 fn train_args(plan: &ComparePlan, job: &TrainJob) -> Vec<OsString> {
     let steps = job.steps.unwrap_or(usize::MAX / 2);
     let mut args = os(&[
@@ -180,7 +181,9 @@ fn train_args(plan: &ComparePlan, job: &TrainJob) -> Vec<OsString> {
         "--save-total-limit",
         "1",
     ]);
-    match child::latest_checkpoint(&job.run_dir) {
+    // Only `--resume` continues a checkpoint: with `--overwrite` a leftover one of an earlier
+    // comparison in the same `--out` was resumed, so the method trained only its last steps.
+    match child::latest_checkpoint(&job.run_dir).filter(|_| plan.resume) {
         Some(_) => flag(&mut args, "--resume", &job.run_dir),
         None => args.push("--overwrite".into()),
     }

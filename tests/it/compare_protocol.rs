@@ -300,3 +300,30 @@ fn general_text_cross_entropy_matches_transformers() {
     }
     assert_eq!(compared, 3);
 }
+
+#[test]
+fn an_overwritten_comparison_trains_afresh_instead_of_resuming_a_leftover_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_task(tmp.path());
+    write_presets(tmp.path());
+    let out = tmp.path().join("out");
+    let run = |extra: &[&str]| {
+        let o = compare(tmp.path(), &out)
+            .args(["--methods", "lora", "--budget", "steps=10"])
+            .args(["--eval-limit", "1", "--no-forgetting"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    run(&[]);
+    let has_checkpoint = std::fs::read_dir(out.join("runs/lora")).is_ok_and(|d| {
+        d.filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+    });
+    assert!(has_checkpoint, "the first run leaves a checkpoint behind");
+    run(&["--overwrite"]);
+    let log = std::fs::read_to_string(out.join("logs/lora.train.log")).unwrap();
+    assert!(!log.contains("resuming"), "{log}");
+    assert!(log.contains("trained 10 steps"), "{log}");
+}

@@ -6,6 +6,7 @@ mod adalora_cli;
 mod adapter_errors;
 mod adapters;
 mod bad_input;
+mod balanced_order;
 mod base_dtype;
 mod chatglm;
 mod chatglm_tokenizer;
