@@ -16,6 +16,42 @@
 //! `in % 64 == 0`, which we require). Each row is a whole number of blocks, so any run of rows is
 //! one contiguous byte range and a column range of a row is a run of whole blocks.
 
+/// `fn NAME(args) { BODY(args) }` dispatched at run time to copies of `BODY` compiled for AVX-512F
+/// or AVX2 (`run_avx512`, `run_avx2`, which the tests call directly), else the portable build:
+/// the quantizers' loops are written for the compiler to vectorise, and `is_x86_feature_detected!`
+/// picks the widest copy this CPU runs (never `target-cpu=native`; as `kernels::softmax`).
+macro_rules! simd_dispatch {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { run_avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2.
+                    return unsafe { run_avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn run_avx512($($arg: $ty),*) {
+            $body($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn run_avx2($($arg: $ty),*) {
+            $body($($arg),*)
+        }
+    };
+}
+
 pub mod nf4;
 pub mod q8_0;
 pub mod search;

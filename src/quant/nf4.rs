@@ -56,32 +56,7 @@ pub fn quantize_nf4(values: &[f32]) -> (Vec<u8>, Vec<f32>) {
     (packed, absmax)
 }
 
-fn run(values: &[f32], packed: &mut [u8], absmax: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { run_avx512(values, packed, absmax) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { run_avx2(values, packed, absmax) };
-        }
-    }
-    run_body(values, packed, absmax)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn run_avx512(values: &[f32], packed: &mut [u8], absmax: &mut [f32]) {
-    run_body(values, packed, absmax)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn run_avx2(values: &[f32], packed: &mut [u8], absmax: &mut [f32]) {
-    run_body(values, packed, absmax)
-}
+simd_dispatch!(fn run(values: &[f32], packed: &mut [u8], absmax: &mut [f32]) => run_body);
 
 /// The blocks of `values` into `packed` (32 bytes a block) and `absmax` (one a block).
 #[inline(always)]

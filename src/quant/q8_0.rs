@@ -25,32 +25,7 @@ pub fn quantize_q8_0(values: &[f32]) -> Vec<u8> {
     out
 }
 
-fn run(src: &[f32], dst: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { run_avx512(src, dst) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { run_avx2(src, dst) };
-        }
-    }
-    run_body(src, dst)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn run_avx512(src: &[f32], dst: &mut [u8]) {
-    run_body(src, dst)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn run_avx2(src: &[f32], dst: &mut [u8]) {
-    run_body(src, dst)
-}
+simd_dispatch!(fn run(src: &[f32], dst: &mut [u8]) => run_body);
 
 /// `gguf::quantize::quantize_q8_0`'s loop body over the blocks of `src`.
 #[inline(always)]

@@ -45,34 +45,11 @@ fn level(t: f32) -> f32 {
     (t + MAGIC) - MAGIC
 }
 
-/// Q4_0 blocks of `src` (whole 32-value blocks) into `dst` (18 bytes each), as the scalar
-/// reference writes them.
-pub fn quantize_run(src: &[f32], dst: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { run_avx512(src, dst) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { run_avx2(src, dst) };
-        }
-    }
-    run_body(src, dst)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn run_avx512(src: &[f32], dst: &mut [u8]) {
-    run_body(src, dst)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn run_avx2(src: &[f32], dst: &mut [u8]) {
-    run_body(src, dst)
-}
+simd_dispatch!(
+    /// Q4_0 blocks of `src` (whole 32-value blocks) into `dst` (18 bytes each), as the scalar
+    /// reference writes them.
+    pub fn quantize_run(src: &[f32], dst: &mut [u8]) => run_body
+);
 
 #[inline(always)]
 fn run_body(src: &[f32], dst: &mut [u8]) {
