@@ -174,6 +174,7 @@ pub fn eval_batch_config(
         seed: 0,
         shuffle: false,
         group_by_length: false,
+        balance_labels: false,
         pack: None,
         pad_id: tokenizer
             .pad_id()

@@ -189,6 +189,12 @@ impl TryFrom<CompareArgs> for Plan {
         if args.batch_size == 0 || args.grad_accum == 0 {
             bail!("--batch-size and --grad-accum must be at least 1");
         }
+        // Every method would fail on it: refuse before the first child starts.
+        if args.data.balance_labels {
+            let tokenizer = TextTokenizer::load(&args.model)?;
+            let prepared = data::prepare(&args.data.to_config(args.seed)?, &tokenizer)?;
+            data::balance::check(&prepared.train, args.batch_size)?;
+        }
         let model_type = peft::models::ModelDir::open(&args.model)?
             .model_type()
             .to_string();
@@ -217,6 +223,7 @@ fn steps_for_tokens(args: &CompareArgs, tokens: usize) -> anyhow::Result<usize> 
         seed: args.seed,
         shuffle: !args.no_shuffle,
         group_by_length: args.data.group_by_length,
+        balance_labels: args.data.balance_labels,
         pack: args.data.pack,
         pad_id: prepared.pad_id,
     };
@@ -247,7 +254,8 @@ fn common(plan: &Plan) -> Value {
         .map(|v| v.get_name().to_string());
     json!({"seeds": a.seeds, "batch_size": a.batch_size, "grad_accum": a.grad_accum,
         "steps": plan.steps, "optimizer": "AdamW (betas 0.9, 0.999; eps 1e-8; no weight decay), gradient norm clipped at 1.0",
-        "lr_scheduler": name, "warmup_steps": a.warmup_steps, "shuffle": !a.no_shuffle, "max_len": a.data.max_len.unwrap_or(1024),
+        "lr_scheduler": name, "warmup_steps": a.warmup_steps, "shuffle": !a.no_shuffle,
+        "balance_labels": a.data.balance_labels, "group_by_length": a.data.group_by_length, "max_len": a.data.max_len.unwrap_or(1024),
         "eval_limit": a.eval_limit, "lr_sweep": a.lr_sweep, "device": a.device,
         "forgetting_data": forgetting_data(a).ok().flatten().map(|p| p.display().to_string())})
 }
@@ -345,6 +353,7 @@ fn data_flags(d: &DataOptions) -> (Vec<OsString>, Vec<OsString>) {
         (d.append_eos, "--append-eos"),
         (d.skip_bad_records, "--skip-bad-records"),
         (d.group_by_length, "--group-by-length"),
+        (d.balance_labels, "--balance-labels"),
     ] {
         if on {
             f.push(flag.into());

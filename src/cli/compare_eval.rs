@@ -130,6 +130,7 @@ pub fn run(args: CompareEvalArgs) -> anyhow::Result<()> {
         out["task_metric"] = json!(report.metric.name());
         out["task_score"] = json!(report.score());
         out["task_examples"] = json!(report.examples.len());
+        out["task_score_sd"] = json!(report.score_sd());
     }
     println!("{out}");
     eprintln!("{PEAK_RSS}{:.1}", peft::models::synthetic::peak_rss_mib());

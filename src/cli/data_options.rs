@@ -43,6 +43,11 @@ pub struct DataOptions {
     /// Batch records of similar length together (default: off).
     #[arg(long)]
     pub group_by_length: bool,
+    /// For a label task (a few distinct responses, e.g. 正面/负面): every batch holds each label
+    /// equally; with --group-by-length, records of similar length share a batch. The batch size
+    /// must be a multiple of the labels (default: off).
+    #[arg(long, conflicts_with = "pack")]
+    pub balance_labels: bool,
 }
 
 impl DataOptions {

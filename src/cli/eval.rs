@@ -33,6 +33,7 @@ fn reject_train_only(d: &DataOptions) -> anyhow::Result<()> {
         ("--eval-split", d.eval_split.is_some()),
         ("--pack", d.pack.is_some()),
         ("--group-by-length", d.group_by_length),
+        ("--balance-labels", d.balance_labels),
     ];
     if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
         anyhow::bail!("{flag} is a training option; `peft eval` scores every record of --data in order (use --data for the file to score, --limit N for its first N records)");

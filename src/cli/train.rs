@@ -108,6 +108,11 @@ pub struct TrainOptions {
     /// Stop after this many optimizer steps (default: none: whole epochs).
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// Also stop once the optimizer steps have taken this many minutes (loading, evaluation and
+    /// checkpoints not counted; a resumed run has what its checkpoint left). The schedule still
+    /// runs to --max-steps, so pair it with a constant one (default: no time limit).
+    #[arg(long, value_name = "MINUTES")]
+    pub max_train_minutes: Option<f64>,
     /// Log every N steps: the mean loss of those steps, as HF (default: 1).
     #[arg(long)]
     pub logging_steps: Option<usize>,
@@ -168,6 +173,7 @@ fn run_config(o: &TrainOptions) -> anyhow::Result<RunConfig> {
         seed: o.seed.unwrap_or(42),
         save_total_limit: o.save_total_limit,
         train_batch_size: Some(o.batch_size.unwrap_or(4)),
+        max_train_seconds: o.max_train_minutes.map(|m| m * 60.0),
     };
     if !(config.lr > 0.0 && config.lr.is_finite()) {
         bail!("--lr must be a positive number");
@@ -321,6 +327,9 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         prepared.eval.len()
     );
     let batch_size = o.batch_size.unwrap_or(4);
+    if o.data.balance_labels {
+        data::balance::check(&prepared.train, batch_size)?;
+    }
     let run_options = resolved(&o, &config, batch_size, data_config.max_len);
     write_run_file(&run_options, &out)?;
     let base_dtype = o.base_dtype.unwrap_or_default().dtype();
@@ -345,6 +354,7 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
         seed: config.seed,
         shuffle: !o.no_shuffle,
         group_by_length: o.data.group_by_length,
+        balance_labels: o.data.balance_labels,
         pack: o.data.pack,
         pad_id: prepared.pad_id,
     };
@@ -401,6 +411,7 @@ pub fn run_cmd(args: TrainArgs) -> anyhow::Result<()> {
     let eval_config = BatchConfig {
         shuffle: false,
         pack: None,
+        balance_labels: false,
         ..batch_config.clone()
     };
     let eval = data::batches(&prepared.eval, &eval_config, 0);

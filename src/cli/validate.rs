@@ -85,6 +85,7 @@ pub fn train_options(o: &TrainOptions) -> anyhow::Result<()> {
     float("--weight-decay", o.weight_decay, Range::NonNegative)?;
     float("--warmup-ratio", o.warmup_ratio, Range::Unit)?;
     float("--max-grad-norm", o.max_grad_norm, Range::NonNegative)?;
+    float("--max-train-minutes", o.max_train_minutes, Range::Positive)?;
     at_least_one("--batch-size", o.batch_size)?;
     at_least_one("--grad-accum", o.grad_accum)?;
     adapter_options(&o.adapter)?;

@@ -1,9 +1,10 @@
 //! `peft compare`'s child processes: each method's `peft compare-train` and `peft compare-eval`
 //! run as children of the same binary, so a failure is contained and memory is per method. While
 //! a child runs we sample its resident memory every 100 ms (`VmRSS` for the mean and p99, `VmHWM`
-//! for the peak, a high-water mark that misses nothing), follow `metrics.jsonl` for the progress,
-//! and for a minutes budget send SIGINT at the deadline (`peft train` then saves a checkpoint and
-//! stops). On Linux a child gets SIGKILL when the comparison dies (`PR_SET_PDEATHSIG`), so a
+//! for the peak, a high-water mark that misses nothing) and follow `metrics.jsonl` for the
+//! progress. A minutes budget is kept by the child itself (`peft train --max-train-minutes`
+//! counts step time only, so loading and checkpoints cost no method its steps, and a resumed run
+//! trains only what is left). On Linux a child gets SIGKILL when the comparison dies (`PR_SET_PDEATHSIG`), so a
 //! killed `peft compare` leaves no orphan training on; `--resume` picks the run up again.
 
 use std::ffi::OsString;
@@ -18,17 +19,12 @@ use super::run::Progress;
 use super::CompareError;
 
 const POLL: Duration = Duration::from_millis(100);
-/// How long a child may take to save its checkpoint after SIGINT before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(300);
 
 /// What to follow while a child runs.
 pub struct Watch<'a> {
     pub progress: &'a dyn Progress,
     /// A `metrics.jsonl` to follow: progress shows its steps and last loss.
     pub metrics: Option<PathBuf>,
-    /// Send SIGINT this long after `metrics` appears (the first step starting), so loading the
-    /// model is not charged to a method's minutes.
-    pub deadline: Option<Duration>,
 }
 
 /// How a child ended, and its memory.
@@ -36,8 +32,6 @@ pub struct Finished {
     pub success: bool,
     pub seconds: f64,
     pub memory: Memory,
-    /// We sent SIGINT (minutes budget reached).
-    pub interrupted: bool,
 }
 
 /// Resident memory of a child over its run, MiB.
@@ -139,7 +133,6 @@ pub fn run(
     })?;
     let started = Instant::now();
     let (mut samples, mut high_water) = (Vec::new(), None::<f64>);
-    let (mut first_step, mut interrupted) = (None::<Instant>, false);
     let status = loop {
         let exited = child.try_wait().map_err(|e| CompareError::Io {
             what: "waiting for a child process".into(),
@@ -156,21 +149,7 @@ pub fn run(
         }
         if let Some(metrics) = &watch.metrics {
             if metrics.exists() {
-                let t0 = *first_step.get_or_insert_with(Instant::now);
                 follow(metrics, watch.progress);
-                if watch.deadline.is_some_and(|d| t0.elapsed() >= d) && !interrupted {
-                    interrupted = true;
-                    let _ = Command::new("kill")
-                        .args(["-INT", &child.id().to_string()])
-                        .status();
-                }
-                // A child that ignores SIGINT (or a system without `kill`) must not run forever.
-                if watch
-                    .deadline
-                    .is_some_and(|d| t0.elapsed() >= d + STOP_GRACE)
-                {
-                    let _ = child.kill();
-                }
             }
         }
         std::thread::sleep(POLL);
@@ -184,7 +163,6 @@ pub fn run(
         success: status.success(),
         seconds,
         memory: Memory::of(&samples, reported.or(high_water)),
-        interrupted,
     })
 }
 

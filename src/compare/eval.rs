@@ -61,6 +61,14 @@ impl TaskReport {
     pub fn score(&self) -> f64 {
         self.examples.iter().map(|e| e.score).sum::<f64>() / self.examples.len().max(1) as f64
     }
+
+    /// Sample standard deviation (n − 1) of the per-example scores: with the mean and n it gives
+    /// a ROUGE-L mean its confidence interval; `None` below two examples.
+    pub fn score_sd(&self) -> Option<f64> {
+        crate::compare::stats::mean_sd(self.examples.iter().map(|e| e.score))
+            .filter(|_| self.examples.len() > 1)
+            .map(|(_, sd)| sd)
+    }
 }
 
 /// A held-out record with a response: its index, prompt ids and reference text.

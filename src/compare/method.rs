@@ -4,7 +4,6 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -83,7 +82,6 @@ pub fn evaluate(
     let watch = Watch {
         progress,
         metrics: None,
-        deadline: None,
     };
     let done = child::run(&plan.exe, &args, (&stdout, &log), &watch).map_err(|e| e.to_string())?;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -103,6 +101,7 @@ fn eval_metrics(m: &mut RunMetrics, v: &Value, done: &Finished) {
     m.task_metric = v["task_metric"].as_str().map(String::from);
     m.task_score = v["task_score"].as_f64();
     m.task_examples = v["task_examples"].as_u64().map(|n| n as usize);
+    m.task_score_sd = v["task_score_sd"].as_f64();
     m.general_ce = v["general_ce"].as_f64();
     m.eval_seconds = Some(done.seconds);
     m.eval_peak_rss_mib = done.memory.peak;
@@ -205,6 +204,9 @@ fn train_args(plan: &ComparePlan, job: &TrainJob) -> Vec<OsString> {
     ] {
         flag(&mut args, name, v);
     }
+    if let Some(minutes) = job.minutes {
+        flag(&mut args, "--max-train-minutes", minutes.to_string());
+    }
     if !plan.shuffle {
         args.push("--no-shuffle".into());
     }
@@ -252,7 +254,7 @@ fn model_layers(model: &Path) -> usize {
         .map_or(usize::MAX, |n| n as usize)
 }
 
-/// A trained job's adapter folder: the run, or (minutes budget) its last checkpoint.
+/// A trained job and its adapter folder (the run's, where it finished).
 pub struct Trained {
     pub done: Finished,
     pub log: String,
@@ -273,7 +275,6 @@ pub fn train(
     let watch = Watch {
         progress,
         metrics: Some(job.run_dir.join("metrics.jsonl")),
-        deadline: job.minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
     };
     let done = child::run(
         &plan.exe,
@@ -282,11 +283,7 @@ pub fn train(
         &watch,
     )?;
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let adapter = match (done.success, done.interrupted) {
-        (true, _) => Some(job.run_dir.clone()),
-        (false, true) => child::latest_checkpoint(&job.run_dir),
-        (false, false) => None,
-    };
+    let adapter = done.success.then(|| job.run_dir.clone());
     Ok(Trained {
         done,
         log,

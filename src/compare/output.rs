@@ -33,16 +33,17 @@ fn metric_title(metric: Option<&str>) -> &'static str {
     }
 }
 
-/// A method's point: mean metric with ± sd over seeds, or (one seed, exact match) its Wilson
-/// interval.
+/// A method's point: mean metric with ± sd over seeds, or (one seed) its 95% interval: Wilson's
+/// for exact match, the mean's for ROUGE-L.
 fn point(g: &Group, metric: Option<&str>, x: f64) -> Option<Point> {
     let (y, sd) = match metric {
         Some(_) => g.stat(|m| m.task_score)?,
         None => g.stat(|m| m.eval_loss)?,
     };
     let seeds = g.rows.iter().filter(|r| r.ok()).count();
-    let (lo, hi) = match (metric, g.interval()) {
-        (Some("exact_match"), Some((lo, hi, _))) if seeds == 1 => (lo, hi),
+    let (lo, hi) = match (metric, g.interval(), g.mean_interval()) {
+        (Some("exact_match"), Some((lo, hi, _)), _) if seeds == 1 => (lo, hi),
+        (Some("rouge_l"), _, Some((lo, hi, _))) if seeds == 1 => (lo, hi),
         _ => (y - sd, y + sd),
     };
     Some(Point {

@@ -19,7 +19,8 @@ pub enum Budget {
     Steps(usize),
     /// Real (non-padding) training tokens; turned into steps over the shared data order.
     Tokens(usize),
-    /// Wall-clock minutes of training, counted from the first step.
+    /// Minutes of optimizer steps (loading and checkpoints not counted), kept by each training
+    /// child (`peft train --max-train-minutes`), so a resumed method trains only what is left.
     Minutes(f64),
 }
 

@@ -46,6 +46,9 @@ pub struct RunMetrics {
     /// The task metric over `task_examples` eval records.
     pub task_score: Option<f64>,
     pub task_examples: Option<usize>,
+    /// Sample sd of the per-example scores (ROUGE-L's interval; exact match needs none).
+    #[serde(default)]
+    pub task_score_sd: Option<f64>,
     /// Mean token cross-entropy on the general-text (forgetting) set.
     #[serde(default)]
     pub general_ce: Option<f64>,
@@ -144,6 +147,32 @@ impl Group<'_> {
         wilson(k, n, Z95).map(|(lo, hi)| (lo, hi, n))
     }
 
+    /// The 95% interval of a mean score (ROUGE-L) over the examples of all seeds pooled, and
+    /// their count: mean ± z·s/√n, the normal approximation a mean of n bounded scores allows
+    /// (central limit theorem; n is ~100 here). The pooled s adds the spread between seeds'
+    /// means to the spread within each.
+    pub fn mean_interval(&self) -> Option<(f64, f64, usize)> {
+        let parts: Vec<(f64, f64, f64)> = self
+            .ok_rows()
+            .filter_map(|r| {
+                let m = &r.metrics;
+                Some((m.task_examples? as f64, m.task_score?, m.task_score_sd?))
+            })
+            .filter(|&(n, _, _)| n >= 2.0)
+            .collect();
+        let n: f64 = parts.iter().map(|p| p.0).sum();
+        if parts.is_empty() || n < 2.0 {
+            return None;
+        }
+        let mean = parts.iter().map(|&(k, m, _)| k * m).sum::<f64>() / n;
+        let squares: f64 = parts
+            .iter()
+            .map(|&(k, m, sd)| (k - 1.0) * sd * sd + k * (m - mean).powi(2))
+            .sum();
+        let half = Z95 * (squares / (n - 1.0)).sqrt() / n.sqrt();
+        Some(((mean - half).max(0.0), (mean + half).min(1.0), n as usize))
+    }
+
     pub fn any_ok(&self) -> bool {
         self.ok_rows().next().is_some()
     }
@@ -217,7 +246,8 @@ fn cell(stat: Option<(f64, f64)>, seeds: usize, f: impl Fn(f64) -> String) -> St
     }
 }
 
-/// The task metric with its sample size, and for exact match its 95% Wilson interval.
+/// The task metric with its sample size and 95% interval: Wilson's for exact match, the mean's
+/// for ROUGE-L.
 fn score_cell(g: &Group, metric: Option<&str>) -> String {
     let seeds = g.seeds();
     let score = cell(g.stat(|m| m.task_score), seeds, |s| format!("{s:.3}"));
@@ -229,6 +259,13 @@ fn score_cell(g: &Group, metric: Option<&str>) -> String {
             format!("{score} [{lo:.3}, {hi:.3}] n={seeds}×{}", n / seeds.max(1))
         }
         (Some("exact_match"), Some((lo, hi, n))) => format!("{score} [{lo:.3}, {hi:.3}] n={n}"),
+        (Some("rouge_l"), _) if g.mean_interval().is_some() => {
+            let (lo, hi, n) = g.mean_interval().unwrap_or_default();
+            match seeds {
+                1 => format!("{score} [{lo:.3}, {hi:.3}] n={n}"),
+                _ => format!("{score} [{lo:.3}, {hi:.3}] n={seeds}×{}", n / seeds),
+            }
+        }
         _ => {
             let n = g.ok_rows().find_map(|r| r.metrics.task_examples);
             format!("{score} n={}", n.map_or("?".into(), |n| n.to_string()))
@@ -394,7 +431,7 @@ pub fn markdown(results: &Results) -> String {
     }
     let _ = writeln!(
         md,
-        "Scores are mean ± sd over seeds where there are several; [lo, hi] is the 95% Wilson interval of the correct answers (seeds pooled), n the examples scored. Forgetting is the rise of mean token cross-entropy on general text over the base model's.\n"
+        "Scores are mean ± sd over seeds where there are several; [lo, hi] is the 95% interval (exact match: Wilson's, of the correct answers; ROUGE-L: the mean's, ±1.96 s/√n; seeds pooled), n the examples scored. Forgetting is the rise of mean token cross-entropy on general text over the base model's.\n"
     );
     let _ = writeln!(
         md,
@@ -489,6 +526,33 @@ mod tests {
             md.contains(
                 "| lora | 2e-4 | 0.625 ± 0.177 [0.386, 0.815] n=2×8 | – | 2.0000 ± 1.4142 |"
             ),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn a_rouge_l_mean_gets_the_normal_interval_of_its_examples_pooled_over_seeds() {
+        let rouge = |score: f64, seed: u64| {
+            let mut m = result("lora", Some(score), Some(1.0), false);
+            m.seed = Some(seed);
+            m.metrics.task_examples = Some(100);
+            m.metrics.task_score_sd = Some(0.2);
+            m
+        };
+        let mut one = results(vec![rouge(0.3, 1)]);
+        one.task_metric = Some("rouge_l".into());
+        // 0.3 ± 1.96 · 0.2 / √100.
+        let md = markdown(&one);
+        assert!(
+            md.contains("| lora | 2e-4 | 0.300 [0.261, 0.339] n=100 |"),
+            "{md}"
+        );
+        // Two seeds of 100: the spread between their means (0.3, 0.4) widens s to 0.2057.
+        let mut two = results(vec![rouge(0.3, 1), rouge(0.4, 2)]);
+        two.task_metric = Some("rouge_l".into());
+        let md = markdown(&two);
+        assert!(
+            md.contains("| lora | 2e-4 | 0.350 ± 0.071 [0.321, 0.379] n=2×100 |"),
             "{md}"
         );
     }

@@ -5,6 +5,7 @@
 use crate::train::loss::IGNORE_INDEX;
 use crate::train::step::Batch;
 
+use super::balance;
 use super::encode::Encoded;
 
 /// How records become batches.
@@ -16,6 +17,8 @@ pub struct BatchConfig {
     pub shuffle: bool,
     /// Put records of similar length together, as transformers' `group_by_length`.
     pub group_by_length: bool,
+    /// Every batch holds each label equally ([`super::balance`]); not with `pack`.
+    pub balance_labels: bool,
     /// Concatenate short records into rows of at most this many tokens.
     pub pack: Option<usize>,
     pub pad_id: i64,
@@ -24,6 +27,20 @@ pub struct BatchConfig {
 /// The batches of one epoch, in order.
 pub fn batches(records: &[Encoded], config: &BatchConfig, epoch: u64) -> Vec<Batch> {
     let size = config.batch_size.max(1);
+    if config.balance_labels {
+        let groups = balance::groups(
+            records,
+            size,
+            config.seed,
+            epoch,
+            config.shuffle,
+            config.group_by_length,
+        );
+        return groups
+            .iter()
+            .map(|g| pad(g.iter().map(|&i| &records[i]), config.pad_id))
+            .collect();
+    }
     let mut order: Vec<usize> = (0..records.len()).collect();
     if config.shuffle {
         shuffle(&mut order, &mut SplitMix64::new(config.seed, epoch));
@@ -181,6 +198,7 @@ mod tests {
             seed: 7,
             shuffle: false,
             group_by_length: false,
+            balance_labels: false,
             pack: None,
             pad_id: 0,
         }

@@ -4,10 +4,11 @@
 //!
 //! ```text
 //! let prepared = data::prepare(&DataConfig::new("train.jsonl"), &tokenizer)?;
-//! let config = BatchConfig { batch_size: 4, seed: 42, shuffle: true, group_by_length: true, pack: None, pad_id: prepared.pad_id };
+//! let config = BatchConfig { batch_size: 4, seed: 42, shuffle: true, group_by_length: true, balance_labels: false, pack: None, pad_id: prepared.pad_id };
 //! for batch in data::batches(&prepared.train, &config, epoch) { ... }
 //! ```
 
+pub mod balance;
 pub mod batcher;
 pub mod encode;
 pub mod formats;

@@ -45,6 +45,11 @@ pub struct TrainerState {
     /// Target tokens trained on, over all processes of the run.
     #[serde(default)]
     pub tokens_seen: usize,
+    /// Seconds spent in optimizer steps so far, over every process of the run (loading,
+    /// evaluation and checkpoints not counted): what `--max-train-minutes` is measured against,
+    /// so a resumed run trains only what its budget has left.
+    #[serde(default)]
+    pub train_seconds: f64,
     #[serde(default)]
     pub settings: StateSettings,
 }

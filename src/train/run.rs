@@ -42,6 +42,17 @@ pub struct RunConfig {
     /// Micro-batch size, recorded in `trainer_state.json` (`train_batch_size`).
     #[serde(default)]
     pub train_batch_size: Option<usize>,
+    /// Stop after the step at which the run's step time ([`TrainerState::train_seconds`])
+    /// reaches this, as well as at `max_steps` or the last epoch; None: no time limit.
+    #[serde(default)]
+    pub max_train_seconds: Option<f64>,
+}
+
+/// Whether the run has used its time budget (`max_train_seconds`).
+fn out_of_time(config: &RunConfig, state: &TrainerState) -> bool {
+    config
+        .max_train_seconds
+        .is_some_and(|limit| state.train_seconds >= limit)
 }
 
 /// Everything one run needs.
@@ -211,6 +222,7 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
                 log_history: Vec::new(),
                 epoch_progress: 0.0,
                 tokens_seen: 0,
+                train_seconds: 0.0,
                 settings: Default::default(),
             },
             AdamW::new(c.adamw),
@@ -239,7 +251,7 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
     let mut saved: Vec<(usize, PathBuf)> = Vec::new();
     let mut window = Window::default();
     let mut last_eval: Option<(usize, f64)> = None;
-    while state.global_step < total {
+    while state.global_step < total && !out_of_time(&c, &state) {
         if interrupted.load(Ordering::SeqCst) {
             let dir = checkpoint::checkpoint_dir(&run.out, state.global_step);
             checkpoint::save(
@@ -299,22 +311,21 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
             });
         }
         model = next;
+        let step_seconds = t.elapsed().as_secs_f64();
         state.global_step += 1;
+        state.train_seconds += step_seconds;
         state.epoch_progress = epoch_progress(&state, epoch_batches.len());
         state.tokens_seen += stats.tokens;
         tokens_total += stats.tokens;
         losses.push(stats.loss);
-        window.add(
-            stats.loss,
-            stats.extra_loss,
-            stats.tokens,
-            t.elapsed().as_secs_f64(),
-        );
+        window.add(stats.loss, stats.extra_loss, stats.tokens, step_seconds);
         let step = state.global_step;
+        // The step that used up the time budget is the last one: logged and saved as the end.
+        let last = step == total || out_of_time(&c, &state);
         if let Some(status) = run.hook.status() {
             metrics.set_status(status);
         }
-        if step % c.logging_steps.max(1) == 0 || step == total {
+        if step % c.logging_steps.max(1) == 0 || last {
             let (loss, ce, tokens, tokens_per_s) = window.take();
             let entry = metrics.train_step(&StepLine {
                 step,
@@ -333,7 +344,7 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
             let loss = eval_pass(&model, &run.eval, &mut metrics, &mut state);
             last_eval = Some((step, loss));
         }
-        if c.save_steps.is_some_and(|n| n > 0 && step % n == 0) && step < total {
+        if c.save_steps.is_some_and(|n| n > 0 && step % n == 0) && !last {
             let dir = checkpoint::checkpoint_dir(&run.out, step);
             match checkpoint::save(
                 &dir,
@@ -366,7 +377,12 @@ pub fn run(mut run: Run) -> Result<RunSummary, TrainError> {
         _ if run.eval.is_empty() => None,
         _ => Some(eval_pass(&model, &run.eval, &mut metrics, &mut state)),
     };
-    metrics.console.finish("done");
+    metrics.console.finish(&match c.max_train_seconds {
+        Some(limit) if state.global_step < total => {
+            format!("done: --max-train-minutes {} reached", limit / 60.0)
+        }
+        _ => "done".to_string(),
+    });
     save_adapter(&mut model, &run.adapter_config, &run.out)?;
     checkpoint::write_states(&run.out, &state)?;
     Ok(RunSummary {

@@ -248,10 +248,45 @@ fn a_token_budget_gives_every_method_the_same_steps_and_free_text_is_scored_by_r
         assert!(tokens >= 1500, "{tokens}");
         assert_eq!(last_step, steps[0]);
     }
+    // A ROUGE-L mean carries the sd of its examples' scores, for its interval in the table.
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    for row in rows {
+        let name = row["method"].as_str().unwrap();
+        let predictions = out.join("logs").join(format!("{name}.predictions.jsonl"));
+        let scores: Vec<f64> = std::fs::read_to_string(predictions)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["score"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+        let var =
+            scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (scores.len() - 1) as f64;
+        let sd = row["metrics"]["task_score_sd"].as_f64().unwrap();
+        assert!(
+            (sd - var.sqrt()).abs() < 1e-12,
+            "{name}: {sd} vs {}",
+            var.sqrt()
+        );
+        let half = 1.959_963_984_540_054 * sd / (scores.len() as f64).sqrt();
+        let cell = format!(
+            "| {name} | {} | {mean:.3} [{:.3}, {:.3}] n={} |",
+            row["config"]["lr"]
+                .as_f64()
+                .map_or("–".to_string(), |lr| format!("{lr:.0e}")),
+            (mean - half).max(0.0),
+            (mean + half).min(1.0),
+            scores.len()
+        );
+        assert!(md.contains(&cell), "{cell} not in\n{md}");
+    }
 }
 
 #[test]
-fn a_minutes_budget_stops_each_method_at_the_deadline_and_scores_its_checkpoint() {
+fn a_minutes_budget_gives_each_method_the_same_step_time_and_scores_its_final_adapter() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let run = compare_free_text(&out, "minutes=0.02");
@@ -262,15 +297,16 @@ fn a_minutes_budget_stops_each_method_at_the_deadline_and_scores_its_checkpoint(
         assert_eq!(row["status"], "ok", "{row}");
         let steps = row["metrics"]["steps"].as_u64().unwrap();
         assert!(steps >= 1, "{row}");
-        let name = row["method"].as_str().unwrap();
-        let checkpoint = out
-            .join("runs")
-            .join(name)
-            .join(format!("checkpoint-{steps}"));
-        assert!(
-            checkpoint.join("adapter_model.safetensors").is_file(),
-            "{name}"
-        );
+        let run_dir = out.join("runs").join(row["method"].as_str().unwrap());
+        assert!(run_dir.join("adapter_model.safetensors").is_file(), "{row}");
+        // The trainer stopped after the step that reached 0.02 minutes of step time.
+        let state: Value = serde_json::from_str(
+            &std::fs::read_to_string(run_dir.join("resume_state.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(state["global_step"].as_u64(), Some(steps), "{row}");
+        let seconds = state["train_seconds"].as_f64().unwrap();
+        assert!(seconds >= 1.2, "{row}: {seconds} s of steps");
     }
 }
 
@@ -406,4 +442,42 @@ fn no_shuffle_trains_every_method_on_the_file_order() {
     let (toml, shuffle) = run_toml(&[]);
     assert!(toml.contains("no-shuffle = false"), "{toml}");
     assert_eq!(shuffle, Value::Bool(true));
+}
+
+#[test]
+fn balanced_label_batches_reach_every_method_and_an_odd_batch_is_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_task(tmp.path());
+    let out = tmp.path().join("out");
+    let compare = |batch: &str| {
+        peft_bin()
+            .args(["compare", "--model", path_str(&fixture("llama-tiny"))])
+            .args(["--data", path_str(&tmp.path().join("train.jsonl"))])
+            .args(["--eval-data", path_str(&tmp.path().join("eval.jsonl"))])
+            .args(["--methods", "lora,ia3", "--budget", "steps=2"])
+            .args([
+                "--batch-size",
+                batch,
+                "--balance-labels",
+                "--group-by-length",
+            ])
+            .args(["--no-forgetting", "--overwrite", "--out", path_str(&out)])
+            .output()
+            .unwrap()
+    };
+    let odd = compare("3");
+    assert!(!odd.status.success());
+    let e = stderr(&odd);
+    assert!(
+        e.contains("--balance-labels: --batch-size 3 is not a multiple of the 2 labels"),
+        "{e}"
+    );
+    assert!(!out.join("runs").exists(), "a method started");
+    let run = compare("2");
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(read_results(&out)["common"]["balance_labels"], true);
+    for method in ["lora", "ia3"] {
+        let toml = std::fs::read_to_string(out.join("runs").join(method).join("run.toml")).unwrap();
+        assert!(toml.contains("balance-labels = true"), "{toml}");
+    }
 }

@@ -37,6 +37,7 @@ fn batch_config(batch_size: usize) -> BatchConfig {
         seed: 0,
         shuffle: false,
         group_by_length: false,
+        balance_labels: false,
         pack: None,
         pad_id: 0,
     }

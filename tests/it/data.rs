@@ -248,6 +248,7 @@ fn batches_from_prepared_records_are_right_padded_with_the_pad_id() {
         seed: 1,
         shuffle: true,
         group_by_length: true,
+        balance_labels: false,
         pack: None,
         pad_id: prepared.pad_id,
     };

@@ -29,6 +29,8 @@ fn refused(o: &std::process::Output, want: &str) {
 #[case(&["--lr", "inf"], "--lr")]
 #[case(&["--max-grad-norm", "nan"], "--max-grad-norm")]
 #[case(&["--warmup-ratio", "nan"], "--warmup-ratio")]
+#[case(&["--max-train-minutes", "nan"], "--max-train-minutes")]
+#[case(&["--max-train-minutes", "0"], "--max-train-minutes")]
 #[case(&["--eval-split", "nan"], "--eval-split")]
 #[case(&["--dropout", "nan"], "--dropout")]
 #[case(&["--method", "adalora", "--beta1", "nan"], "--beta1")]

@@ -89,7 +89,7 @@ mod resume {
     use peft::peft::format::load_adapter;
     use peft::peft::AdapterConfig;
     use peft::train::checkpoint::{self, checkpoint_dir};
-    use peft::train::run::{run, Run, RunConfig};
+    use peft::train::run::{run, Run, RunConfig, RunSummary};
     use peft::train::{AdamW, AdamWConfig, ScheduleKind};
 
     use super::fixture_batch;
@@ -112,10 +112,18 @@ mod resume {
             seed: 3,
             save_total_limit: None,
             train_batch_size: None,
+            max_train_seconds: None,
         }
     }
 
     fn train(out: &Path, save_steps: Option<usize>, resume_from: Option<&Path>) -> Vec<u8> {
+        let summary = train_with(out, config(save_steps, 20), resume_from);
+        assert_eq!(summary.steps, 20);
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap()
+    }
+
+    /// The fixture LoRA trained with `config`, from its init or from a checkpoint.
+    fn train_with(out: &Path, config: RunConfig, resume_from: Option<&Path>) -> RunSummary {
         let device = device().autodiff();
         let dir = ModelDir::open(&fixture("llama-tiny")).unwrap();
         let mut model = dir.load(&device).unwrap();
@@ -131,20 +139,62 @@ mod resume {
         let batch = fixture_batch("train/lora");
         // Three micro-batches per epoch, so steps cross epoch boundaries mid-accumulation.
         let halves = |_epoch: usize| vec![batch.clone(), batch.clone(), batch.clone()];
-        let summary = run(Run {
+        run(Run {
             model,
             adapter_config: AdapterConfig::load_dir(&fixture("train/lora/init")).unwrap(),
             out: out.to_path_buf(),
-            config: config(save_steps, 20),
+            config,
             train: &halves,
             eval: vec![],
             device: device.clone(),
             resume,
             hook: Default::default(),
         })
-        .unwrap();
-        assert_eq!(summary.steps, 20);
-        std::fs::read(out.join("adapter_model.safetensors")).unwrap()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_time_budget_ends_the_run_with_its_adapter_after_the_step_that_used_it_up() {
+        let out = tempfile::tempdir().unwrap();
+        let mut limited = config(Some(5), 20);
+        limited.max_train_seconds = Some(1e-9);
+        let summary = train_with(out.path(), limited, None);
+        assert_eq!((summary.steps, summary.interrupted), (1, false));
+        assert!(out.path().join("adapter_model.safetensors").is_file());
+        let state = checkpoint::load_state(out.path()).unwrap();
+        assert_eq!(state.global_step, 1);
+        assert!(state.train_seconds > 0.0, "{}", state.train_seconds);
+        let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(metrics.lines().count(), 1, "the last step is logged");
+    }
+
+    #[test]
+    fn a_resumed_run_trains_only_the_time_its_checkpoint_left() {
+        let first = tempfile::tempdir().unwrap();
+        let mut c = config(Some(10), 20);
+        c.max_steps = Some(11);
+        train_with(first.path(), c, None);
+        let ckpt = checkpoint_dir(first.path(), 10);
+        let spent = checkpoint::load_state(&ckpt).unwrap().train_seconds;
+        assert!(spent > 0.0);
+        // A budget the checkpoint has used up already: no step more, its weights are the adapter.
+        let used_up = tempfile::tempdir().unwrap();
+        let mut c = config(None, 20);
+        c.max_train_seconds = Some(spent);
+        let summary = train_with(used_up.path(), c, Some(&ckpt));
+        assert_eq!((summary.steps, summary.steps_run), (10, 0));
+        assert_eq!(
+            std::fs::read(used_up.path().join("adapter_model.safetensors")).unwrap(),
+            std::fs::read(ckpt.join("adapter_model.safetensors")).unwrap()
+        );
+        // Time left: it trains on, and the state counts both processes' steps.
+        let left = tempfile::tempdir().unwrap();
+        let mut c = config(None, 20);
+        c.max_train_seconds = Some(spent + 3600.0);
+        let summary = train_with(left.path(), c, Some(&ckpt));
+        assert_eq!((summary.steps, summary.steps_run), (20, 10));
+        let total = checkpoint::load_state(left.path()).unwrap().train_seconds;
+        assert!(total > spent, "{total} <= {spent}");
     }
 
     #[test]
