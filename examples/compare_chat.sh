@@ -21,15 +21,7 @@ MODEL="${PEFT_CACHE:-/var/tmp/peft-cache}/SmolLM2-135M-Instruct"
 if [ -n "${PEFT_BIN:-}" ]; then PEFT=("$PEFT_BIN"); else PEFT=(cargo run --quiet --); fi
 split="$OUT.split"
 mkdir -p "$split"
-python3 - "$split" <<'PY'
-import sys
-out = sys.argv[1]
-lines = open("datasets/chatterbot/english.jsonl", encoding="utf-8").read().splitlines()
-with open(f"{out}/train.jsonl", "w", encoding="utf-8") as tr, \
-     open(f"{out}/eval.jsonl", "w", encoding="utf-8") as ev:
-    for i, line in enumerate(lines):
-        (ev if i % 8 == 7 else tr).write(line + "\n")
-PY
+python3 examples/chat_split.py "$split/train.jsonl" "$split/eval.jsonl"
 again=(--overwrite)
 [ -n "${RESUME:-}" ] && again=(--resume)
 start=$(date +%s)

@@ -29,15 +29,7 @@ mkdir -p "$OUT/logs"
 results="$OUT/results.jsonl"
 
 # The chat split: deterministic, every 8th conversation held out.
-python3 - "$OUT" <<'PY'
-import sys
-out = sys.argv[1]
-lines = open("datasets/chatterbot/english.jsonl", encoding="utf-8").read().splitlines()
-with open(f"{out}/chat_train.jsonl", "w", encoding="utf-8") as tr, \
-     open(f"{out}/chat_eval.jsonl", "w", encoding="utf-8") as ev:
-    for i, line in enumerate(lines):
-        (ev if i % 8 == 7 else tr).write(line + "\n")
-PY
+python3 examples/chat_split.py "$OUT/chat_train.jsonl" "$OUT/chat_eval.jsonl"
 
 task_args() {
   case "$1" in

@@ -4,8 +4,9 @@
 //! for the peak, a high-water mark that misses nothing) and follow `metrics.jsonl` for the
 //! progress. A minutes budget is kept by the child itself (`peft train --max-train-minutes`
 //! counts step time only, so loading and checkpoints cost no method its steps, and a resumed run
-//! trains only what is left). On Linux a child gets SIGKILL when the comparison dies (`PR_SET_PDEATHSIG`), so a
-//! killed `peft compare` leaves no orphan training on; `--resume` picks the run up again.
+//! trains only what is left). On Linux a child gets SIGKILL when the comparison dies
+//! (`PR_SET_PDEATHSIG`), so a killed `peft compare` leaves no orphan training on; `--resume`
+//! picks the run up again.
 
 use std::ffi::OsString;
 use std::fs::File;
