@@ -8,6 +8,7 @@
 #
 #   examples/compare_chat.sh                  # METHODS="lora,dora,ia3,prompt,prefix", STEPS=48
 #   METHODS=lora,ia3 STEPS=96 examples/compare_chat.sh
+#   EVAL_LIMIT=N                              # score the first N held-out conversations only
 #
 # The peft binary is $PEFT_BIN, else `cargo run --quiet --`; results land in $OUT (default
 # runs/compare-chat); an interrupted run continues with RESUME=1.
@@ -22,11 +23,13 @@ if [ -n "${PEFT_BIN:-}" ]; then PEFT=("$PEFT_BIN"); else PEFT=(cargo run --quiet
 split="$OUT.split"
 mkdir -p "$split"
 python3 examples/chat_split.py "$split/train.jsonl" "$split/eval.jsonl"
+LIMIT=()
+[ -n "${EVAL_LIMIT:-}" ] && LIMIT=(--eval-limit "$EVAL_LIMIT")
 again=(--overwrite)
 [ -n "${RESUME:-}" ] && again=(--resume)
 start=$(date +%s)
 "${PEFT[@]}" compare --model "$MODEL" \
     --data "$split/train.jsonl" --eval-data "$split/eval.jsonl" --task-metric rouge-l \
     --methods "$METHODS" --set lora.lr=1e-3 --budget "steps=$STEPS" --batch-size 4 --max-len 256 \
-    --lr-scheduler linear --warmup-steps 5 --max-new-tokens 32 --out "$OUT" "${again[@]}"
+    --lr-scheduler linear --warmup-steps 5 --max-new-tokens 32 --out "$OUT" "${again[@]}" "${LIMIT[@]}"
 echo "wall time: $(( $(date +%s) - start )) s; table: $OUT/results.md"

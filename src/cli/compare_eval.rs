@@ -131,6 +131,7 @@ pub fn run(args: CompareEvalArgs) -> anyhow::Result<()> {
         out["task_score"] = json!(report.score());
         out["task_examples"] = json!(report.examples.len());
         out["task_score_sd"] = json!(report.score_sd());
+        out["right_per_label"] = json!(report.right_per_label());
     }
     println!("{out}");
     eprintln!("{PEAK_RSS}{:.1}", peft::models::synthetic::peak_rss_mib());

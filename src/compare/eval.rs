@@ -6,6 +6,8 @@
 //! eval set is affordable on a CPU; only the wrong ones are generated, so predictions.jsonl shows
 //! the model's real answer); free text is generated and scored by ROUGE-L.
 
+use std::collections::BTreeMap;
+
 use crate::compare::task::{forced_greedy, split_response};
 use crate::compare::{CompareError, TaskMetric};
 use crate::data::{self, BatchConfig, Encoded};
@@ -60,6 +62,22 @@ pub struct TaskReport {
 impl TaskReport {
     pub fn score(&self) -> f64 {
         self.examples.iter().map(|e| e.score).sum::<f64>() / self.examples.len().max(1) as f64
+    }
+
+    /// Exact match: right answers and examples per reference label, so a method that gives one
+    /// label to everything shows as such (its accuracy alone can look like the majority share);
+    /// `None` for ROUGE-L.
+    pub fn right_per_label(&self) -> Option<BTreeMap<String, [usize; 2]>> {
+        if self.metric != TaskMetric::ExactMatch {
+            return None;
+        }
+        let mut per: BTreeMap<String, [usize; 2]> = BTreeMap::new();
+        for e in &self.examples {
+            let counts = per.entry(e.reference.trim().to_string()).or_default();
+            counts[0] += usize::from(e.score >= 1.0);
+            counts[1] += 1;
+        }
+        Some(per)
     }
 
     /// Sample standard deviation (n − 1) of the per-example scores: with the mean and n it gives

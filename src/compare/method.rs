@@ -102,6 +102,7 @@ fn eval_metrics(m: &mut RunMetrics, v: &Value, done: &Finished) {
     m.task_score = v["task_score"].as_f64();
     m.task_examples = v["task_examples"].as_u64().map(|n| n as usize);
     m.task_score_sd = v["task_score_sd"].as_f64();
+    m.right_per_label = serde_json::from_value(v["right_per_label"].clone()).unwrap_or_default();
     m.general_ce = v["general_ce"].as_f64();
     m.eval_seconds = Some(done.seconds);
     m.eval_peak_rss_mib = done.memory.peak;

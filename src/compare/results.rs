@@ -2,6 +2,7 @@
 //! curve) and `results.md` (one table, best task metric first).
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,9 @@ pub struct RunMetrics {
     /// Sample sd of the per-example scores (ROUGE-L's interval; exact match needs none).
     #[serde(default)]
     pub task_score_sd: Option<f64>,
+    /// Exact match: `[right, examples]` per reference label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub right_per_label: Option<BTreeMap<String, [usize; 2]>>,
     /// Mean token cross-entropy on the general-text (forgetting) set.
     #[serde(default)]
     pub general_ce: Option<f64>,
@@ -406,6 +410,54 @@ fn sweep_section(results: &Results) -> String {
     md
 }
 
+/// Exact match: each method's right answers per label (seeds pooled), best method first, so a
+/// method that answers one label to everything is plain to see.
+fn label_section(results: &Results) -> String {
+    let ranked = ranked(&results.methods);
+    let pooled: Vec<(&str, BTreeMap<&str, [usize; 2]>)> = ranked
+        .iter()
+        .filter_map(|g| {
+            let mut sum: BTreeMap<&str, [usize; 2]> = BTreeMap::new();
+            for per in g
+                .ok_rows()
+                .filter_map(|r| r.metrics.right_per_label.as_ref())
+            {
+                for (label, [right, n]) in per {
+                    let s = sum.entry(label.as_str()).or_default();
+                    s[0] += right;
+                    s[1] += n;
+                }
+            }
+            (!sum.is_empty()).then_some((g.method, sum))
+        })
+        .collect();
+    let mut labels: Vec<&str> = pooled.iter().flat_map(|(_, s)| s.keys().copied()).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    if labels.is_empty() || labels.len() > 20 {
+        return String::new();
+    }
+    let escape = |s: &str| s.replace('|', "\\|");
+    let mut md = String::from("\n## Right answers per label\n\n| method |");
+    for l in &labels {
+        let _ = write!(md, " {} |", escape(l));
+    }
+    md += "\n|---|";
+    md += &"---|".repeat(labels.len());
+    md += "\n";
+    for (method, sum) in &pooled {
+        let _ = write!(md, "| {method} |");
+        for l in &labels {
+            let _ = match sum.get(l) {
+                Some([right, n]) => write!(md, " {right}/{n} |"),
+                None => write!(md, " – |"),
+            };
+        }
+        md += "\n";
+    }
+    md
+}
+
 /// `results.md`: the setup, then the table sorted by the task metric.
 pub fn markdown(results: &Results) -> String {
     let metric = results.task_metric.as_deref();
@@ -445,7 +497,7 @@ pub fn markdown(results: &Results) -> String {
     for (i, g) in ranked(&results.methods).iter().enumerate() {
         let _ = writeln!(md, "{}", row(i + 1, g, metric));
     }
-    md + &sweep_section(results)
+    md + &label_section(results) + &sweep_section(results)
 }
 
 #[cfg(test)]
@@ -555,6 +607,39 @@ mod tests {
             md.contains("| lora | 2e-4 | 0.350 ± 0.071 [0.321, 0.379] n=2×100 |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn right_answers_per_label_are_pooled_over_seeds_and_show_a_one_label_method() {
+        let per = |yes: usize, no: usize| {
+            Some(BTreeMap::from([
+                ("yes".to_string(), [yes, 4]),
+                ("no".to_string(), [no, 4]),
+            ]))
+        };
+        let mut rows = vec![
+            result("lora", Some(0.5), Some(1.0), false),
+            result("lora", Some(0.5), Some(1.0), false),
+            result("x", None, None, true),
+        ];
+        rows[1].seed = Some(2);
+        rows[0].metrics.right_per_label = per(3, 1);
+        rows[1].metrics.right_per_label = per(4, 0);
+        let md = markdown(&results(rows));
+        assert!(
+            md.contains("## Right answers per label\n\n| method | no | yes |\n|---|---|---|\n| lora | 1/8 | 7/8 |\n"),
+            "{md}"
+        );
+        let section = md
+            .split("## Right answers per label")
+            .nth(1)
+            .unwrap_or_default();
+        assert!(
+            !section.contains("| x |"),
+            "a failed method has no answers: {md}"
+        );
+        let md = markdown(&results(vec![result("lora", Some(0.5), Some(1.0), false)]));
+        assert!(!md.contains("per label"), "{md}");
     }
 
     #[test]

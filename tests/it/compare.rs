@@ -475,7 +475,21 @@ fn balanced_label_batches_reach_every_method_and_an_odd_batch_is_refused_before_
     assert!(!out.join("runs").exists(), "a method started");
     let run = compare("2");
     assert!(run.status.success(), "{}", stderr(&run));
-    assert_eq!(read_results(&out)["common"]["balance_labels"], true);
+    let results = read_results(&out);
+    assert_eq!(results["common"]["balance_labels"], true);
+    // Every row counts its right answers per label over the 4 held-out records (2 yes, 2 no).
+    for row in results["methods"].as_array().unwrap() {
+        let per = &row["metrics"]["right_per_label"];
+        for label in ["yes", "no"] {
+            assert_eq!(per[label][1], 2, "{row}");
+            assert!(per[label][0].as_u64().unwrap() <= 2, "{row}");
+        }
+    }
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(
+        md.contains("## Right answers per label\n\n| method | no | yes |"),
+        "{md}"
+    );
     for method in ["lora", "ia3"] {
         let toml = std::fs::read_to_string(out.join("runs").join(method).join("run.toml")).unwrap();
         assert!(toml.contains("balance-labels = true"), "{toml}");
