@@ -148,8 +148,11 @@ fn compare_writes_results_and_counts_trainable_parameters_as_peft() {
     );
     assert_eq!(rows[8]["status"], "error", "no-such-method is an error row");
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
-    let table: Vec<&str> = md.lines().filter(|l| l.starts_with("| ")).collect();
+    // The main table: a header and a row per method (the per-label section follows it).
+    let main = md.split("\n## ").next().unwrap_or_default();
+    let table: Vec<&str> = main.lines().filter(|l| l.starts_with("| ")).collect();
     assert_eq!(table.len(), 1 + rows.len(), "{md}");
+    assert!(md.contains("## Right answers per label"), "{md}");
     let loss_svg = std::fs::read_to_string(out.join("loss_curves.svg")).unwrap();
     assert!(loss_svg.matches("<polyline").count() >= MUST_TRAIN.len());
 }
