@@ -177,9 +177,7 @@ pub fn hf_name(name: &str) -> Option<(String, Rows)> {
     if let Some(key) = fixed {
         return Some((key.to_string(), Rows::AsIs));
     }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, suffix) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
+    let (layer, suffix) = super::names::block(name)?;
     let module = match suffix {
         "attn_norm.weight" => "input_layernorm.weight",
         "attn_qkv.weight" => "self_attention.query_key_value.weight",

@@ -12,6 +12,13 @@ pub enum Rows {
     KvHeads,
 }
 
+/// `blk.N.SUFFIX` → `(N, SUFFIX)`: a decoder block's tensor in llama.cpp's naming, whatever the
+/// architecture; `None` for any other name.
+pub(crate) fn block(name: &str) -> Option<(usize, &str)> {
+    let (layer, suffix) = name.strip_prefix("blk.")?.split_once('.')?;
+    Some((layer.parse().ok()?, suffix))
+}
+
 /// The Hugging Face key for llama.cpp tensor `name` (gguf-py `tensor_mapping.py`, MODEL_ARCH.LLAMA),
 /// or `None` for a name we do not know.
 pub fn hf_name(name: &str) -> Option<(String, Rows)> {
@@ -24,9 +31,7 @@ pub fn hf_name(name: &str) -> Option<(String, Rows)> {
     if let Some(key) = fixed {
         return Some((key.to_string(), Rows::AsIs));
     }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, suffix) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
+    let (layer, suffix) = block(name)?;
     let (module, rows) = match suffix {
         "attn_norm.weight" => ("input_layernorm.weight", Rows::AsIs),
         "attn_q.weight" => ("self_attn.q_proj.weight", Rows::QueryHeads),

@@ -8,8 +8,10 @@ use half::f16;
 /// ggml's `QK8_0` / `QK4_0`.
 const QK: usize = 32;
 
-/// Round half away from zero, as gguf-py's `np_roundf` (`floor(a) + floor(2·(a − floor(a)))`).
-fn roundf(n: f32) -> f32 {
+/// Round half away from zero, as gguf-py's `np_roundf` (`floor(a) + floor(2·(a − floor(a)))`);
+/// also the SIMD-lane quantizer's (`quant::q8_0`), inlined there.
+#[inline(always)]
+pub(crate) fn roundf(n: f32) -> f32 {
     let a = n.abs();
     let floored = a.floor();
     let b = floored + (2.0 * (a - floored)).floor();

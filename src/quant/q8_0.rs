@@ -8,6 +8,8 @@
 use half::f16;
 use rayon::prelude::*;
 
+use crate::gguf::quantize::roundf;
+
 /// ggml's `QK8_0`.
 const QK: usize = 32;
 /// Bytes per Q8_0 block: the f16 scale and 32 i8.
@@ -38,22 +40,6 @@ fn run_body(src: &[f32], dst: &mut [u8]) {
         for (q, &v) in out[2..].iter_mut().zip(block) {
             *q = roundf(v * id) as i8 as u8;
         }
-    }
-}
-
-/// Round half away from zero, as gguf-py's `np_roundf` (`floor(a) + floor(2·(a − floor(a)))`);
-/// `gguf::quantize`'s own, repeated so it inlines into the lanes.
-#[inline(always)]
-fn roundf(n: f32) -> f32 {
-    let a = n.abs();
-    let floored = a.floor();
-    let b = floored + (2.0 * (a - floored)).floor();
-    if n < 0.0 {
-        -b
-    } else if n > 0.0 {
-        b
-    } else {
-        0.0 * b
     }
 }
 
